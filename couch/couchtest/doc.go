@@ -1,0 +1,28 @@
+// Package couchtest emulates the HTTP API of an Apache CouchDB 3.4 cluster, node by node, for tests
+// and benchmarks that cannot run real CouchDB. It follows the recordings of a real 3.4.3 cluster in
+// ../shared/couchdb-real-responses.md and couchdb-real-shards.md, including their odd parts: add_node
+// answers 201 when the remote refused the credentials and nothing was added, a repeated _nodes PUT is
+// 409, a repeated finish_cluster is 400, a node whose _nodes doc was deleted keeps its own stale view
+// and does not re-add itself, shard maps never change on their own, a new shard copy stays empty until
+// _sync_shards or the next write (plus the sync delay), and five failed logins lock an account.
+//
+// What it models:
+//   - nodes with their own listener, admins, ini settings, node-local _nodes and _dbs databases and
+//     shard copies; a Network that plays the Erlang distribution: two running nodes with the same
+//     cookie are connected when either lists the other in its _nodes;
+//   - mem3's push replication of _nodes and _dbs to the members a node lists, winning revision by
+//     revision number;
+//   - _cluster_setup's computed state and every action's answers; the official image's profile
+//     (bind_address any, so cluster_enabled at boot) and the Helm chart's seedlist profile;
+//   - clustered databases split into q ranges with n copies, documents placed by mem3's hash
+//     (crc32 of the term_to_binary of the id), quorum writes (201, 202 when fewer copies answered),
+//     internal replication after the sync delay or _sync_shards, node-local shard info;
+//   - maintenance mode and its effect on /_up and on writes; basic auth, 401 bodies and lockout;
+//   - fault injection per node: stop/start, hang, latency, 5xx, dropped connections, bad JSON.
+//
+// What it deliberately does not model: views, Mango, _changes feeds, attachments, conflicts between
+// document revisions (the highest revision wins), compaction, resharding, the _replicator database,
+// disk persistence (a stopped node keeps its data in memory, like a PersistentVolumeClaim), real
+// Erlang distribution, cookie sessions, and revision hashes (they are deterministic MD5s over
+// the revision's content, but not CouchDB's term_to_binary encoding).
+package couchtest

@@ -1,0 +1,342 @@
+package couchtest
+
+import (
+	"crypto/md5"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// NetworkOptions configure a Network.
+type NetworkOptions struct {
+	// SyncDelay is mem3's sync_delay: how long after a write a changed shard copy is pushed to its
+	// peers (real CouchDB: 5s). Default 100ms.
+	SyncDelay time.Duration
+	// LockoutWindow is how long failed logins count (real CouchDB: 5 minutes). Default 5m.
+	LockoutWindow time.Duration
+	// Clock, if set, replaces time.Now (for lockout expiry).
+	Clock func() time.Time
+}
+
+// Network is the Erlang distribution the emulated nodes share. All state of all its nodes is guarded
+// by one mutex: the emulator favours obviously-correct over fast.
+type Network struct {
+	mu    sync.Mutex
+	opts  NetworkOptions
+	nodes map[string]*Node // by Erlang name
+	order []*Node
+	seq   int // global counter for update sequences
+}
+
+// NewNetwork returns an empty network.
+func NewNetwork(opts NetworkOptions) *Network {
+	if opts.SyncDelay <= 0 {
+		opts.SyncDelay = 100 * time.Millisecond
+	}
+	if opts.LockoutWindow <= 0 {
+		opts.LockoutWindow = 5 * time.Minute
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	return &Network{opts: opts, nodes: map[string]*Node{}}
+}
+
+// NodeConfig is one node's boot configuration (its ini files and environment).
+type NodeConfig struct {
+	Name          string   // Erlang node name, e.g. "couchdb@db-0.db.ns.svc.cluster.local"
+	AdminUser     string   // [admins]; the official image refuses to boot without one
+	AdminPassword string
+	Cookie        string   // Erlang cookie; nodes connect only when cookies match ("" = "monster-free default")
+	BindAddress   string   // [chttpd] bind_address; "" = "127.0.0.1" (a source build's default)
+	N, Q          int      // [cluster] n and q (defaults 3 and 2)
+	Seedlist      []string // [cluster] seedlist
+	Addr          string   // listen address, default "127.0.0.1:0"; the port is kept across restarts
+	UUID          string   // [couchdb] uuid; random if empty
+	Secret        string   // [chttpd_auth] secret; random if empty
+}
+
+// AddNode creates a stopped node.
+func (nw *Network) AddNode(cfg NodeConfig) (*Node, error) {
+	if cfg.Name == "" {
+		return nil, fmt.Errorf("couchtest: node needs a name")
+	}
+	if cfg.AdminUser == "" || cfg.AdminPassword == "" {
+		return nil, fmt.Errorf("couchtest: node %s needs an admin (CouchDB 3 refuses to boot without one)", cfg.Name)
+	}
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	if _, ok := nw.nodes[cfg.Name]; ok {
+		return nil, fmt.Errorf("couchtest: node %s exists", cfg.Name)
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Cookie == "" {
+		cfg.Cookie = "cookie"
+	}
+	if cfg.N == 0 {
+		cfg.N = 3
+	}
+	if cfg.Q == 0 {
+		cfg.Q = 2
+	}
+	if cfg.BindAddress == "" {
+		cfg.BindAddress = "127.0.0.1"
+	}
+	if cfg.UUID == "" {
+		cfg.UUID = randomHex(16)
+	}
+	if cfg.Secret == "" {
+		cfg.Secret = randomHex(16)
+	}
+	n := &Node{
+		net:  nw,
+		name: cfg.Name,
+		cfg:  cfg,
+		config: map[string]map[string]string{
+			"chttpd":      {"bind_address": cfg.BindAddress},
+			"cluster":     {"n": strconv.Itoa(cfg.N), "q": strconv.Itoa(cfg.Q)},
+			"couchdb":     {"uuid": cfg.UUID},
+			"chttpd_auth": {"secret": cfg.Secret},
+		},
+		admins:   map[string]string{cfg.AdminUser: cfg.AdminPassword},
+		nodesDB:  map[string]*rawDoc{},
+		dbsDB:    map[string]*mapDoc{},
+		copies:   map[string]*shardCopy{},
+		failures: map[string][]time.Time{},
+		addr:     cfg.Addr,
+	}
+	if len(cfg.Seedlist) > 0 {
+		n.config["cluster"]["seedlist"] = strings.Join(cfg.Seedlist, ",")
+	}
+	nw.nodes[cfg.Name] = n
+	nw.order = append(nw.order, n)
+	return n, nil
+}
+
+// Node returns the node called name, or nil.
+func (nw *Network) Node(name string) *Node {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return nw.nodes[name]
+}
+
+// Nodes returns every node in creation order.
+func (nw *Network) Nodes() []*Node {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return append([]*Node(nil), nw.order...)
+}
+
+// nodeByAddr finds the running node listening on host:port (for add_node and remote setup).
+func (nw *Network) nodeByAddr(host string, port int) *Node {
+	for _, n := range nw.order {
+		if !n.running {
+			continue
+		}
+		h, p, err := net.SplitHostPort(n.addr)
+		if err != nil {
+			continue
+		}
+		if strconv.Itoa(port) != p {
+			continue
+		}
+		if host == h || host == "localhost" || host == "127.1" || strings.HasPrefix(host, "127.") && strings.HasPrefix(h, "127.") {
+			return n
+		}
+	}
+	return nil
+}
+
+// connected reports whether a and b have an Erlang connection: both run, share the cookie, and one
+// lists the other in its _nodes (mem3 connects to every member it knows).
+func (nw *Network) connected(a, b *Node) bool {
+	if a == b {
+		return a.running
+	}
+	if !a.running || !b.running || a.cfg.Cookie != b.cfg.Cookie {
+		return false
+	}
+	return a.isMember(b.name) || b.isMember(a.name)
+}
+
+// propagate plays mem3's push replication of the node-local _nodes and _dbs databases: every
+// running node pushes its documents to the connected members it lists, until nothing changes. A
+// node that is no longer listed by the others receives nothing, so it keeps its stale view.
+func (nw *Network) propagate() {
+	for changed := true; changed; {
+		changed = false
+		for _, src := range nw.order {
+			if !src.running {
+				continue
+			}
+			for _, dst := range nw.order {
+				if dst == src || !src.isMember(dst.name) || !nw.connected(src, dst) {
+					continue
+				}
+				if dst.mergeNodes(src.nodesDB) {
+					changed = true
+				}
+				if dst.mergeDBs(src.dbsDB) {
+					changed = true
+				}
+			}
+		}
+	}
+	for _, n := range nw.order {
+		if n.running {
+			n.ensureCopies()
+		}
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// revision builds a deterministic revision id: the same change to the same parent with the same
+// body gives the same id on every node, which is why CouchDB's boot-time `{}` inserts never conflict.
+func revision(gen int, parent string, deleted bool, body any) string {
+	b, _ := json.Marshal(body)
+	sum := md5.Sum([]byte(fmt.Sprintf("%t|%s|%s", deleted, parent, b)))
+	return strconv.Itoa(gen) + "-" + hex.EncodeToString(sum[:])
+}
+
+func revGen(rev string) int {
+	g, _, _ := strings.Cut(rev, "-")
+	n, _ := strconv.Atoi(g)
+	return n
+}
+
+// newer reports whether revision a wins over b (CouchDB picks the longest branch, then the highest id).
+func newer(a, b string) bool {
+	if ga, gb := revGen(a), revGen(b); ga != gb {
+		return ga > gb
+	}
+	return a > b
+}
+
+// Node is one emulated CouchDB node.
+type Node struct {
+	net  *Network
+	name string
+	cfg  NodeConfig
+
+	running  bool
+	listener net.Listener
+	server   *http.Server
+	addr     string
+	started  time.Time
+
+	config   map[string]map[string]string
+	admins   map[string]string
+	nodesDB  map[string]*rawDoc
+	dbsDB    map[string]*mapDoc
+	copies   map[string]*shardCopy // by shard name "shards/<range>/<db><suffix>"
+	seeded   bool
+	failures map[string][]time.Time // "ip|user" -> failed login times
+	fault    Fault
+	requests RequestCounts
+}
+
+// rawDoc is a document of a node-local database (_nodes).
+type rawDoc struct {
+	Rev     string
+	Deleted bool
+	Body    map[string]any
+}
+
+// mapDoc is a shard map document in _dbs.
+type mapDoc struct {
+	Rev     string
+	Deleted bool
+	Map     couch.ShardMap
+}
+
+func (n *Node) isMember(name string) bool {
+	d, ok := n.nodesDB[name]
+	return ok && !d.Deleted
+}
+
+func (n *Node) members() []string {
+	var out []string
+	for id, d := range n.nodesDB {
+		if !d.Deleted {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (n *Node) mergeNodes(src map[string]*rawDoc) bool {
+	changed := false
+	for id, d := range src {
+		cur, ok := n.nodesDB[id]
+		if !ok || newer(d.Rev, cur.Rev) {
+			c := *d
+			n.nodesDB[id] = &c
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (n *Node) mergeDBs(src map[string]*mapDoc) bool {
+	changed := false
+	for id, d := range src {
+		cur, ok := n.dbsDB[id]
+		if !ok || newer(d.Rev, cur.Rev) {
+			n.dbsDB[id] = &mapDoc{Rev: d.Rev, Deleted: d.Deleted, Map: d.Map.Clone()}
+			changed = true
+		}
+	}
+	return changed
+}
+
+// ensureCopies creates the (empty) local file of every copy the shard maps place on this node, as
+// mem3 does as soon as it sees the map change.
+func (n *Node) ensureCopies() {
+	for _, d := range n.dbsDB {
+		if d.Deleted {
+			continue
+		}
+		for _, rng := range d.Map.ByNode[n.name] {
+			name := d.Map.ShardName(rng)
+			if _, ok := n.copies[name]; !ok {
+				n.copies[name] = newCopy(n.net)
+			}
+		}
+	}
+}
+
+func (n *Node) putNodeDoc(id string, body map[string]any) *rawDoc {
+	cur := n.nodesDB[id]
+	gen, parent := 1, ""
+	if cur != nil {
+		gen, parent = revGen(cur.Rev)+1, cur.Rev
+	}
+	if body == nil {
+		body = map[string]any{}
+	}
+	d := &rawDoc{Rev: revision(gen, parent, false, body), Body: body}
+	if cur == nil {
+		// A fresh `{}` doc gets the same revision on every node, as in CouchDB.
+		d.Rev = revision(1, "", false, body)
+	}
+	n.nodesDB[id] = d
+	return d
+}

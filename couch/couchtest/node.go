@@ -1,0 +1,222 @@
+package couchtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// Fault makes a node misbehave; the zero Fault clears it.
+type Fault struct {
+	Latency  time.Duration // added before every answer
+	Hang     bool          // read the request, never answer (until the client gives up or the fault is cleared)
+	Status   int           // answer every request with this status and a CouchDB-style error body
+	Drop     bool          // close the connection without an answer
+	NonJSON  bool          // answer 200 with a body that is not JSON
+	Truncate bool          // answer 200 with truncated JSON
+}
+
+// RequestCounts counts the requests a node served, by method.
+type RequestCounts struct {
+	ByMethod map[string]int
+	ByPath   map[string]int // "METHOD /path" with ids kept, for precise assertions
+	Writes   int            // anything but GET and HEAD
+	Failures int            // failed logins
+}
+
+// Name is the node's Erlang name.
+func (n *Node) Name() string { return n.name }
+
+// Start boots the node (again): it opens its listener on the same port, inserts itself and its
+// seeds into _nodes when they are missing, reconnects to its members and catches up its shard copies
+// after the sync delay.
+func (n *Node) Start() error {
+	nw := n.net
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	if n.running {
+		return nil
+	}
+	ln, err := net.Listen("tcp", n.addr)
+	if err != nil {
+		return fmt.Errorf("couchtest: listen for %s: %w", n.name, err)
+	}
+	n.listener = ln
+	n.addr = ln.Addr().String()
+	n.server = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func(srv *http.Server, l net.Listener) { _ = srv.Serve(l) }(n.server, ln)
+	n.running = true
+	n.started = time.Now()
+	n.fault = Fault{}
+	// mem3_nodes:initialize_nodelist inserts this node and every seed with an empty body.
+	for _, id := range append([]string{n.name}, n.cfg.Seedlist...) {
+		if d, ok := n.nodesDB[id]; !ok || d.Deleted {
+			n.putNodeDoc(id, nil)
+		}
+	}
+	n.seeded = !n.hasOtherSeeds()
+	nw.propagate()
+	n.trySeed()
+	// A restarted node's copies catch up with what it missed once mem3 resumes syncing.
+	for _, d := range n.dbsDB {
+		if !d.Deleted {
+			nw.scheduleSync(d.Map.ID, nw.opts.SyncDelay)
+		}
+	}
+	return nil
+}
+
+// Stop shuts the node down. Its data stays for the next Start, like a pod's persistent volume.
+func (n *Node) Stop() {
+	n.net.mu.Lock()
+	srv := n.server
+	n.running = false
+	n.server = nil
+	n.net.mu.Unlock()
+	if srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			_ = srv.Close()
+		}
+	}
+}
+
+// Running reports whether the node is up.
+func (n *Node) Running() bool {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	return n.running
+}
+
+// Addr is the node's listen address (host:port).
+func (n *Node) Addr() string {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	return n.addr
+}
+
+// URL is the node's base URL.
+func (n *Node) URL() string { return "http://" + n.Addr() }
+
+// SetFault injects (or with the zero value clears) a fault.
+func (n *Node) SetFault(f Fault) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	n.fault = f
+}
+
+// SetAdminPassword changes the admin's password, as an operator editing local.ini would.
+func (n *Node) SetAdminPassword(user, password string) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	n.admins[user] = password
+}
+
+// Requests returns a copy of the request counters.
+func (n *Node) Requests() RequestCounts {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	out := RequestCounts{ByMethod: map[string]int{}, ByPath: map[string]int{}, Writes: n.requests.Writes, Failures: n.requests.Failures}
+	for k, v := range n.requests.ByMethod {
+		out.ByMethod[k] = v
+	}
+	for k, v := range n.requests.ByPath {
+		out.ByPath[k] = v
+	}
+	return out
+}
+
+// ResetRequests zeroes the request counters.
+func (n *Node) ResetRequests() {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	n.requests = RequestCounts{}
+}
+
+// ClusterNodes lists the node's _nodes documents (its view of the membership).
+func (n *Node) ClusterNodes() []string {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	return n.members()
+}
+
+// ShardMap returns the node's copy of db's shard map.
+func (n *Node) ShardMap(db string) (couch.ShardMap, bool) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	d, ok := n.dbsDB[db]
+	if !ok || d.Deleted {
+		return couch.ShardMap{}, false
+	}
+	m := d.Map.Clone()
+	m.Rev = d.Rev
+	return m, true
+}
+
+// CopyDocCount reports the documents of the node's local copy of shard.
+func (n *Node) CopyDocCount(shard string) (docs, deleted int64, ok bool) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	c, ok := n.copies[shard]
+	if !ok {
+		return 0, 0, false
+	}
+	docs, deleted = c.counts()
+	return docs, deleted, true
+}
+
+// Copies lists the node's local shard files (including ones no map references any more).
+func (n *Node) Copies() []string {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	out := make([]string, 0, len(n.copies))
+	for k := range n.copies {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// MaintenanceMode reports [couchdb] maintenance_mode.
+func (n *Node) MaintenanceMode() string {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	return n.config["couchdb"]["maintenance_mode"]
+}
+
+func (n *Node) hasOtherSeeds() bool {
+	for _, s := range n.cfg.Seedlist {
+		if s != n.name {
+			return true
+		}
+	}
+	return false
+}
+
+// trySeed pulls _nodes and _dbs from the first live seed, as mem3_seeds does, and marks the node
+// seeded; until then /_up answers 404 seeding.
+func (n *Node) trySeed() {
+	if n.seeded {
+		return
+	}
+	for _, s := range n.cfg.Seedlist {
+		seed := n.net.nodes[s]
+		if s == n.name || seed == nil || !n.net.connected(n, seed) {
+			continue
+		}
+		n.mergeNodes(seed.nodesDB)
+		n.mergeDBs(seed.dbsDB)
+		n.seeded = true
+		n.net.propagate()
+		return
+	}
+}
+
+var errHijack = errors.New("couchtest: connection cannot be hijacked")

@@ -1,0 +1,255 @@
+package couchtest
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// nodeRoute serves /_node/{node}/..., the node-local API (what port 5986 was in 2.x), proxied to
+// the named node when it is another one.
+func (n *Node) nodeRoute(r *http.Request, seg []string, body []byte) (int, any) {
+	if len(seg) == 0 {
+		return http.StatusBadRequest, errBody("bad_request", "Incomplete path to _node request")
+	}
+	target := n
+	if seg[0] != "_local" {
+		target = n.net.nodes[seg[0]]
+		if target == nil {
+			return http.StatusNotFound, errBody("not_found", "no such node: "+seg[0])
+		}
+		if !n.net.connected(n, target) {
+			return http.StatusPreconditionFailed, errBody("nodedown", seg[0]+" is down")
+		}
+	}
+	rest := seg[1:]
+	if len(rest) == 0 {
+		if seg[0] == "_local" {
+			return http.StatusOK, obj{"name": n.name}
+		}
+		return http.StatusOK, obj{"couchdb": "Welcome", "version": "3.4.3"}
+	}
+	switch rest[0] {
+	case "_config":
+		return target.configRoute(r, rest[1:], body)
+	case "_system":
+		return http.StatusOK, obj{"uptime": int64(time.Since(target.started).Seconds()), "internal_replication_jobs": 0,
+			"memory": obj{}, "run_queue": 0, "message_queues": obj{}}
+	case "_all_dbs":
+		dbs := []string{"_dbs", "_nodes"}
+		for name := range target.copies {
+			dbs = append(dbs, name)
+		}
+		sort.Strings(dbs)
+		return http.StatusOK, dbs
+	case "_nodes":
+		return target.nodesRoute(r, rest[1:], body)
+	case "_dbs":
+		return target.dbsRoute(r, rest[1:], body)
+	}
+	if len(rest) == 1 && strings.HasPrefix(rest[0], "shards/") {
+		c, ok := target.copies[rest[0]]
+		if !ok {
+			return http.StatusNotFound, errBody("not_found", "no_db_file")
+		}
+		docs, del := c.counts()
+		return http.StatusOK, obj{"db_name": rest[0], "doc_count": docs, "doc_del_count": del, "update_seq": c.seq,
+			"purge_seq": 0, "uuid": c.uuid, "compact_running": false, "disk_format_version": 8,
+			"sizes": obj{"file": 16696, "external": 0, "active": 0}, "props": obj{}, "instance_start_time": "0"}
+	}
+	return http.StatusNotFound, errBody("not_found", "no_db_file")
+}
+
+func (n *Node) configRoute(r *http.Request, seg []string, body []byte) (int, any) {
+	switch len(seg) {
+	case 0:
+		return http.StatusOK, n.config
+	case 1:
+		sec := n.config[seg[0]]
+		if sec == nil {
+			sec = map[string]string{}
+		}
+		return http.StatusOK, sec
+	}
+	section, key := seg[0], seg[1]
+	old, has := n.config[section][key]
+	switch r.Method {
+	case http.MethodGet:
+		if !has {
+			return http.StatusNotFound, errBody("not_found", "unknown_config_value")
+		}
+		return http.StatusOK, old
+	case http.MethodPut:
+		var v string
+		if err := json.Unmarshal(body, &v); err != nil {
+			return http.StatusBadRequest, errBody("bad_request", "a JSON string expected")
+		}
+		if n.config[section] == nil {
+			n.config[section] = map[string]string{}
+		}
+		n.config[section][key] = v
+		return http.StatusOK, old
+	case http.MethodDelete:
+		if !has {
+			return http.StatusNotFound, errBody("not_found", "unknown_config_value")
+		}
+		delete(n.config[section], key)
+		return http.StatusOK, old
+	}
+	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,PUT,DELETE allowed")
+}
+
+func (n *Node) nodesRoute(r *http.Request, seg []string, body []byte) (int, any) {
+	if len(seg) == 0 {
+		return http.StatusOK, obj{"db_name": "_nodes", "doc_count": len(n.members())}
+	}
+	id := seg[0]
+	if id == "_all_docs" {
+		rows := []obj{}
+		for _, m := range n.members() {
+			rows = append(rows, obj{"id": m, "key": m, "value": obj{"rev": n.nodesDB[m].Rev}})
+		}
+		return http.StatusOK, obj{"total_rows": len(rows), "offset": 0, "rows": rows}
+	}
+	cur := n.nodesDB[id]
+	switch r.Method {
+	case http.MethodGet:
+		if cur == nil {
+			return http.StatusNotFound, errBody("not_found", "missing")
+		}
+		if cur.Deleted {
+			return http.StatusNotFound, errBody("not_found", "deleted")
+		}
+		out := obj{"_id": id, "_rev": cur.Rev}
+		for k, v := range cur.Body {
+			out[k] = v
+		}
+		return http.StatusOK, out
+	case http.MethodPut:
+		if strings.HasPrefix(id, "_") && !strings.HasPrefix(id, "_design/") && !strings.HasPrefix(id, "_local/") {
+			return http.StatusBadRequest, errBody("illegal_docid", "Only reserved document ids may start with underscore.")
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(body, &doc); err != nil || doc == nil {
+			return http.StatusBadRequest, errBody("bad_request", "Document must be a JSON object")
+		}
+		rev, _ := doc["_rev"].(string)
+		if q := r.URL.Query().Get("rev"); q != "" {
+			rev = q
+		}
+		delete(doc, "_rev")
+		delete(doc, "_id")
+		if cur != nil && !cur.Deleted && rev != cur.Rev {
+			return http.StatusConflict, errBody("conflict", "Document update conflict.")
+		}
+		d := n.putNodeDoc(id, doc)
+		n.net.propagate()
+		return http.StatusCreated, obj{"ok": true, "id": id, "rev": d.Rev}
+	case http.MethodDelete:
+		if cur == nil {
+			return http.StatusNotFound, errBody("not_found", "missing")
+		}
+		if cur.Deleted {
+			return http.StatusNotFound, errBody("not_found", "deleted")
+		}
+		if r.URL.Query().Get("rev") != cur.Rev {
+			return http.StatusConflict, errBody("conflict", "Document update conflict.")
+		}
+		d := &rawDoc{Rev: revision(revGen(cur.Rev)+1, cur.Rev, true, obj{}), Deleted: true, Body: map[string]any{}}
+		n.nodesDB[id] = d
+		n.net.propagate()
+		return http.StatusOK, obj{"ok": true, "id": id, "rev": d.Rev}
+	}
+	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,HEAD,PUT,DELETE allowed")
+}
+
+func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
+	if len(seg) == 0 {
+		return http.StatusOK, obj{"db_name": "_dbs", "doc_count": len(n.clusteredDBs())}
+	}
+	id := seg[0]
+	if id == "_all_docs" {
+		return http.StatusOK, n.dbsAllDocs()
+	}
+	cur := n.dbsDB[id]
+	switch r.Method {
+	case http.MethodGet:
+		if cur == nil {
+			return http.StatusNotFound, errBody("not_found", "missing")
+		}
+		if cur.Deleted {
+			return http.StatusNotFound, errBody("not_found", "deleted")
+		}
+		m := cur.Map.Clone()
+		m.Rev = cur.Rev
+		return http.StatusOK, m
+	case http.MethodPut:
+		var m couch.ShardMap
+		if err := json.Unmarshal(body, &m); err != nil {
+			return http.StatusBadRequest, errBody("bad_request", "invalid UTF-8 JSON")
+		}
+		if cur != nil && !cur.Deleted && m.Rev != cur.Rev {
+			return http.StatusConflict, errBody("conflict", "Document update conflict.")
+		}
+		if err := validateMap(body); err != "" {
+			return http.StatusForbidden, errBody("forbidden", err)
+		}
+		gen, parent := 1, ""
+		if cur != nil {
+			gen, parent = revGen(cur.Rev)+1, cur.Rev
+		}
+		m.ID = id
+		m.Rev = ""
+		d := &mapDoc{Rev: revision(gen, parent, false, m), Map: m}
+		n.dbsDB[id] = d
+		n.net.propagate()
+		return http.StatusCreated, obj{"ok": true, "id": id, "rev": d.Rev}
+	}
+	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,HEAD,PUT,DELETE allowed")
+}
+
+// validateMap applies mem3_bdu's checks to the raw body: by_node and by_range are objects that agree.
+func validateMap(body []byte) string {
+	var raw map[string]json.RawMessage
+	_ = json.Unmarshal(body, &raw)
+	for _, k := range []string{"by_node", "by_range"} {
+		v, ok := raw[k]
+		if !ok {
+			return k + " is mandatory"
+		}
+		var o map[string][]string
+		if json.Unmarshal(v, &o) != nil || o == nil {
+			return k + " not an object"
+		}
+	}
+	var m couch.ShardMap
+	_ = json.Unmarshal(body, &m)
+	for node, ranges := range m.ByNode {
+		for _, rg := range ranges {
+			if !contains(m.ByRange[rg], node) {
+				return "by_range for " + rg + " missing " + node
+			}
+		}
+	}
+	for rg, nodes := range m.ByRange {
+		for _, node := range nodes {
+			if !contains(m.ByNode[node], rg) {
+				return "by_node for " + node + " missing " + rg
+			}
+		}
+	}
+	return ""
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
