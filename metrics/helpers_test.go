@@ -1,0 +1,19 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func metricHasLabel(m prometheus.Metric, name, value string) bool {
+	var pb dto.Metric
+	if err := m.Write(&pb); err != nil {
+		return false
+	}
+	for _, l := range pb.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
