@@ -1,0 +1,39 @@
+package controller
+
+import (
+	"context"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// CouchAPI is the part of couch.Client the controller calls.
+type CouchAPI interface {
+	LocalNodeName(ctx context.Context) (string, error)
+	Membership(ctx context.Context) (couch.Membership, error)
+	SetupState(ctx context.Context, ensureDBs ...string) (couch.SetupState, error)
+	EnableCluster(ctx context.Context, r couch.EnableClusterRequest) error
+	AddNodeDoc(ctx context.Context, name string) error
+	RemoveNodeDoc(ctx context.Context, name string) error
+	FinishCluster(ctx context.Context, ensureDBs ...string) error
+}
+
+// Endpoint is where one CouchDB node answers.
+type Endpoint struct {
+	URL string // scheme://podIP:port
+	CA  []byte // PEM CA bundle for https; nil for the system pool
+}
+
+// Credentials are a CouchDB server admin's name and password.
+type Credentials struct {
+	Username string
+	Password string
+}
+
+// String never shows the password.
+func (c Credentials) String() string { return c.Username + ":***" }
+
+// GoString never shows the password either.
+func (c Credentials) GoString() string { return c.String() }
+
+// CouchFactory makes a client for one node. main builds clients over one shared transport.
+type CouchFactory func(endpoint Endpoint, creds Credentials) (CouchAPI, error)

@@ -1,0 +1,324 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// observeKube fills the Kubernetes half of Observed from the listers. Endpoints handling stays in
+// this file so the move to EndpointSlices (Endpoints is deprecated since v1.33) is a local change.
+func (c *Controller) observeKube(ctx context.Context, sts *appsv1.StatefulSet, o *Observed) error {
+	o.StatefulSet = sts.Name
+	o.Replicas = 1
+	if sts.Spec.Replicas != nil {
+		o.Replicas = int(*sts.Spec.Replicas)
+	}
+	o.Paused = sts.Annotations[AnnotationPaused] == "true"
+	parseAnnotations(sts, o)
+
+	port := 0
+	ep, err := c.epLister.Endpoints(sts.Namespace).Get(sts.Spec.ServiceName)
+	switch {
+	case err == nil:
+		port = endpointsPort(ep)
+	case apierrors.IsNotFound(err):
+		// No labelled Endpoints: either the Service lacks the label or it does not exist. This rare
+		// path is the only live read of a Service.
+		svc, gerr := c.kube.CoreV1().Services(sts.Namespace).Get(ctx, sts.Spec.ServiceName, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(gerr):
+			o.Problems = append(o.Problems, Problem{ReasonServiceNotLabelled, fmt.Sprintf(
+				"StatefulSet %s/%s names headless Service %q in spec.serviceName, which does not exist: create it with label %s=%s",
+				sts.Namespace, sts.Name, sts.Spec.ServiceName, LabelCluster, o.Cluster)})
+		case gerr != nil:
+			return fmt.Errorf("get service %s/%s: %w", sts.Namespace, sts.Spec.ServiceName, gerr)
+		case svc.Labels[LabelCluster] != o.Cluster:
+			o.Problems = append(o.Problems, Problem{ReasonServiceNotLabelled, fmt.Sprintf(
+				"headless Service %s/%s of StatefulSet %s is not labelled %s=%s: run kubectl label service/%s -n %s %s=%s",
+				sts.Namespace, svc.Name, sts.Name, LabelCluster, o.Cluster, svc.Name, sts.Namespace, LabelCluster, o.Cluster)})
+		}
+	default:
+		return fmt.Errorf("get endpoints %s/%s: %w", sts.Namespace, sts.Spec.ServiceName, err)
+	}
+
+	pods, err := c.podLister.Pods(sts.Namespace).List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	o.Pods = map[int]*PodObs{}
+	for _, pod := range pods {
+		ref := metav1.GetControllerOf(pod)
+		if ref == nil || ref.Kind != "StatefulSet" || ref.Name != sts.Name || ref.UID != sts.UID {
+			continue
+		}
+		ord, ok := podOrdinal(pod.Name, sts.Name)
+		if !ok {
+			continue
+		}
+		o.Pods[ord] = podObs(pod, ord, port)
+	}
+	return nil
+}
+
+func parseAnnotations(sts *appsv1.StatefulSet, o *Observed) {
+	if v, ok := sts.Annotations[AnnotationTargetReplicas]; ok {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		switch {
+		case err != nil || n < 1:
+			o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
+				"StatefulSet %s/%s: %s=%q is not a whole number of at least 1: set it to the replica count to scale down to, or remove it",
+				sts.Namespace, sts.Name, AnnotationTargetReplicas, v)})
+		case n > 1000:
+			o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
+				"StatefulSet %s/%s: %s=%d is larger than any CouchDB cluster this controller manages (1000): fix the value",
+				sts.Namespace, sts.Name, AnnotationTargetReplicas, n)})
+		default:
+			o.TargetReplicas = &n
+		}
+	}
+	if v := sts.Annotations[AnnotationReplicate]; v != "" {
+		for _, db := range strings.Split(v, ",") {
+			if db = strings.TrimSpace(db); db != "" {
+				o.Replicate = append(o.Replicate, db)
+			}
+		}
+	}
+	o.Rebalance = sts.Annotations[AnnotationRebalance] == "true"
+	if s := sts.Annotations[AnnotationScheme]; s != "" && s != "http" && s != "https" {
+		o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
+			"StatefulSet %s/%s: %s=%q must be http or https", sts.Namespace, sts.Name, AnnotationScheme, s)})
+	}
+}
+
+func endpointsPort(ep *corev1.Endpoints) int {
+	for _, ss := range ep.Subsets {
+		for _, p := range ss.Ports {
+			if p.Name == couchDBPortName {
+				return int(p.Port)
+			}
+		}
+		if len(ss.Ports) == 1 {
+			return int(ss.Ports[0].Port)
+		}
+	}
+	return 0
+}
+
+func podObs(pod *corev1.Pod, ord, port int) *PodObs {
+	p := &PodObs{Name: pod.Name, Ordinal: ord, UID: string(pod.UID), IP: pod.Status.PodIP, Port: port, Terminating: pod.DeletionTimestamp != nil}
+	if p.Port == 0 {
+		p.Port = containerPort(pod)
+	}
+	for _, g := range pod.Spec.ReadinessGates {
+		if g.ConditionType == ConditionMember {
+			p.HasMemberGate = true
+		}
+	}
+	for _, cond := range pod.Status.Conditions {
+		switch cond.Type {
+		case corev1.ContainersReady:
+			p.ContainersReady = cond.Status == corev1.ConditionTrue
+			p.ReadySince = cond.LastTransitionTime.Time
+		case ConditionMember:
+			v := cond.Status == corev1.ConditionTrue
+			p.MemberCondition = &v
+		}
+	}
+	return p
+}
+
+func containerPort(pod *corev1.Pod) int {
+	ctr := couchContainer(&pod.Spec)
+	if ctr != nil {
+		for _, p := range ctr.Ports {
+			if p.Name == couchDBPortName {
+				return int(p.ContainerPort)
+			}
+		}
+		if len(ctr.Ports) == 1 {
+			return int(ctr.Ports[0].ContainerPort)
+		}
+	}
+	return defaultCouchDBPort
+}
+
+// identityKey changes whenever the CouchDB process may have changed its name: a new pod, a new IP
+// or a container restart.
+func identityKey(pod *corev1.Pod) string {
+	restarts := 0
+	for _, s := range pod.Status.ContainerStatuses {
+		restarts += int(s.RestartCount)
+	}
+	return fmt.Sprintf("%s/%s/%d", pod.UID, pod.Status.PodIP, restarts)
+}
+
+// maxConcurrentNodes bounds the HTTP requests one sync has in flight.
+const maxConcurrentNodes = 8
+
+// observeCouch asks every ready pod's CouchDB who it is and whom it knows, then the coordinator (and,
+// while not formed, every node) for its setup state. The lowest ordinal is asked first and alone: if
+// it rejects the credentials, no other node is tried with them (CouchDB locks accounts).
+func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme string, ca []byte, podsByOrd map[int]*corev1.Pod, o *Observed) {
+	o.Nodes = map[int]*NodeObs{}
+	var ords []int
+	for _, ord := range sortedOrdinals(o.Pods) {
+		p := o.Pods[ord]
+		n := &NodeObs{Ordinal: ord, Pod: p.Name}
+		o.Nodes[ord] = n
+		if p.IP != "" && p.ContainersReady && !p.Terminating {
+			ords = append(ords, ord)
+		}
+	}
+	if len(ords) == 0 {
+		return
+	}
+	ask := func(ord int) {
+		p, n := o.Pods[ord], o.Nodes[ord]
+		api, err := c.client(st, scheme, ca, p)
+		if err != nil {
+			n.Err = err.Error()
+			return
+		}
+		c.askNode(ctx, st, api, podsByOrd[ord], p, n)
+	}
+	ask(ords[0])
+	if first := o.Nodes[ords[0]]; first.authFailed() {
+		o.CredentialsRejected = true
+		return
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, maxConcurrentNodes)
+	for _, ord := range ords[1:] {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(ord int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ask(ord)
+		}(ord)
+	}
+	wg.Wait()
+	for _, ord := range ords {
+		if o.Nodes[ord].authFailed() {
+			o.CredentialsRejected = true
+		}
+	}
+	coord := coordinator(*o)
+	if coord == nil {
+		return
+	}
+	c.askSetup(ctx, st, scheme, ca, o, coord)
+	if coord.Setup == couch.StateClusterFinished {
+		return
+	}
+	for _, ord := range ords {
+		if n := o.Nodes[ord]; n != coord && n.Valid() {
+			c.askSetup(ctx, st, scheme, ca, o, n)
+		}
+	}
+}
+
+func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, n *NodeObs) {
+	api, err := c.client(st, scheme, ca, o.Pods[n.Ordinal])
+	if err == nil {
+		n.Setup, err = api.SetupState(ctx)
+	}
+	if err != nil {
+		n.Setup = ""
+		n.Err = err.Error()
+		n.Reached = false
+		n.rejected = couch.IsAuthError(err)
+	}
+}
+
+func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, pod *corev1.Pod, p *PodObs, n *NodeObs) {
+	key := identityKey(pod)
+	c.mu.Lock()
+	name, cached := st.identity[key]
+	c.mu.Unlock()
+	if !cached {
+		var err error
+		name, err = api.LocalNodeName(ctx)
+		if err != nil {
+			n.fail(err)
+			return
+		}
+		c.mu.Lock()
+		st.identity[key] = name
+		c.mu.Unlock()
+	}
+	m, err := api.Membership(ctx)
+	if err != nil {
+		n.fail(err)
+		return
+	}
+	n.Reached = true
+	n.Name = name
+	n.NameErr = validateNodeName(name, p.Name)
+	n.Membership = &m
+}
+
+func (n *NodeObs) fail(err error) {
+	n.Err = err.Error()
+	n.rejected = couch.IsAuthError(err)
+}
+
+func (n *NodeObs) authFailed() bool { return n.rejected }
+
+// client returns the cached client for the pod's endpoint and the current credentials.
+func (c *Controller) client(st *clusterState, scheme string, ca []byte, p *PodObs) (CouchAPI, error) {
+	url := scheme + "://" + net.JoinHostPort(p.IP, strconv.Itoa(p.Port))
+	c.mu.Lock()
+	api, ok := st.clients[url]
+	creds := st.creds
+	c.mu.Unlock()
+	if ok {
+		return api, nil
+	}
+	api, err := c.cfg.CouchFactory(Endpoint{URL: url, CA: ca}, creds)
+	if err != nil {
+		return nil, fmt.Errorf("client for %s: %w", p.Name, err)
+	}
+	c.mu.Lock()
+	st.clients[url] = api
+	c.mu.Unlock()
+	return api, nil
+}
+
+var errNoCA = errors.New("no ca.crt")
+
+// caBundle reads the CA Secret named by couchdb.io/ca-secret.
+func (c *Controller) caBundle(ctx context.Context, sts *appsv1.StatefulSet) ([]byte, error) {
+	name := sts.Annotations[AnnotationCASecret]
+	if name == "" {
+		return nil, nil
+	}
+	s, err := c.kube.CoreV1().Secrets(sts.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, permanent(ReasonInvalidAnnotation, "Secret %s/%s named by %s does not exist: create it with key ca.crt", sts.Namespace, name, AnnotationCASecret)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get secret %s/%s: %w", sts.Namespace, name, err)
+	}
+	ca, ok := s.Data["ca.crt"]
+	if !ok {
+		return nil, permanent(ReasonInvalidAnnotation, "Secret %s/%s named by %s has no key ca.crt: %v", sts.Namespace, name, AnnotationCASecret, errNoCA)
+	}
+	return ca, nil
+}
+
+var _ = time.Second

@@ -1,0 +1,73 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// Observed is everything one sync learned about one CouchDB cluster, from the Kubernetes listers and
+// from each node over HTTP. Plan reads nothing else. Errors are recorded per node, inside the value,
+// so a partial observation is visible to the planner instead of aborting the sync.
+type Observed struct {
+	Namespace   string
+	Cluster     string
+	StatefulSet string
+	Replicas    int // spec.replicas
+	Paused      bool
+
+	TargetReplicas *int     // couchdb.io/target-replicas, when valid
+	Replicate      []string // couchdb.io/replicate
+	Rebalance      bool     // couchdb.io/rebalance
+
+	// Problems that no retry can fix (bad labels or annotations, credentials): each becomes a
+	// Warning event, and the planner does nothing while any is present.
+	Problems []Problem
+
+	// CredentialsRejected is set when CouchDB refused the credentials (401, or the 403 of a locked
+	// account) in this sync or recently, and they have not changed since.
+	CredentialsRejected bool
+
+	// Pods by ordinal; only ordinals that have a pod.
+	Pods map[int]*PodObs
+	// Nodes by ordinal: what each pod's CouchDB said.
+	Nodes map[int]*NodeObs
+}
+
+// Problem is a condition a human must fix.
+type Problem struct {
+	Reason  string
+	Message string
+}
+
+// PodObs is what the pod object says.
+type PodObs struct {
+	Name            string
+	Ordinal         int
+	UID             string
+	IP              string
+	Port            int
+	ContainersReady bool
+	ReadySince      time.Time // ContainersReady's lastTransitionTime: join latency starts here
+	HasMemberGate   bool      // declares readinessGates couchdb.io/member
+	MemberCondition *bool     // current couchdb.io/member condition, nil when absent
+	Terminating     bool
+}
+
+// NodeObs is what one pod's CouchDB said. Reached is false when nothing was asked (pod not ready,
+// credentials withheld) or the node did not answer; Err says which.
+type NodeObs struct {
+	Ordinal    int
+	Pod        string
+	Reached    bool
+	Err        string
+	Name       string // GET /_node/_local
+	NameErr    string // why Name cannot be a member; empty when valid
+	Membership *couch.Membership
+	Setup      couch.SetupState // asked of the coordinator, and of every node until formed
+
+	rejected bool // CouchDB refused the credentials
+}
+
+// Valid reports whether the node answered with a name that may be a member.
+func (n *NodeObs) Valid() bool { return n != nil && n.Reached && n.Name != "" && n.NameErr == "" }

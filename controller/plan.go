@@ -1,0 +1,326 @@
+package controller
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// ActionKind names one kind of change the controller can make.
+type ActionKind string
+
+// The actions. There is deliberately no EnableSingleNode: it pins [cluster] n=1, which would spoil
+// every later scale-up, so a one-replica cluster is finished like any other.
+const (
+	ActEnableCluster      ActionKind = "EnableCluster"
+	ActAddNode            ActionKind = "AddNode"
+	ActFinishCluster      ActionKind = "FinishCluster"
+	ActRemoveNode         ActionKind = "RemoveNode"
+	ActSetMemberCondition ActionKind = "SetMemberCondition"
+)
+
+// Action is one idempotent step. Via is the ordinal of the node the request is sent to.
+type Action struct {
+	Kind      ActionKind
+	Via       int
+	Node      string // the CouchDB node the action concerns
+	Pod       string // the pod the action concerns
+	Value     bool   // SetMemberCondition
+	NodeCount int    // EnableCluster
+}
+
+func (a Action) String() string {
+	switch a.Kind {
+	case ActSetMemberCondition:
+		return fmt.Sprintf("%s(%s=%t)", a.Kind, a.Pod, a.Value)
+	case ActEnableCluster, ActFinishCluster:
+		return fmt.Sprintf("%s(via %d)", a.Kind, a.Via)
+	}
+	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
+}
+
+// Plan is what the planner decided: actions to apply in order, or why it waits.
+type Plan struct {
+	Actions    []Action
+	Wait       string            // why nothing (more) is done now; empty when converged or acting
+	Warnings   []Problem         // actionable problems found while planning (e.g. invalid node names)
+	Formed     bool              // setup finished
+	Members    []string          // the coordinator's cluster_nodes
+	NodeStates map[string]string // pod -> state (metrics.NodeStates)
+	Phase      string
+	Requeue    time.Duration // sooner than the resync period when something is in flight; 0 = resync
+}
+
+// Node states, as the node_state metric reports them.
+const (
+	statePending     = "pending"
+	stateJoining     = "joining"
+	stateMember      = "member"
+	stateDraining    = "draining"
+	stateDeparted    = "departed"
+	stateUnreachable = "unreachable"
+	stateInvalid     = "invalid"
+)
+
+// Phases.
+const (
+	PhaseForming  = "Forming"
+	PhaseReady    = "Ready"
+	PhaseScaling  = "Scaling"
+	PhaseDegraded = "Degraded"
+	PhasePaused   = "Paused"
+)
+
+// quickRequeue is how soon to look again after acting: a join is verified in _membership by the
+// next sync, and the join latency target is measured in tens of milliseconds.
+const quickRequeue = 50 * time.Millisecond
+
+// PlanCluster is the pure decision function: everything it knows is in o.
+func PlanCluster(o Observed) Plan {
+	p := Plan{NodeStates: map[string]string{}}
+	coord := coordinator(o)
+	var members, connected []string
+	if coord != nil {
+		members, connected = coord.Membership.ClusterNodes, coord.Membership.AllNodes
+		p.Members = slices.Clone(members)
+		p.Formed = coord.Setup == couch.StateClusterFinished
+	}
+	p.NodeStates = nodeStates(o, members, connected)
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		if n := o.Nodes[ord]; n.Reached && n.NameErr != "" {
+			p.Warnings = append(p.Warnings, Problem{ReasonNodeNameInvalid, fmt.Sprintf("pod %s reports CouchDB node name %q: %s; it will not be joined", n.Pod, n.Name, n.NameErr)})
+		}
+	}
+	p.Phase = phase(o, p)
+	switch {
+	case len(o.Problems) > 0:
+		p.Wait = "waiting for a human to fix: " + o.Problems[0].Message
+		return p
+	case o.CredentialsRejected:
+		p.Wait = "CouchDB rejected the admin credentials; waiting for them to change"
+		return p
+	case coord == nil:
+		p.Wait = "no pod below spec.replicas has answered with a valid node name yet"
+		return p
+	}
+	disagree := disagreement(o, members)
+	if !p.Formed {
+		planFormation(o, coord, members, connected, disagree, &p)
+	} else if disagree != "" {
+		p.Wait = disagree
+		p.Requeue = quickRequeue
+	} else {
+		planJoins(o, coord, members, &p)
+	}
+	planMemberConditions(o, members, connected, &p)
+	switch {
+	case len(p.Actions) > 0:
+		p.Requeue = quickRequeue
+	case p.Wait != "" && p.Requeue == 0 && !p.Formed:
+		// Formation waits on things that raise no Kubernetes event (Erlang connections, setup state).
+		p.Requeue = time.Second
+	}
+	if o.Paused {
+		// Observe and report only.
+		p.Actions = nil
+		p.Requeue = 0
+	}
+	return p
+}
+
+// coordinator picks the lowest ordinal below spec.replicas whose node answered with a valid name and
+// lists itself in its own _nodes: the node every write goes through.
+func coordinator(o Observed) *NodeObs {
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n := o.Nodes[ord]
+		if ord >= o.Replicas || !n.Valid() || n.Membership == nil {
+			continue
+		}
+		if slices.Contains(n.Membership.ClusterNodes, n.Name) {
+			return n
+		}
+	}
+	return nil
+}
+
+// disagreement reports member nodes whose _nodes differ from the coordinator's: _nodes changes
+// propagate between nodes, and acting on half-propagated membership could add twice or remove wrongly.
+// Nodes outside the coordinator's view (a joining node, or a removed one that keeps its stale view,
+// as real CouchDB does) are not asked to agree.
+func disagreement(o Observed, members []string) string {
+	want := sortedCopy(members)
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n := o.Nodes[ord]
+		if !n.Valid() || n.Membership == nil || !slices.Contains(members, n.Name) {
+			continue
+		}
+		if got := sortedCopy(n.Membership.ClusterNodes); !slices.Equal(got, want) {
+			return fmt.Sprintf("nodes disagree about membership: %s lists %v, the coordinator %v", n.Pod, got, want)
+		}
+	}
+	return ""
+}
+
+func planFormation(o Observed, coord *NodeObs, members, connected []string, disagree string, p *Plan) {
+	var names []string
+	for ord := 0; ord < o.Replicas; ord++ {
+		pod, n := o.Pods[ord], o.Nodes[ord]
+		switch {
+		case pod == nil:
+			p.Wait = fmt.Sprintf("waiting for pod %s-%d to exist", o.StatefulSet, ord)
+			return
+		case !pod.ContainersReady || n == nil || !n.Reached:
+			p.Wait = fmt.Sprintf("waiting for pod %s to answer", pod.Name)
+			return
+		case n.NameErr != "":
+			p.Wait = fmt.Sprintf("pod %s has an invalid node name", pod.Name)
+			return
+		}
+		names = append(names, n.Name)
+		if n.Setup == couch.StateClusterDisabled {
+			p.Actions = append(p.Actions, Action{Kind: ActEnableCluster, Via: ord, Node: n.Name, NodeCount: o.Replicas})
+		}
+	}
+	if len(p.Actions) > 0 {
+		return
+	}
+	if disagree != "" {
+		p.Wait = disagree
+		return
+	}
+	for _, name := range names {
+		if !slices.Contains(members, name) {
+			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: name})
+		}
+	}
+	if len(p.Actions) > 0 {
+		return
+	}
+	for _, name := range names {
+		if !slices.Contains(connected, name) {
+			p.Wait = fmt.Sprintf("waiting for %s to connect to %s", name, coord.Name)
+			return
+		}
+	}
+	for _, m := range members {
+		if !slices.Contains(names, m) {
+			// finish_cluster waits for every _nodes entry to answer, so a foreign or departed entry
+			// would make it fail after 5 s on every attempt.
+			p.Wait = fmt.Sprintf("_nodes lists %s, which is not one of the first %d pods; remove it or scale up", m, o.Replicas)
+			return
+		}
+	}
+	p.Actions = append(p.Actions, Action{Kind: ActFinishCluster, Via: coord.Ordinal})
+}
+
+func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n, pod := o.Nodes[ord], o.Pods[ord]
+		if ord >= o.Replicas || pod == nil || pod.Terminating || !pod.ContainersReady || !n.Valid() {
+			continue
+		}
+		if !slices.Contains(members, n.Name) {
+			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: n.Name, Pod: n.Pod})
+		}
+	}
+}
+
+// planMemberConditions keeps the couchdb.io/member condition of pods that declare the readiness gate
+// equal to "this node is a connected member", so Services route only to members.
+func planMemberConditions(o Observed, members, connected []string, p *Plan) {
+	for _, ord := range sortedOrdinals(o.Pods) {
+		pod := o.Pods[ord]
+		if !pod.HasMemberGate || pod.Terminating {
+			continue
+		}
+		want := false
+		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas && p.Formed &&
+			slices.Contains(members, n.Name) && slices.Contains(connected, n.Name) {
+			want = true
+		}
+		if pod.MemberCondition == nil || *pod.MemberCondition != want {
+			p.Actions = append(p.Actions, Action{Kind: ActSetMemberCondition, Pod: pod.Name, Value: want})
+		}
+	}
+}
+
+func nodeStates(o Observed, members, connected []string) map[string]string {
+	out := map[string]string{}
+	for _, ord := range sortedOrdinals(o.Pods) {
+		pod, n := o.Pods[ord], o.Nodes[ord]
+		var s string
+		switch {
+		case n != nil && n.Reached && n.NameErr != "":
+			s = stateInvalid
+		case ord >= o.Replicas:
+			s = stateDeparted
+		case !pod.ContainersReady || pod.IP == "":
+			s = statePending
+		case n == nil || !n.Reached:
+			s = stateUnreachable
+			if n != nil && n.Err == "" {
+				s = statePending // not asked (credentials withheld)
+			}
+		case slices.Contains(members, n.Name) && slices.Contains(connected, n.Name):
+			s = stateMember
+		default:
+			s = stateJoining
+		}
+		out[pod.Name] = s
+	}
+	return out
+}
+
+func phase(o Observed, p Plan) string {
+	if o.Paused {
+		return PhasePaused
+	}
+	if !p.Formed {
+		return PhaseForming
+	}
+	if len(o.Problems) > 0 || o.CredentialsRejected || len(p.Warnings) > 0 {
+		return PhaseDegraded
+	}
+	for _, s := range p.NodeStates {
+		if s == stateUnreachable || s == stateInvalid {
+			return PhaseDegraded
+		}
+	}
+	for _, s := range p.NodeStates {
+		if s != stateMember {
+			return PhaseScaling
+		}
+	}
+	if len(p.Members) != o.Replicas || o.TargetReplicas != nil && *o.TargetReplicas != o.Replicas {
+		return PhaseScaling
+	}
+	return PhaseReady
+}
+
+func sortedOrdinals[V any](m map[int]V) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
+}
+
+func sortedCopy(s []string) []string {
+	out := slices.Clone(s)
+	sort.Strings(out)
+	return out
+}
+
+// summary is a short human description of a plan for logs.
+func (p Plan) summary() string {
+	parts := make([]string, 0, len(p.Actions))
+	for _, a := range p.Actions {
+		parts = append(parts, a.String())
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,118 @@
+package controller
+
+import (
+	"sort"
+	"time"
+
+	"k8s.io/client-go/tools/cache"
+)
+
+// ClusterStatus is what the status API shows for one cluster. It never holds credentials.
+type ClusterStatus struct {
+	Namespace      string       `json:"namespace"`
+	Name           string       `json:"name"`
+	StatefulSet    string       `json:"statefulSet,omitempty"`
+	Phase          string       `json:"phase"`
+	Replicas       int          `json:"replicas"`
+	TargetReplicas *int         `json:"targetReplicas,omitempty"`
+	Members        []string     `json:"members"`
+	Nodes          []NodeStatus `json:"nodes"`
+	Shards         ShardHealth  `json:"shards"`
+	Waiting        string       `json:"waiting,omitempty"`
+	Warnings       []string     `json:"warnings,omitempty"`
+	LastSync       time.Time    `json:"lastSync"`
+	LastError      string       `json:"lastError,omitempty"`
+}
+
+// NodeStatus is one pod's node.
+type NodeStatus struct {
+	Pod         string     `json:"pod"`
+	Node        string     `json:"node,omitempty"`
+	State       string     `json:"state"`
+	MemberSince *time.Time `json:"memberSince,omitempty"`
+	LastError   string     `json:"lastError,omitempty"`
+}
+
+// ShardHealth counts shard ranges by health.
+type ShardHealth struct {
+	Healthy         int `json:"healthy"`
+	UnderReplicated int `json:"underReplicated"`
+	Unavailable     int `json:"unavailable"`
+}
+
+// clusterState is the controller's memory of one cluster. None of it drives decisions (CouchDB's
+// _nodes and shard maps are the only memory the planner reads); it serves events, metrics, the
+// status API, credential backoff and caches that spare requests.
+type clusterState struct {
+	status        ClusterStatus
+	warnings      map[string]bool      // reason+message of Warnings already emitted and still true
+	identity      map[string]string    // pod identity key -> node name (GET /_node/_local)
+	joining       map[string]time.Time // node -> containers-ready time, for nodes the controller added
+	memberSince   map[string]time.Time
+	failingSince  map[string]time.Time // pod -> first failed request of the current streak
+	clients       map[string]CouchAPI  // endpoint URL -> client for the current credentials
+	credsVersion  string
+	creds         Credentials
+	credsRead     time.Time
+	rejected      string    // credentials version CouchDB rejected
+	rejectedAt    time.Time // when
+	rejectedCount int
+}
+
+func newClusterState() *clusterState {
+	return &clusterState{
+		warnings: map[string]bool{}, identity: map[string]string{}, joining: map[string]time.Time{},
+		memberSince: map[string]time.Time{}, failingSince: map[string]time.Time{}, clients: map[string]CouchAPI{},
+	}
+}
+
+func (c *Controller) state(key cache.ObjectName) *clusterState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.clusters[key]
+	if !ok {
+		st = newClusterState()
+		c.clusters[key] = st
+	}
+	return st
+}
+
+func (c *Controller) setStatus(key cache.ObjectName, s ClusterStatus) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.clusters[key]; ok {
+		st.status = s
+	}
+}
+
+// Clusters lists the status of every known cluster, sorted by namespace and name.
+func (c *Controller) Clusters() []ClusterStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]ClusterStatus, 0, len(c.clusters))
+	for _, st := range c.clusters {
+		if st.status.Name != "" {
+			out = append(out, st.status)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// Cluster returns one cluster's status.
+func (c *Controller) Cluster(namespace, name string) (ClusterStatus, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.clusters[cache.ObjectName{Namespace: namespace, Name: name}]
+	if !ok || st.status.Name == "" {
+		return ClusterStatus{}, false
+	}
+	return st.status, true
+}
+
+func sortStrings(s []string) { sort.Strings(s) }

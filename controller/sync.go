@@ -1,0 +1,315 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// credentialsMaxAge bounds how long credentials read from Secrets are trusted without re-reading.
+const credentialsMaxAge = 5 * time.Minute
+
+// sync observes one CouchDB cluster, plans and applies. It keeps no decision state of its own.
+func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error) {
+	start := c.cfg.Now()
+	logger := klog.FromContext(ctx).WithValues("cluster", key.String())
+	ctx = klog.NewContext(ctx, logger)
+	result := "success"
+	defer func() {
+		if err != nil {
+			result = "error"
+		}
+		c.metrics.ObserveSync(result, c.cfg.Now().Sub(start))
+	}()
+
+	all, err := c.stsLister.StatefulSets(key.Namespace).List(labels.SelectorFromSet(labels.Set{LabelCluster: key.Name}))
+	if err != nil {
+		return fmt.Errorf("list statefulsets: %w", err)
+	}
+	if len(all) == 0 {
+		c.forget(key)
+		logger.V(2).Info("Forgot cluster: no labelled StatefulSet is left")
+		return nil
+	}
+	st := c.state(key)
+	o := Observed{Namespace: key.Namespace, Cluster: key.Name}
+	if len(all) > 1 {
+		names := make([]string, 0, len(all))
+		for _, s := range all {
+			names = append(names, s.Name)
+		}
+		sortStrings(names)
+		p := Problem{ReasonDuplicateCluster, fmt.Sprintf("StatefulSets %s in namespace %s all carry %s=%s; give each CouchDB cluster its own name: nothing is done until then",
+			strings.Join(names, ", "), key.Namespace, LabelCluster, key.Name)}
+		for _, s := range all {
+			c.warn(ctx, st, s, []Problem{p})
+		}
+		c.setStatus(key, ClusterStatus{Namespace: key.Namespace, Name: key.Name, Phase: PhaseDegraded, Warnings: []string{p.Message}, LastSync: start})
+		result = "blocked"
+		return nil
+	}
+	sts := all[0]
+	if err := c.observeKube(ctx, sts, &o); err != nil {
+		return err
+	}
+	scheme := "http"
+	if sts.Annotations[AnnotationScheme] == "https" {
+		scheme = "https"
+	}
+	if len(o.Problems) == 0 {
+		if perr := c.prepareCredentials(ctx, st, sts, &o); perr != nil {
+			return perr
+		}
+	}
+	var ca []byte
+	if scheme == "https" && len(o.Problems) == 0 {
+		ca, err = c.caBundle(ctx, sts)
+		var pe *permanentError
+		if errors.As(err, &pe) {
+			o.Problems = append(o.Problems, pe.Problem)
+		} else if err != nil {
+			return err
+		}
+	}
+	if len(o.Problems) == 0 && !o.CredentialsRejected {
+		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
+		if o.CredentialsRejected {
+			c.credentialsRejected(st)
+			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
+				"CouchDB rejected the admin credentials of StatefulSet %s/%s (or locked the account after repeated failures): fix %s or COUCHDB_USER/COUCHDB_PASSWORD; the controller retries with backoff to avoid a lockout",
+				sts.Namespace, sts.Name, credentialSource(sts))})
+		} else {
+			c.credentialsAccepted(st)
+		}
+	}
+	plan := PlanCluster(o)
+	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase)
+
+	var applyErr error
+	for _, a := range plan.Actions {
+		if applyErr = c.apply(ctx, st, sts, o, a); applyErr != nil {
+			c.metrics.Action(string(a.Kind), "error")
+			applyErr = fmt.Errorf("%s: %w", a, applyErr)
+			break
+		}
+		c.metrics.Action(string(a.Kind), "success")
+		logger.V(2).Info("Applied action", "action", a.String())
+	}
+	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
+	warnings = append(warnings, c.unreachable(st, sts, o)...)
+	c.warn(ctx, st, sts, warnings)
+	c.noteJoins(ctx, st, sts, o, plan)
+	c.record(key, st, sts, o, plan, warnings, start, applyErr)
+	if applyErr != nil {
+		return applyErr
+	}
+	next := c.cfg.Resync
+	if plan.Requeue > 0 && plan.Requeue < next {
+		next = plan.Requeue
+	}
+	if o.CredentialsRejected {
+		next = min(next, 10*time.Second) // notice a fixed Secret soon; CouchDB is asked only after the backoff
+	}
+	c.queue.AddAfter(key, next)
+	return nil
+}
+
+func credentialSource(sts *appsv1.StatefulSet) string {
+	if s := sts.Annotations[AnnotationAdminSecret]; s != "" {
+		return "Secret " + sts.Namespace + "/" + s
+	}
+	return "the CouchDB container's env"
+}
+
+// prepareCredentials makes st.creds current. While CouchDB is rejecting a version of the credentials,
+// that version is retried only after a doubling backoff.
+func (c *Controller) prepareCredentials(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o *Observed) error {
+	now := c.cfg.Now()
+	if st.credsVersion != "" && st.rejected == "" && now.Sub(st.credsRead) < credentialsMaxAge {
+		return nil
+	}
+	creds, version, err := c.resolveCredentials(ctx, sts)
+	var pe *permanentError
+	if errors.As(err, &pe) {
+		o.Problems = append(o.Problems, pe.Problem)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if version != st.credsVersion || creds != st.creds {
+		st.clients = map[string]CouchAPI{}
+	}
+	st.creds, st.credsVersion, st.credsRead = creds, version, now
+	c.mu.Unlock()
+	if st.rejected != "" {
+		if st.rejected != version {
+			st.rejected, st.rejectedCount = "", 0 // changed: try at once
+		} else if now.Sub(st.rejectedAt) < c.credentialBackoff(st.rejectedCount) {
+			o.CredentialsRejected = true
+			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
+				"CouchDB rejected the admin credentials of StatefulSet %s/%s: fix %s; retrying no sooner than every %s to avoid an account lockout",
+				sts.Namespace, sts.Name, credentialSource(sts), c.credentialBackoff(st.rejectedCount))})
+		}
+	}
+	return nil
+}
+
+func (c *Controller) credentialBackoff(n int) time.Duration {
+	d := c.cfg.CredentialBackoff
+	for i := 1; i < n && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Minute)
+}
+
+func (c *Controller) credentialsRejected(st *clusterState) {
+	st.rejected = st.credsVersion
+	st.rejectedAt = c.cfg.Now()
+	st.rejectedCount++
+}
+
+func (c *Controller) credentialsAccepted(st *clusterState) {
+	st.rejected, st.rejectedCount = "", 0
+}
+
+func (c *Controller) podsByOrdinal(sts *appsv1.StatefulSet) map[int]*corev1.Pod {
+	out := map[int]*corev1.Pod{}
+	pods, _ := c.podLister.Pods(sts.Namespace).List(labels.Everything())
+	for _, p := range pods {
+		if ord, ok := podOrdinal(p.Name, sts.Name); ok {
+			if ref := metavCtrl(p); ref == sts.Name {
+				out[ord] = p
+			}
+		}
+	}
+	return out
+}
+
+func metavCtrl(p *corev1.Pod) string {
+	for _, r := range p.OwnerReferences {
+		if r.Controller != nil && *r.Controller && r.Kind == "StatefulSet" {
+			return r.Name
+		}
+	}
+	return ""
+}
+
+// unreachable turns node failures that persisted for UnreachableAfter into Warnings.
+func (c *Controller) unreachable(st *clusterState, sts *appsv1.StatefulSet, o Observed) []Problem {
+	now := c.cfg.Now()
+	var out []Problem
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n := o.Nodes[ord]
+		if n.Err == "" || n.rejected {
+			delete(st.failingSince, n.Pod)
+			continue
+		}
+		since, ok := st.failingSince[n.Pod]
+		if !ok {
+			st.failingSince[n.Pod] = now
+			continue
+		}
+		if now.Sub(since) >= c.cfg.UnreachableAfter {
+			out = append(out, Problem{ReasonCouchDBUnreachable, fmt.Sprintf(
+				"CouchDB in pod %s/%s has not answered for %s: %s; check the pod's logs and the couchdb port of Service %s",
+				sts.Namespace, n.Pod, now.Sub(since).Round(time.Second), n.Err, sts.Spec.ServiceName)})
+		}
+	}
+	return out
+}
+
+// noteJoins emits NodeJoined and records join latency for nodes the controller added once
+// _membership shows them.
+func (c *Controller) noteJoins(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, p Plan) {
+	now := c.cfg.Now()
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n := o.Nodes[ord]
+		if !n.Valid() || p.NodeStates[n.Pod] != stateMember {
+			continue
+		}
+		if _, ok := st.memberSince[n.Name]; !ok {
+			st.memberSince[n.Name] = now
+		}
+		ready, ok := st.joining[n.Name]
+		if !ok {
+			continue
+		}
+		delete(st.joining, n.Name)
+		c.metrics.ObserveJoin(now.Sub(ready))
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonNodeJoined, "Node %s of pod %s joined the cluster", n.Name, n.Pod)
+		klog.FromContext(ctx).V(2).Info("Node joined", "node", n.Name, "pod", n.Pod, "latency", now.Sub(ready))
+	}
+}
+
+// warn emits each Warning once while it holds; a Warning that clears and comes back is emitted again.
+func (c *Controller) warn(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, problems []Problem) {
+	active := map[string]bool{}
+	for _, p := range problems {
+		k := p.Reason + "\x00" + p.Message
+		// Durations in messages change every sync; key on the reason and pod instead.
+		if p.Reason == ReasonCouchDBUnreachable || p.Reason == ReasonCredentialsInvalid {
+			k = p.Reason + "\x00" + sts.Name
+		}
+		active[k] = true
+		if st.warnings[k] {
+			continue
+		}
+		c.recorder.Event(sts, corev1.EventTypeWarning, p.Reason, p.Message)
+		klog.FromContext(ctx).Info("Warning", "reason", p.Reason, "statefulSet", klog.KObj(sts), "message", p.Message)
+	}
+	st.warnings = active
+}
+
+// forget drops everything known about a cluster: its series, status and caches. CouchDB is not touched.
+func (c *Controller) forget(key cache.ObjectName) {
+	c.mu.Lock()
+	delete(c.clusters, key)
+	c.mu.Unlock()
+	c.metrics.ForgetCluster(key.Namespace, key.Name)
+}
+
+func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.StatefulSet, o Observed, p Plan, warnings []Problem, at time.Time, applyErr error) {
+	ns, name := key.Namespace, key.Name
+	member, reachable := 0, 0
+	status := ClusterStatus{Namespace: ns, Name: name, StatefulSet: sts.Name, Phase: p.Phase, Replicas: o.Replicas,
+		TargetReplicas: o.TargetReplicas, Members: p.Members, Waiting: p.Wait, LastSync: at}
+	for _, ord := range sortedOrdinals(o.Pods) {
+		pod := o.Pods[ord]
+		ns := NodeStatus{Pod: pod.Name, State: p.NodeStates[pod.Name]}
+		if n := o.Nodes[ord]; n != nil {
+			ns.Node, ns.LastError = n.Name, n.Err
+			if n.Reached {
+				reachable++
+			}
+			if t, ok := st.memberSince[n.Name]; ok && ns.State == stateMember {
+				t := t
+				ns.MemberSince = &t
+			}
+		}
+		if ns.State == stateMember {
+			member++
+		}
+		status.Nodes = append(status.Nodes, ns)
+	}
+	for _, w := range warnings {
+		status.Warnings = append(status.Warnings, w.Message)
+	}
+	if applyErr != nil {
+		status.LastError = applyErr.Error()
+	}
+	c.setStatus(key, status)
+	c.metrics.SetNodeStates(ns, name, p.NodeStates)
+	c.metrics.SetClusterNodes(ns, name, o.Replicas, member, reachable)
+	c.metrics.SetClusterFormed(ns, name, p.Formed)
+	c.metrics.SetClusterPhase(ns, name, p.Phase)
+}
