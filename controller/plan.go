@@ -165,7 +165,26 @@ func disagreement(o Observed, members []string) string {
 	return ""
 }
 
+// planFormation adds every answering pod's node as soon as it answers (an OrderedReady StatefulSet
+// creates pod N+1 only after pod N is Ready, and a readiness gate makes Ready wait for membership), and
+// finishes setup once every ordinal below spec.replicas is a connected member all members agree on.
 func planFormation(o Observed, coord *NodeObs, members, connected []string, disagree string, p *Plan) {
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		if n := o.Nodes[ord]; ord < o.Replicas && n.Valid() && n.Setup == couch.StateClusterDisabled {
+			p.Actions = append(p.Actions, Action{Kind: ActEnableCluster, Via: ord, Node: n.Name, NodeCount: o.Replicas})
+		}
+	}
+	if len(p.Actions) > 0 {
+		return
+	}
+	if disagree != "" {
+		p.Wait = disagree
+		return
+	}
+	planJoins(o, coord, members, p)
+	if len(p.Actions) > 0 {
+		return
+	}
 	var names []string
 	for ord := 0; ord < o.Replicas; ord++ {
 		pod, n := o.Pods[ord], o.Nodes[ord]
@@ -179,32 +198,11 @@ func planFormation(o Observed, coord *NodeObs, members, connected []string, disa
 		case n.NameErr != "":
 			p.Wait = fmt.Sprintf("pod %s has an invalid node name", pod.Name)
 			return
-		}
-		names = append(names, n.Name)
-		if n.Setup == couch.StateClusterDisabled {
-			p.Actions = append(p.Actions, Action{Kind: ActEnableCluster, Via: ord, Node: n.Name, NodeCount: o.Replicas})
-		}
-	}
-	if len(p.Actions) > 0 {
-		return
-	}
-	if disagree != "" {
-		p.Wait = disagree
-		return
-	}
-	for _, name := range names {
-		if !slices.Contains(members, name) {
-			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: name})
-		}
-	}
-	if len(p.Actions) > 0 {
-		return
-	}
-	for _, name := range names {
-		if !slices.Contains(connected, name) {
-			p.Wait = fmt.Sprintf("waiting for %s to connect to %s", name, coord.Name)
+		case !slices.Contains(connected, n.Name):
+			p.Wait = fmt.Sprintf("waiting for %s to connect to %s", n.Name, coord.Name)
 			return
 		}
+		names = append(names, n.Name)
 	}
 	for _, m := range members {
 		if !slices.Contains(names, m) {
@@ -238,7 +236,8 @@ func planMemberConditions(o Observed, members, connected []string, p *Plan) {
 			continue
 		}
 		want := false
-		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas && p.Formed &&
+		// Not gated on formation: with OrderedReady, pod 1 is only created once pod 0 is Ready.
+		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas &&
 			slices.Contains(members, n.Name) && slices.Contains(connected, n.Name) {
 			want = true
 		}

@@ -1,0 +1,171 @@
+// Package couchpods runs an emulated CouchDB node (couch/couchtest) for every pod the test kubelet
+// starts, configured from the pod spec exactly as the official image would configure itself: admin
+// from COUCHDB_USER/COUCHDB_PASSWORD, node name from NODENAME or ERL_FLAGS, cookie from
+// COUCHDB_ERLANG_COOKIE, and the Helm chart's seedlist from its mounted ini files.
+package couchpods
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
+	"github.com/couchdb-controller/couchdb-controller/test/kubelet"
+)
+
+// CouchDBPort is the container port the image listens on.
+const CouchDBPort = 5984
+
+// Backend starts one emulated node per pod and keeps it (like a PersistentVolumeClaim) across pod
+// deletion, so a pod of the same name comes back with the same data and name.
+type Backend struct {
+	kube    kubernetes.Interface
+	network *couchtest.Network
+
+	mu    sync.Mutex
+	nodes map[string]*couchtest.Node // namespace/pod -> node
+}
+
+// New returns a Backend whose nodes share one emulated Erlang network.
+func New(kube kubernetes.Interface, network *couchtest.Network) *Backend {
+	return &Backend{kube: kube, network: network, nodes: map[string]*couchtest.Node{}}
+}
+
+// Network is the emulated network the nodes live on.
+func (b *Backend) Network() *couchtest.Network { return b.network }
+
+// Node returns the emulated node of a pod, for fault injection and assertions.
+func (b *Backend) Node(namespace, pod string) *couchtest.Node {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.nodes[namespace+"/"+pod]
+}
+
+// Nodes returns every node the backend has made, running or not.
+func (b *Backend) Nodes() map[string]*couchtest.Node {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]*couchtest.Node, len(b.nodes))
+	for k, v := range b.nodes {
+		out[k] = v
+	}
+	return out
+}
+
+// StartPod boots (or reboots) the pod's node.
+func (b *Backend) StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (kubelet.Workload, error) {
+	key := pod.Namespace + "/" + pod.Name
+	b.mu.Lock()
+	node := b.nodes[key]
+	b.mu.Unlock()
+	if node == nil {
+		cfg, err := b.nodeConfig(ctx, pod)
+		if err != nil {
+			return nil, fmt.Errorf("configure couchdb for pod %s: %w", key, err)
+		}
+		node, err = b.network.AddNode(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("add emulated node for pod %s: %w", key, err)
+		}
+		b.mu.Lock()
+		b.nodes[key] = node
+		b.mu.Unlock()
+	}
+	if err := node.Start(); err != nil {
+		return nil, fmt.Errorf("start emulated node for pod %s: %w", key, err)
+	}
+	return &Workload{node: node}, nil
+}
+
+func (b *Backend) nodeConfig(ctx context.Context, pod *corev1.Pod) (couchtest.NodeConfig, error) {
+	c := couchContainer(pod)
+	if c == nil {
+		return couchtest.NodeConfig{}, fmt.Errorf("pod has no containers")
+	}
+	env, err := containerEnv(ctx, b.kube, pod, c)
+	if err != nil {
+		return couchtest.NodeConfig{}, err
+	}
+	ini, err := iniConfig(ctx, b.kube, pod)
+	if err != nil {
+		return couchtest.NodeConfig{}, err
+	}
+	cfg := couchtest.NodeConfig{
+		Name:          erlangName(pod, env),
+		AdminUser:     env["COUCHDB_USER"],
+		AdminPassword: env["COUCHDB_PASSWORD"],
+		Cookie:        erlangCookie(env),
+		// The official image bakes in bind_address = any, so its nodes boot cluster_enabled.
+		BindAddress: "any",
+	}
+	if v := ini["chttpd"]["bind_address"]; v != "" {
+		cfg.BindAddress = v
+	}
+	if v, err := strconv.Atoi(ini["cluster"]["n"]); err == nil {
+		cfg.N = v
+	}
+	if v, err := strconv.Atoi(ini["cluster"]["q"]); err == nil {
+		cfg.Q = v
+	}
+	if s := ini["cluster"]["seedlist"]; s != "" {
+		for _, seed := range strings.Split(s, ",") {
+			if seed = strings.TrimSpace(seed); seed != "" {
+				cfg.Seedlist = append(cfg.Seedlist, seed)
+			}
+		}
+	}
+	if cfg.AdminUser == "" || cfg.AdminPassword == "" {
+		// The image refuses to start without an admin; so does this backend.
+		return cfg, fmt.Errorf("no COUCHDB_USER/COUCHDB_PASSWORD: the official image exits without an admin")
+	}
+	return cfg, nil
+}
+
+func couchContainer(pod *corev1.Pod) *corev1.Container {
+	for i := range pod.Spec.Containers {
+		if pod.Spec.Containers[i].Name == "couchdb" {
+			return &pod.Spec.Containers[i]
+		}
+	}
+	if len(pod.Spec.Containers) > 0 {
+		return &pod.Spec.Containers[0]
+	}
+	return nil
+}
+
+// Workload is one running node as the kubelet sees it.
+type Workload struct {
+	node *couchtest.Node
+}
+
+var probeClient = &http.Client{Timeout: time.Second}
+
+// Ready is the image's readiness probe: GET /_up answers 200.
+func (w *Workload) Ready(ctx context.Context) bool {
+	if !w.node.Running() {
+		return false
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.node.URL()+"/_up", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// Ports maps the container port to the node's loopback listener.
+func (w *Workload) Ports() map[int32]string { return map[int32]string{CouchDBPort: w.node.Addr()} }
+
+// Stop stops the node; its data stays for a pod of the same name.
+func (w *Workload) Stop() { w.node.Stop() }

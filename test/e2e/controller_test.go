@@ -1,0 +1,148 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/couchdb-controller/couchdb-controller/controller"
+	"github.com/couchdb-controller/couchdb-controller/couch"
+	"github.com/couchdb-controller/couchdb-controller/metrics"
+)
+
+// runningController is an in-process controller watching one namespace.
+type runningController struct {
+	ctrl   *controller.Controller
+	reg    *prometheus.Registry
+	rec    *metrics.Recorder
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+var clientGoOnce sync.Once
+
+// startController runs the controller against the real API server, reaching pods through the
+// harness address map (no traffic to the fake pod IPs ever leaves loopback).
+func startController(t *testing.T, ns string) *runningController {
+	t.Helper()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	reg := prometheus.NewRegistry()
+	rec := metrics.New(reg)
+	hc := &http.Client{Transport: rec.InstrumentRoundTripper(env.addrs.Transport())}
+	ctrl, err := controller.NewController(ctx, controller.Config{
+		KubeClient: kubernetes.NewForConfigOrDie(env.cfg), Namespace: ns, Resync: 2 * time.Second, Metrics: rec,
+		CredentialBackoff: time.Second, UnreachableAfter: 2 * time.Second,
+		CouchFactory: func(ep controller.Endpoint, creds controller.Credentials) (controller.CouchAPI, error) {
+			return couch.New(couch.Options{BaseURL: ep.URL, Username: creds.Username, Password: creds.Password, HTTPClient: hc, Timeout: 2 * time.Second})
+		},
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	rc := &runningController{ctrl: ctrl, reg: reg, rec: rec, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(rc.done)
+		if err := ctrl.Run(ctx, 2); err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	}()
+	t.Cleanup(rc.stop)
+	return rc
+}
+
+func (rc *runningController) stop() {
+	rc.cancel()
+	<-rc.done
+}
+
+func poll(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, timeout, true, cond); err != nil {
+		t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+	}
+}
+
+// membership asks an emulated node directly (not through the controller) whom it lists.
+func clusterNodesOf(ns, pod string) []string {
+	n := env.backend.Node(ns, pod)
+	if n == nil || !n.Running() {
+		return nil
+	}
+	return n.ClusterNodes()
+}
+
+func waitMembers(t *testing.T, s clusterSpec, ns string, count int, timeout time.Duration) {
+	t.Helper()
+	var want []string
+	for i := 0; i < count; i++ {
+		want = append(want, s.nodeName(ns, i))
+	}
+	sort.Strings(want)
+	poll(t, timeout, "every node to list "+s.name+"'s members", func(context.Context) (bool, error) {
+		for i := 0; i < count; i++ {
+			got := clusterNodesOf(ns, podName(s, i))
+			sort.Strings(got)
+			if !slices.Equal(got, want) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+func podName(s clusterSpec, i int) string { return s.name + "-" + itoa(i) }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func events(t *testing.T, ns, reason string) []corev1.Event {
+	t.Helper()
+	list, err := env.kube.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []corev1.Event
+	for _, e := range list.Items {
+		if e.Reason == reason {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func waitEvent(t *testing.T, ns, reason string) {
+	t.Helper()
+	poll(t, 20*time.Second, "event "+reason, func(context.Context) (bool, error) {
+		return len(events(t, ns, reason)) > 0, nil
+	})
+}
+
+func setupState(t *testing.T, ns, pod string) couch.SetupState {
+	n := env.backend.Node(ns, pod)
+	if n == nil {
+		return ""
+	}
+	c, err := couch.New(couch.Options{BaseURL: n.URL(), Username: "admin", Password: passwordOf(ns), RetryMax: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := c.SetupState(context.Background())
+	return st
+}
+
+var passwords sync.Map
+
+func passwordOf(ns string) string { v, _ := passwords.Load(ns); s, _ := v.(string); return s }

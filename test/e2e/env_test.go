@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
+	"github.com/couchdb-controller/couchdb-controller/test/couchpods"
+	"github.com/couchdb-controller/couchdb-controller/test/harness"
+	"github.com/couchdb-controller/couchdb-controller/test/kubelet"
+)
+
+// env is the shared world of the e2e suite: one real control plane, one fake kubelet, one emulated
+// CouchDB network. Each test works in its own namespace.
+var env struct {
+	cp      *harness.ControlPlane
+	cfg     *rest.Config
+	kube    kubernetes.Interface
+	addrs   *kubelet.AddressMap
+	backend *couchpods.Backend
+	network *couchtest.Network
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("COUCHDB_CONTROLLER_E2E") != "1" && !harness.BinariesPresent() {
+		fmt.Println("e2e: skipped: no control-plane binaries (run `make test`, which builds them, or set COUCHDB_CONTROLLER_E2E=1)")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cp, err := harness.Start(ctx, harness.Options{Logf: func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) }})
+	if err != nil {
+		fmt.Println("e2e: control plane:", err)
+		return 1
+	}
+	defer cp.Stop()
+	env.cp, env.cfg = cp, cp.AdminConfig()
+	env.kube = kubernetes.NewForConfigOrDie(env.cfg)
+	env.addrs = kubelet.NewAddressMap()
+	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond})
+	env.backend = couchpods.New(env.kube, env.network)
+	kl := kubelet.New(env.kube, env.backend, env.addrs)
+	kctx, kcancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := kl.Run(kctx); err != nil {
+			fmt.Println("e2e: kubelet:", err)
+		}
+	}()
+	code := m.Run()
+	kcancel()
+	<-done
+	if code != 0 {
+		fmt.Println("e2e: control-plane logs are in", cp.RunDir())
+	}
+	return code
+}

@@ -1,0 +1,195 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+func TestFormsThreeNodeClusterAndJoinsScaleUp(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("db", 3)
+	s.parallel = true
+	rc := startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	poll(t, 20*time.Second, "cluster_finished on every node", func(context.Context) (bool, error) {
+		for i := 0; i < 3; i++ {
+			if setupState(t, ns, podName(s, i)) != couch.StateClusterFinished {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	waitEvent(t, ns, "ClusterFormed")
+	poll(t, 10*time.Second, "cluster_formed metric", func(context.Context) (bool, error) {
+		return metricValue(t, rc, "couchdb_controller_cluster_formed", map[string]string{"namespace": ns, "cluster": "db"}) == 1, nil
+	})
+
+	// kubectl scale --replicas=5
+	patch := []byte(`{"spec":{"replicas":5}}`)
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "db", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, s, ns, 5, 60*time.Second)
+	poll(t, 20*time.Second, "two NodeJoined events and join observations", func(context.Context) (bool, error) {
+		return len(events(t, ns, "NodeJoined")) >= 2 && histogramCount(t, rc, "couchdb_controller_node_join_duration_seconds") >= 2, nil
+	})
+	if n := len(events(t, ns, "ClusterFormed")); n != 1 {
+		t.Errorf("ClusterFormed events = %d, want exactly 1", n)
+	}
+	st, ok := rc.ctrl.Cluster(ns, "db")
+	if !ok || len(st.Members) != 5 {
+		t.Errorf("status API: %+v", st)
+	}
+	t.Logf("status: phase=%s members=%d", st.Phase, len(st.Members))
+}
+
+func TestSingleReplicaIsFinishedWithoutSingleNodeMode(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("solo", 1)
+	startController(t, ns)
+	s.create(t, ns)
+	poll(t, 60*time.Second, "cluster_finished", func(context.Context) (bool, error) {
+		return setupState(t, ns, "solo-0") == couch.StateClusterFinished, nil
+	})
+	// enable_single_node would have set [cluster] n=1, which spoils a later scale-up.
+	n := env.backend.Node(ns, "solo-0")
+	c, _ := couch.New(couch.Options{BaseURL: n.URL(), Username: "admin", Password: s.password})
+	if st, _ := c.SetupState(context.Background()); st != couch.StateClusterFinished {
+		t.Fatalf("state %s, want cluster_finished (not single_node_enabled)", st)
+	}
+}
+
+func TestPodRestartRejoinsAsSameNode(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("rs", 3)
+	s.parallel = true
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	pod, err := env.kube.CoreV1().Pods(ns).Get(context.Background(), "rs-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.kube.CoreV1().Pods(ns).Delete(context.Background(), "rs-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 60*time.Second, "rs-1 recreated and ready", func(ctx context.Context) (bool, error) {
+		p, err := env.kube.CoreV1().Pods(ns).Get(ctx, "rs-1", metav1.GetOptions{})
+		if err != nil || p.UID == pod.UID {
+			return false, nil
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	waitMembers(t, s, ns, 3, 30*time.Second)
+}
+
+func TestReadinessGateKeepsNonMemberOutOfService(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("gated", 3) // OrderedReady: pod N+1 only after pod N is Ready, which needs membership
+	s.memberGate = true
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 3, 90*time.Second)
+	poll(t, 30*time.Second, "3 ready addresses", func(ctx context.Context) (bool, error) {
+		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "gated", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		n := 0
+		for _, ss := range ep.Subsets {
+			n += len(ss.Addresses)
+		}
+		return n == 3, nil
+	})
+	// Every pod's member condition is True, set by the controller.
+	for i := 0; i < 3; i++ {
+		p, err := env.kube.CoreV1().Pods(ns).Get(context.Background(), podName(s, i), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, c := range p.Status.Conditions {
+			if c.Type == "couchdb.io/member" && c.Status == corev1.ConditionTrue {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("pod %s has no couchdb.io/member=True condition", p.Name)
+		}
+	}
+}
+
+func TestHelmChartStyleStatefulSet(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("couchdb", 3)
+	s.helm = true
+	rc := startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
+		return setupState(t, ns, "couchdb-0") == couch.StateClusterFinished, nil
+	})
+	_ = rc
+}
+
+func metricValue(t *testing.T, rc *runningController, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := rc.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for k, v := range labels {
+				ok := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == k && l.GetValue() == v {
+						ok = true
+					}
+				}
+				if !ok {
+					continue next
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
+func histogramCount(t *testing.T, rc *runningController, name string) uint64 {
+	t.Helper()
+	mfs, err := rc.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}
+
+var _ = testutil.ToFloat64
