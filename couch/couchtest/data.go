@@ -25,7 +25,9 @@ type docRec struct {
 	Seq     int
 }
 
-func newCopy(nw *Network) *shardCopy { return &shardCopy{uuid: randomHex(16), docs: map[string]*docRec{}} }
+func newCopy(nw *Network) *shardCopy {
+	return &shardCopy{uuid: randomHex(16), docs: map[string]*docRec{}}
+}
 
 func (c *shardCopy) counts() (docs, deleted int64) {
 	for _, d := range c.docs {

@@ -54,8 +54,8 @@ func NewNetwork(opts NetworkOptions) *Network {
 
 // NodeConfig is one node's boot configuration (its ini files and environment).
 type NodeConfig struct {
-	Name          string   // Erlang node name, e.g. "couchdb@db-0.db.ns.svc.cluster.local"
-	AdminUser     string   // [admins]; the official image refuses to boot without one
+	Name          string // Erlang node name, e.g. "couchdb@db-0.db.ns.svc.cluster.local"
+	AdminUser     string // [admins]; the official image refuses to boot without one
 	AdminPassword string
 	Cookie        string   // Erlang cookie; nodes connect only when cookies match ("" = "monster-free default")
 	BindAddress   string   // [chttpd] bind_address; "" = "127.0.0.1" (a source build's default)

@@ -64,7 +64,7 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 		ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: ns, Labels: svcLabels},
 		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": s.name},
 			PublishNotReadyAddresses: s.helm,
-			Ports: []corev1.ServicePort{{Name: "couchdb", Port: 5984, TargetPort: intstr.FromInt32(5984)}}},
+			Ports:                    []corev1.ServicePort{{Name: "couchdb", Port: 5984, TargetPort: intstr.FromInt32(5984)}}},
 	}
 	if _, err := env.kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
