@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -53,7 +54,7 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		// Success is judged only when _membership shows the node; remember when its pod got ready.
 		for _, p := range o.Pods {
 			if n := o.Nodes[p.Ordinal]; n != nil && n.Name == a.Node {
-				st.joining[a.Node] = p.ReadySince
+				st.joining[a.Node] = readyStart(p, st.readySeen[p.UID])
 			}
 		}
 		return nil
@@ -81,6 +82,16 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return c.setMemberCondition(ctx, sts.Namespace, a.Pod, a.Value)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
+}
+
+// readyStart estimates when the pod's containers became ready. The API stores condition times with
+// one-second resolution, so when the controller saw the pod ready within that second, its own
+// observation (an informer event milliseconds later) is the better clock.
+func readyStart(p *PodObs, seen time.Time) time.Time {
+	if !seen.IsZero() && !seen.Before(p.ReadySince) && seen.Sub(p.ReadySince) < time.Second {
+		return seen
+	}
+	return p.ReadySince
 }
 
 // setMemberCondition patches the pod's couchdb.io/member condition through the status subresource.

@@ -15,6 +15,8 @@ type CouchAPI interface {
 	AddNodeDoc(ctx context.Context, name string) error
 	RemoveNodeDoc(ctx context.Context, name string) error
 	FinishCluster(ctx context.Context, ensureDBs ...string) error
+	AllDBs(ctx context.Context) ([]string, error)
+	GetShardMap(ctx context.Context, db string) (couch.ShardMap, error)
 }
 
 // Endpoint is where one CouchDB node answers.

@@ -104,6 +104,7 @@ func parseAnnotations(sts *appsv1.StatefulSet, o *Observed) {
 	}
 }
 
+//lint:ignore SA1019 the product contract watches Endpoints; the EndpointSlice move stays local to this file
 func endpointsPort(ep *corev1.Endpoints) int {
 	for _, ss := range ep.Subsets {
 		for _, p := range ss.Ports {
@@ -223,6 +224,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	}
 	c.askSetup(ctx, st, scheme, ca, o, coord)
 	if coord.Setup == couch.StateClusterFinished {
+		c.askShardRefs(ctx, st, scheme, ca, o, coord)
 		return
 	}
 	for _, ord := range ords {
@@ -230,6 +232,40 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 			c.askSetup(ctx, st, scheme, ca, o, n)
 		}
 	}
+}
+
+// askShardRefs reads every shard map through the coordinator, but only when some member is departed:
+// that is the only decision (removing it from _nodes) that needs them, and the steady state stays at
+// one GET per node.
+func (c *Controller) askShardRefs(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, coord *NodeObs) {
+	departed := false
+	for _, m := range coord.Membership.ClusterNodes {
+		if ord, ok := nodeOrdinal(m, o.StatefulSet); ok && ord >= o.Replicas {
+			departed = true
+		}
+	}
+	if !departed || !coord.Reached {
+		return
+	}
+	api, err := c.client(st, scheme, ca, o.Pods[coord.Ordinal])
+	if err != nil {
+		return
+	}
+	dbs, err := api.AllDBs(ctx)
+	if err != nil {
+		return // unknown refs: nothing will be removed
+	}
+	refs := map[string][]string{}
+	for _, db := range dbs {
+		m, err := api.GetShardMap(ctx, db)
+		if err != nil {
+			return
+		}
+		for _, node := range m.Nodes() {
+			refs[node] = append(refs[node], db)
+		}
+	}
+	o.ShardRefs = refs
 }
 
 func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, n *NodeObs) {

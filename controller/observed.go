@@ -32,6 +32,10 @@ type Observed struct {
 	Pods map[int]*PodObs
 	// Nodes by ordinal: what each pod's CouchDB said.
 	Nodes map[int]*NodeObs
+
+	// ShardRefs lists, for every node any shard map places a copy on, the databases that do. Nil when
+	// the maps were not read in this sync (they are read only when a departed node is seen).
+	ShardRefs map[string][]string
 }
 
 // Problem is a condition a human must fix.

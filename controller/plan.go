@@ -50,6 +50,8 @@ type Plan struct {
 	Warnings   []Problem         // actionable problems found while planning (e.g. invalid node names)
 	Formed     bool              // setup finished
 	Members    []string          // the coordinator's cluster_nodes
+	Departed   []string          // members whose pod ordinal is >= spec.replicas: gone for good
+	Foreign    []string          // members that name no pod of this StatefulSet: never touched
 	NodeStates map[string]string // pod -> state (metrics.NodeStates)
 	Phase      string
 	Requeue    time.Duration // sooner than the resync period when something is in flight; 0 = resync
@@ -90,6 +92,15 @@ func PlanCluster(o Observed) Plan {
 		p.Formed = coord.Setup == couch.StateClusterFinished
 	}
 	p.NodeStates = nodeStates(o, members, connected)
+	for _, m := range members {
+		ord, ok := nodeOrdinal(m, o.StatefulSet)
+		switch {
+		case !ok:
+			p.Foreign = append(p.Foreign, m)
+		case ord >= o.Replicas:
+			p.Departed = append(p.Departed, m)
+		}
+	}
 	for _, ord := range sortedOrdinals(o.Nodes) {
 		if n := o.Nodes[ord]; n.Reached && n.NameErr != "" {
 			p.Warnings = append(p.Warnings, Problem{ReasonNodeNameInvalid, fmt.Sprintf("pod %s reports CouchDB node name %q: %s; it will not be joined", n.Pod, n.Name, n.NameErr)})
@@ -115,6 +126,7 @@ func PlanCluster(o Observed) Plan {
 		p.Requeue = quickRequeue
 	} else {
 		planJoins(o, coord, members, &p)
+		planRemovals(o, coord, p.Departed, &p)
 	}
 	planMemberConditions(o, members, connected, &p)
 	switch {
@@ -224,6 +236,27 @@ func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {
 		if !slices.Contains(members, n.Name) {
 			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: n.Name, Pod: n.Pod})
 		}
+	}
+}
+
+// planRemovals drops departed nodes from _nodes, but only those that no shard map references: CouchDB
+// never moves shards by itself, and a _nodes entry removed while maps still name the node strands
+// those copies. Without an observation of the maps (ShardRefs nil) nothing is removed.
+func planRemovals(o Observed, coord *NodeObs, departed []string, p *Plan) {
+	if o.ShardRefs == nil {
+		if len(departed) > 0 && p.Wait == "" {
+			p.Wait = fmt.Sprintf("departed nodes %v are kept until the shard maps are known not to reference them", departed)
+		}
+		return
+	}
+	for _, name := range departed {
+		if dbs := o.ShardRefs[name]; len(dbs) > 0 {
+			p.Warnings = append(p.Warnings, Problem{ReasonDataAtRisk, fmt.Sprintf(
+				"node %s left the cluster (its pod ordinal is not below spec.replicas=%d) but shard maps of %v still place copies on it; it stays in _nodes and no reference is removed: scale back up, or move those copies and let the controller heal",
+				name, o.Replicas, dbs)})
+			continue
+		}
+		p.Actions = append(p.Actions, Action{Kind: ActRemoveNode, Via: coord.Ordinal, Node: name})
 	}
 }
 

@@ -48,6 +48,7 @@ type clusterState struct {
 	warnings      map[string]bool      // reason+message of Warnings already emitted and still true
 	identity      map[string]string    // pod identity key -> node name (GET /_node/_local)
 	joining       map[string]time.Time // node -> containers-ready time, for nodes the controller added
+	readySeen     map[string]time.Time // pod UID -> when this controller first saw its containers ready
 	memberSince   map[string]time.Time
 	failingSince  map[string]time.Time // pod -> first failed request of the current streak
 	clients       map[string]CouchAPI  // endpoint URL -> client for the current credentials
@@ -61,7 +62,7 @@ type clusterState struct {
 
 func newClusterState() *clusterState {
 	return &clusterState{
-		warnings: map[string]bool{}, identity: map[string]string{}, joining: map[string]time.Time{},
+		warnings: map[string]bool{}, identity: map[string]string{}, joining: map[string]time.Time{}, readySeen: map[string]time.Time{},
 		memberSince: map[string]time.Time{}, failingSince: map[string]time.Time{}, clients: map[string]CouchAPI{},
 	}
 }

@@ -60,6 +60,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	if err := c.observeKube(ctx, sts, &o); err != nil {
 		return err
 	}
+	c.noteReady(st, o)
 	scheme := "http"
 	if sts.Annotations[AnnotationScheme] == "https" {
 		scheme = "https"
@@ -204,6 +205,23 @@ func metavCtrl(p *corev1.Pod) string {
 	return ""
 }
 
+// noteReady remembers when each pod was first seen with ready containers (for join latency).
+func (c *Controller) noteReady(st *clusterState, o Observed) {
+	now := c.cfg.Now()
+	live := map[string]bool{}
+	for _, p := range o.Pods {
+		live[p.UID] = true
+		if _, ok := st.readySeen[p.UID]; p.ContainersReady && !ok {
+			st.readySeen[p.UID] = now
+		}
+	}
+	for uid := range st.readySeen {
+		if !live[uid] {
+			delete(st.readySeen, uid)
+		}
+	}
+}
+
 // unreachable turns node failures that persisted for UnreachableAfter into Warnings.
 func (c *Controller) unreachable(st *clusterState, sts *appsv1.StatefulSet, o Observed) []Problem {
 	now := c.cfg.Now()
@@ -251,14 +269,20 @@ func (c *Controller) noteJoins(ctx context.Context, st *clusterState, sts *appsv
 	}
 }
 
-// warn emits each Warning once while it holds; a Warning that clears and comes back is emitted again.
+// warn emits each Warning once per object while it holds; a Warning that clears and comes back is
+// emitted again.
 func (c *Controller) warn(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, problems []Problem) {
 	active := map[string]bool{}
+	for k, v := range st.warnings {
+		if !strings.HasPrefix(k, sts.Name+"\x00") {
+			active[k] = v // another object's warnings (DuplicateCluster names several)
+		}
+	}
 	for _, p := range problems {
-		k := p.Reason + "\x00" + p.Message
-		// Durations in messages change every sync; key on the reason and pod instead.
+		k := sts.Name + "\x00" + p.Reason + "\x00" + p.Message
+		// Messages with durations or backoffs change every sync; key on the reason alone.
 		if p.Reason == ReasonCouchDBUnreachable || p.Reason == ReasonCredentialsInvalid {
-			k = p.Reason + "\x00" + sts.Name
+			k = sts.Name + "\x00" + p.Reason
 		}
 		active[k] = true
 		if st.warnings[k] {

@@ -181,3 +181,8 @@ func (r *Recorder) ForgetCluster(ns, cluster string) {
 	delete(r.podsByCluster, clusterKey{ns, cluster})
 	r.mu.Unlock()
 }
+
+// ClusterFormedGauge exposes one series for tests of callers.
+func (r *Recorder) ClusterFormedGauge(ns, cluster string) prometheus.Gauge {
+	return r.clusterFormed.WithLabelValues(ns, cluster)
+}
