@@ -3,97 +3,130 @@ package kubelet
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"sync"
+	"time"
 )
 
-// AddressMap maps fake pod addresses (podIP:port) to the loopback listeners of their workloads, so
-// the controller reaches pods without root and without ever dialling an address the harness did not
-// create.
+// AddressMap maps fake pod addresses ("podIP:containerPort") to the loopback listeners of the
+// workloads behind them ("127.0.0.1:PORT"). The Kubelet keeps it current. It lets the controller reach
+// pods without root and guarantees that a fake pod address is never dialled for real: anything not in
+// the map is refused.
+//
+// In-process users take DialContext (or Transport); a controller running as a separate process goes
+// through the forward proxy from ServeProxy via HTTP_PROXY. Safe for concurrent use.
 type AddressMap struct {
-	mu sync.RWMutex
-	m  map[string]string
+	mu    sync.RWMutex
+	m     map[string]string
+	conns map[string]map[*trackedConn]struct{} // open connections per pod address
 }
 
 // NewAddressMap returns an empty map.
-func NewAddressMap() *AddressMap { return &AddressMap{m: map[string]string{}} }
-
-// Set maps from (podIP:port) to a loopback address.
-func (a *AddressMap) Set(from, to string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.m[from] = to
+func NewAddressMap() *AddressMap {
+	return &AddressMap{m: map[string]string{}, conns: map[string]map[*trackedConn]struct{}{}}
 }
 
-// Lookup returns the loopback address for a pod address.
-func (a *AddressMap) Lookup(addr string) (string, bool) {
+// Set maps a pod address (podIP:port) to a loopback address, replacing any earlier mapping.
+func (a *AddressMap) Set(podAddr, loopback string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m[podAddr] = loopback
+}
+
+// Delete removes a mapping and closes the connections dialled to it: the pod address becomes
+// unreachable and kept-alive connections die, as they do when a pod goes away.
+func (a *AddressMap) Delete(podAddr string) {
+	a.mu.Lock()
+	delete(a.m, podAddr)
+	conns := a.conns[podAddr]
+	delete(a.conns, podAddr)
+	a.mu.Unlock()
+	for c := range conns {
+		_ = c.Conn.Close()
+	}
+}
+
+// Lookup returns the loopback address a pod address maps to.
+func (a *AddressMap) Lookup(podAddr string) (string, bool) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	to, ok := a.m[addr]
+	to, ok := a.m[podAddr]
 	return to, ok
 }
 
-// DialContext dials the loopback address mapped from addr and refuses anything else.
+// Len is the number of mapped pod addresses.
+func (a *AddressMap) Len() int {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return len(a.m)
+}
+
+// UnmappedError is returned for an address that is not a pod address of this harness.
+type UnmappedError struct{ Addr string }
+
+func (e *UnmappedError) Error() string {
+	return fmt.Sprintf("harness: %s is not a running pod's address; refusing to dial it", e.Addr)
+}
+
+// DialContext dials the loopback address that addr maps to and refuses everything else, so the fake
+// pod IPs never reach the real network.
 func (a *AddressMap) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	to, ok := a.Lookup(addr)
 	if !ok {
-		return nil, fmt.Errorf("harness: %s is not a pod address of this harness; refusing to dial it", addr)
+		return nil, &UnmappedError{Addr: addr}
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, to)
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.DialContext(ctx, network, to)
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, m: a, podAddr: addr}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m[addr] != to { // unmapped or remapped while dialling
+		_ = c.Close()
+		return nil, &UnmappedError{Addr: addr}
+	}
+	if a.conns[addr] == nil {
+		a.conns[addr] = map[*trackedConn]struct{}{}
+	}
+	a.conns[addr][tc] = struct{}{}
+	return tc, nil
 }
 
-// Transport is an http.Transport that dials through the map.
-func (a *AddressMap) Transport() *http.Transport {
-	return &http.Transport{DialContext: a.DialContext, MaxIdleConnsPerHost: 4, Proxy: nil}
+// trackedConn is a connection Delete can cut.
+type trackedConn struct {
+	net.Conn
+	m       *AddressMap
+	podAddr string
+	once    sync.Once
 }
 
-// ProxyHandler is an HTTP forward proxy for a separate controller process (HTTP_PROXY): it forwards
-// absolute-URI requests and CONNECT tunnels to mapped pod addresses only.
-func (a *AddressMap) ProxyHandler() http.Handler {
-	rp := &httputil.ReverseProxy{
-		Rewrite:   func(r *httputil.ProxyRequest) { r.Out.URL = r.In.URL; r.Out.Host = r.In.Host },
-		Transport: a.Transport(),
-		ErrorLog:  nil,
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodConnect {
-			a.tunnel(w, r)
-			return
-		}
-		if r.URL.Host == "" {
-			http.Error(w, "harness proxy: absolute URI required", http.StatusBadRequest)
-			return
-		}
-		if _, ok := a.Lookup(r.URL.Host); !ok {
-			http.Error(w, "harness proxy: not a pod address of this harness", http.StatusForbidden)
-			return
-		}
-		rp.ServeHTTP(w, r)
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.m.mu.Lock()
+		delete(c.m.conns[c.podAddr], c)
+		c.m.mu.Unlock()
 	})
+	return c.Conn.Close()
 }
 
-func (a *AddressMap) tunnel(w http.ResponseWriter, r *http.Request) {
-	up, err := a.DialContext(r.Context(), "tcp", r.Host)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusForbidden)
-		return
+// CloseWrite half-closes a TCP connection (the proxy's CONNECT tunnels need it).
+func (c *trackedConn) CloseWrite() error {
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		return tc.CloseWrite()
 	}
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		up.Close()
-		http.Error(w, "no hijack", http.StatusInternalServerError)
-		return
+	return nil
+}
+
+// Transport is an http.Transport that reaches pods through the map. It never uses a proxy from the
+// environment.
+func (a *AddressMap) Transport() *http.Transport {
+	return &http.Transport{
+		DialContext:         a.DialContext,
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
 	}
-	w.WriteHeader(http.StatusOK)
-	down, _, err := hj.Hijack()
-	if err != nil {
-		up.Close()
-		return
-	}
-	go func() { _, _ = io.Copy(up, down); up.Close() }()
-	go func() { _, _ = io.Copy(down, up); down.Close() }()
 }

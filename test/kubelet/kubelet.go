@@ -1,346 +1,343 @@
-// Package kubelet plays the kubelet for a control plane that has none: it binds pods to a fake Node,
-// gives them stable fake IPs, starts their workload through a Backend, and reports readiness through
-// the status subresource exactly as the kubelet would: ContainersReady follows the workload's
-// readiness probe, Ready is ContainersReady AND every readiness gate condition True.
+// Package kubelet plays the kubelet for a control plane that has none (test/harness): it binds
+// pending pods to a fake Node, gives each pod name a stable fake IP from 10.244.0.0/16, starts the
+// pod's workload through a Backend, and reports through the status subresource what a kubelet would:
+// ContainersReady follows the workload's readiness probe, Ready is ContainersReady AND every readiness
+// gate condition True. Pods being deleted have their workload stopped and are then force-deleted,
+// which is the kubelet's part of pod termination.
+//
+// The AddressMap it maintains translates podIP:containerPort to the workload's loopback listener, so
+// the controller can reach pods without root and without dialling a fake address.
 package kubelet
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
 )
 
-// NodeName is the fake Node every pod is bound to.
+// NodeName is the default name of the fake Node.
 const NodeName = "harness-node"
 
-// hostIP is the fake Node's address (never dialled).
-const hostIP = "10.244.255.254"
-
-// Workload is what runs for one pod.
+// Workload is what runs for one pod (e.g. an emulated CouchDB node).
 type Workload interface {
+	// Ready is the readiness probe (CouchDB's: GET /_up answers 200). It must honour ctx.
 	Ready(ctx context.Context) bool
-	Ports() map[int32]string // container port -> loopback address
+	// Ports maps each container port to the loopback address that serves it ("127.0.0.1:PORT").
+	Ports() map[int32]string
+	// Stop stops the workload. Keeping data for a pod of the same name is the Backend's business.
 	Stop()
 }
 
-// Backend starts workloads.
+// Backend starts the workload of a pod that has been bound to the Node.
 type Backend interface {
 	StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (Workload, error)
 }
 
-// Kubelet is the fake kubelet.
+// Options tune a Kubelet; zero values take the defaults.
+type Options struct {
+	NodeName     string        // default NodeName
+	ProbePeriod  time.Duration // readiness probe interval, default 100ms
+	ProbeTimeout time.Duration // per probe, default 1s
+	Workers      int           // pods synced in parallel, default 4
+}
+
+// Kubelet is the fake kubelet. Create it with New, then call Run.
 type Kubelet struct {
 	kube    kubernetes.Interface
 	backend Backend
 	addrs   *AddressMap
+	opts    Options
 	queue   workqueue.TypedRateLimitingInterface[string]
-	lister  cache.Indexer
-	probe   time.Duration
+	pods    cache.Indexer
 
-	mu        sync.Mutex
-	workloads map[string]Workload // ns/name -> running workload
-	uids      map[string]types.UID
-	ips       map[string]string // ns/name -> IP, stable across pod restarts
-	used      map[string]string // IP -> ns/name
-	ready     map[string]bool
-	errs      map[string]error
+	mu      sync.Mutex
+	ipam    *ipam
+	running map[string]*runningPod // namespace/name
 }
 
-// New returns a kubelet. Call Run.
+// runningPod is one started workload and its prober.
+type runningPod struct {
+	uid      types.UID
+	ip       string
+	workload Workload
+	podAddrs []string // AddressMap keys it owns
+	ready    atomic.Bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// New returns a Kubelet with default Options.
 func New(kube kubernetes.Interface, backend Backend, addrs *AddressMap) *Kubelet {
+	return NewWithOptions(kube, backend, addrs, Options{})
+}
+
+// NewWithOptions returns a Kubelet.
+func NewWithOptions(kube kubernetes.Interface, backend Backend, addrs *AddressMap, opts Options) *Kubelet {
+	if opts.NodeName == "" {
+		opts.NodeName = NodeName
+	}
+	if opts.ProbePeriod <= 0 {
+		opts.ProbePeriod = 100 * time.Millisecond
+	}
+	if opts.ProbeTimeout <= 0 {
+		opts.ProbeTimeout = time.Second
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
+	}
 	return &Kubelet{
-		kube: kube, backend: backend, addrs: addrs, probe: 50 * time.Millisecond,
+		kube: kube, backend: backend, addrs: addrs, opts: opts,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](20*time.Millisecond, 2*time.Second),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "kubelet"}),
-		workloads: map[string]Workload{}, uids: map[string]types.UID{}, ips: map[string]string{},
-		used: map[string]string{}, ready: map[string]bool{}, errs: map[string]error{},
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "harness-kubelet"}),
+		ipam: newIPAM(), running: map[string]*runningPod{},
 	}
 }
 
-// Run creates the Node, watches pods and works until ctx is done; then it stops every workload.
+// NodeName is the name of the Node this Kubelet registers.
+func (k *Kubelet) NodeName() string { return k.opts.NodeName }
+
+// IP returns the address the Kubelet gave a pod name ("" if none yet). It stays the same when a pod
+// of that name is deleted and comes back.
+func (k *Kubelet) IP(namespace, pod string) string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ipam.lookup(namespace + "/" + pod)
+}
+
+// Run registers the Node, watches pods and works until ctx is done; then it stops every workload it
+// started and returns. Pods stay bound to the Node, as they would when a real kubelet stops.
 func (k *Kubelet) Run(ctx context.Context) error {
-	if err := k.ensureNode(ctx); err != nil {
+	logger := klog.FromContext(ctx).WithValues("node", k.opts.NodeName)
+	ctx = klog.NewContext(ctx, logger)
+	if err := k.registerNode(ctx); err != nil {
 		return err
 	}
 	factory := informers.NewSharedInformerFactory(k.kube, 0)
 	inf := factory.Core().V1().Pods().Informer()
-	k.lister = inf.GetIndexer()
-	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { k.enqueue(obj) },
-		UpdateFunc: func(_, obj any) { k.enqueue(obj) },
-		DeleteFunc: func(obj any) { k.enqueue(obj) },
-	})
-	if err != nil {
-		return err
+	k.pods = inf.GetIndexer()
+	if _, err := inf.AddEventHandler(cache.FilteringResourceEventHandler{
+		FilterFunc: k.mine,
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc:    k.enqueue,
+			UpdateFunc: func(_, obj any) { k.enqueue(obj) },
+			DeleteFunc: k.enqueue,
+		},
+	}); err != nil {
+		return fmt.Errorf("kubelet: watch pods: %w", err)
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return fmt.Errorf("kubelet: pod cache did not sync")
+		return fmt.Errorf("kubelet: pod cache did not sync: %w", ctx.Err())
 	}
 	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k.next(ctx) {
+	for range k.opts.Workers {
+		wg.Go(func() {
+			for k.processNext(ctx) {
 			}
-		}()
+		})
 	}
-	// The readiness probe: re-evaluate every running workload.
-	go func() {
-		t := time.NewTicker(k.probe)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				k.mu.Lock()
-				for key := range k.workloads {
-					k.queue.Add(key)
-				}
-				k.mu.Unlock()
-			}
-		}
-	}()
 	<-ctx.Done()
 	k.queue.ShutDown()
 	wg.Wait()
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	for key, w := range k.workloads {
-		w.Stop()
-		delete(k.workloads, key)
+	keys := make([]string, 0, len(k.running))
+	for key := range k.running {
+		keys = append(keys, key)
+	}
+	k.mu.Unlock()
+	for _, key := range keys {
+		k.stopPod(key)
 	}
 	return nil
 }
 
-func (k *Kubelet) enqueue(obj any) {
+// mine selects the pods this Kubelet acts on: unbound ones (it is the scheduler too) and its own.
+func (k *Kubelet) mine(obj any) bool {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+	pod, ok := obj.(*corev1.Pod)
+	return ok && (pod.Spec.NodeName == "" || pod.Spec.NodeName == k.opts.NodeName)
+}
+
+func (k *Kubelet) enqueue(obj any) {
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 		k.queue.Add(key)
 	}
 }
 
-func (k *Kubelet) next(ctx context.Context) bool {
+func (k *Kubelet) processNext(ctx context.Context) bool {
 	key, quit := k.queue.Get()
 	if quit {
 		return false
 	}
 	defer k.queue.Done(key)
-	if err := k.sync(ctx, key); err != nil && ctx.Err() == nil {
-		k.mu.Lock()
-		k.errs[key] = err
-		k.mu.Unlock()
-		k.queue.AddRateLimited(key)
+	if err := k.sync(ctx, key); err != nil {
+		if ctx.Err() == nil {
+			klog.FromContext(ctx).Error(err, "Kubelet sync failed; retrying", "pod", key)
+			k.queue.AddRateLimited(key)
+		}
 		return true
 	}
 	k.queue.Forget(key)
 	return true
 }
 
-func (k *Kubelet) ensureNode(ctx context.Context) error {
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: NodeName, Labels: map[string]string{"kubernetes.io/hostname": NodeName}}}
-	created, err := k.kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		created, err = k.kube.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("create node: %w", err)
-	}
-	now := metav1.Now()
-	created.Status = corev1.NodeStatus{
-		Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady", LastHeartbeatTime: now, LastTransitionTime: now}},
-		Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: hostIP}},
-		Capacity:   corev1.ResourceList{corev1.ResourcePods: resource.MustParse("1000"), corev1.ResourceCPU: resource.MustParse("64"), corev1.ResourceMemory: resource.MustParse("256Gi")},
-	}
-	created.Status.Allocatable = created.Status.Capacity
-	_, err = k.kube.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
-	return err
-}
-
-// podIP gives a pod name a stable address in 10.244.0.0/16 (a StatefulSet pod that comes back keeps
-// it, which the address map relies on).
-func (k *Kubelet) podIP(key string) string {
-	if ip, ok := k.ips[key]; ok {
-		return ip
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	n := h.Sum32() % (256*255 - 2)
-	for {
-		ip := fmt.Sprintf("10.244.%d.%d", n/254, n%254+1)
-		if _, taken := k.used[ip]; !taken && ip != hostIP {
-			k.ips[key], k.used[ip] = ip, key
-			return ip
-		}
-		n = (n + 1) % (256*255 - 2)
-	}
-}
-
+// sync brings one pod one step closer to what a kubelet would have done with it.
 func (k *Kubelet) sync(ctx context.Context, key string) error {
-	obj, exists, err := k.lister.GetByKey(key)
+	obj, exists, err := k.pods.GetByKey(key)
 	if err != nil {
 		return err
 	}
 	if !exists {
-		k.stop(key)
+		k.stopPod(key)
 		return nil
 	}
 	pod := obj.(*corev1.Pod)
-	k.mu.Lock()
-	if uid, ok := k.uids[key]; ok && uid != pod.UID {
-		// A new pod of the same name: the old one's workload must be gone first.
-		if w := k.workloads[key]; w != nil {
-			w.Stop()
-			delete(k.workloads, key)
-		}
+	if k.runningUID(key) != "" && k.runningUID(key) != pod.UID {
+		k.stopPod(key) // a new pod of the same name; the old one's workload must go first
 	}
-	k.uids[key] = pod.UID
-	k.mu.Unlock()
-	if pod.DeletionTimestamp != nil {
-		k.stop(key)
-		// Nothing confirms termination without a kubelet; confirm it as the kubelet would.
-		zero := int64(0)
-		err := k.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID}})
-		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-			return fmt.Errorf("force-delete %s: %w", key, err)
-		}
+	switch {
+	case pod.Spec.NodeName == "" && pod.DeletionTimestamp == nil:
+		return k.bind(ctx, pod)
+	case pod.Spec.NodeName != k.opts.NodeName:
 		return nil
+	case pod.DeletionTimestamp != nil:
+		return k.terminate(ctx, key, pod)
 	}
-	if pod.Spec.NodeName == "" {
-		b := &corev1.Binding{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID},
-			Target: corev1.ObjectReference{Kind: "Node", Name: NodeName}}
-		if err := k.kube.CoreV1().Pods(pod.Namespace).Bind(ctx, b, metav1.CreateOptions{}); err != nil && !apierrors.IsConflict(err) {
-			return fmt.Errorf("bind %s: %w", key, err)
-		}
-		return nil // the update event brings us back
-	}
-	if pod.Spec.NodeName != NodeName {
-		return nil
-	}
-	k.mu.Lock()
-	ip := k.podIP(key)
-	w := k.workloads[key]
-	k.mu.Unlock()
-	if w == nil {
-		w, err = k.backend.StartPod(ctx, pod, ip)
-		if err != nil {
-			return fmt.Errorf("start workload of %s: %w", key, err)
-		}
-		k.mu.Lock()
-		k.workloads[key] = w
-		k.mu.Unlock()
-		for port, addr := range w.Ports() {
-			k.addrs.Set(fmt.Sprintf("%s:%d", ip, port), addr)
-		}
-	}
-	ready := w.Ready(ctx)
-	return k.report(ctx, pod, ip, ready)
-}
-
-func (k *Kubelet) stop(key string) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if w := k.workloads[key]; w != nil {
-		w.Stop()
-		delete(k.workloads, key)
-	}
-	delete(k.ready, key)
-}
-
-func condStatus(b bool) corev1.ConditionStatus {
-	if b {
-		return corev1.ConditionTrue
-	}
-	return corev1.ConditionFalse
-}
-
-// report patches the pod status when something the kubelet owns changed. Conditions are merged by
-// type, so the readiness-gate conditions other parties set are left alone.
-func (k *Kubelet) report(ctx context.Context, pod *corev1.Pod, ip string, containersReady bool) error {
-	gates := true
-	for _, g := range pod.Spec.ReadinessGates {
-		found := false
-		for _, c := range pod.Status.Conditions {
-			if c.Type == g.ConditionType {
-				found = c.Status == corev1.ConditionTrue
-			}
-		}
-		gates = gates && found
-	}
-	ready := containersReady && gates
-	cur := map[corev1.PodConditionType]corev1.ConditionStatus{}
-	for _, c := range pod.Status.Conditions {
-		cur[c.Type] = c.Status
-	}
-	if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP == ip &&
-		cur[corev1.ContainersReady] == condStatus(containersReady) && cur[corev1.PodReady] == condStatus(ready) &&
-		cur[corev1.PodScheduled] == corev1.ConditionTrue {
-		return nil
-	}
-	now := metav1.Now()
-	cond := func(t corev1.PodConditionType, v bool) corev1.PodCondition {
-		c := corev1.PodCondition{Type: t, Status: condStatus(v), LastTransitionTime: now}
-		if cur[t] == c.Status { // keep the old transition time when nothing changed
-			for _, old := range pod.Status.Conditions {
-				if old.Type == t {
-					c.LastTransitionTime = old.LastTransitionTime
-				}
-			}
-		}
-		return c
-	}
-	start := pod.Status.StartTime
-	if start == nil {
-		start = &now
-	}
-	var statuses []corev1.ContainerStatus
-	for _, c := range pod.Spec.Containers {
-		statuses = append(statuses, corev1.ContainerStatus{Name: c.Name, Image: c.Image, ImageID: "harness://" + c.Image, Ready: containersReady,
-			Started: &containersReady, ContainerID: "harness://" + string(pod.UID) + "/" + c.Name,
-			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: *start}}})
-	}
-	patch := map[string]any{"status": map[string]any{
-		"phase": corev1.PodRunning, "podIP": ip, "podIPs": []corev1.PodIP{{IP: ip}}, "hostIP": hostIP,
-		"hostIPs": []corev1.HostIP{{IP: hostIP}}, "startTime": start,
-		"conditions": []corev1.PodCondition{
-			cond(corev1.PodScheduled, true), cond(corev1.PodInitialized, true),
-			cond(corev1.ContainersReady, containersReady), cond(corev1.PodReady, ready),
-		},
-		"containerStatuses": statuses,
-	}}
-	data, err := json.Marshal(patch)
+	r, err := k.ensureRunning(ctx, key, pod)
 	if err != nil {
 		return err
 	}
-	_, err = k.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
-	if apierrors.IsNotFound(err) {
-		return nil
+	patch, err := statusPatch(pod, r.ip, r.ready.Load(), metav1.Now())
+	if err != nil || patch == nil {
+		return err
 	}
-	return err
+	_, err = k.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil // deleted meanwhile; the delete event follows
+	}
+	if err != nil {
+		return fmt.Errorf("report status of %s: %w", key, err)
+	}
+	return nil
 }
 
-// IP returns the IP the kubelet gave a pod ("" if none yet).
-func (k *Kubelet) IP(namespace, pod string) string {
+func (k *Kubelet) bind(ctx context.Context, pod *corev1.Pod) error {
+	b := &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: k.opts.NodeName},
+	}
+	err := k.kube.CoreV1().Pods(pod.Namespace).Bind(ctx, b, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("bind %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil // the update event brings the bound pod back
+}
+
+// terminate plays the kubelet's part of a graceful deletion: stop the workload, then confirm with a
+// zero grace period (nothing else would, and the pod would stay Terminating forever).
+func (k *Kubelet) terminate(ctx context.Context, key string, pod *corev1.Pod) error {
+	k.stopPod(key)
+	zero := int64(0)
+	err := k.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID},
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("force-delete %s: %w", key, err)
+	}
+	return nil
+}
+
+func (k *Kubelet) runningUID(key string) types.UID {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.ips[namespace+"/"+pod]
+	if r := k.running[key]; r != nil {
+		return r.uid
+	}
+	return ""
+}
+
+// ensureRunning starts the pod's workload and prober once per pod UID.
+func (k *Kubelet) ensureRunning(ctx context.Context, key string, pod *corev1.Pod) (*runningPod, error) {
+	k.mu.Lock()
+	r := k.running[key]
+	ip, ipErr := k.ipam.assign(key)
+	k.mu.Unlock()
+	if r != nil {
+		return r, nil
+	}
+	if ipErr != nil {
+		return nil, ipErr
+	}
+	w, err := k.backend.StartPod(ctx, pod.DeepCopy(), ip)
+	if err != nil {
+		return nil, fmt.Errorf("start workload of %s: %w", key, err)
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	r = &runningPod{uid: pod.UID, ip: ip, workload: w, cancel: cancel, done: make(chan struct{})}
+	for port, loopback := range w.Ports() {
+		addr := fmt.Sprintf("%s:%d", ip, port)
+		k.addrs.Set(addr, loopback)
+		r.podAddrs = append(r.podAddrs, addr)
+	}
+	k.mu.Lock()
+	k.running[key] = r
+	k.mu.Unlock()
+	go k.probe(pctx, key, r)
+	return r, nil
+}
+
+// probe runs the readiness probe every ProbePeriod and requeues the pod when the answer changes.
+func (k *Kubelet) probe(ctx context.Context, key string, r *runningPod) {
+	defer close(r.done)
+	t := time.NewTicker(k.opts.ProbePeriod)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, k.opts.ProbeTimeout)
+		ready := r.workload.Ready(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if r.ready.Swap(ready) != ready {
+			k.queue.Add(key)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// stopPod stops a pod's prober and workload and unmaps its addresses.
+func (k *Kubelet) stopPod(key string) {
+	k.mu.Lock()
+	r := k.running[key]
+	delete(k.running, key)
+	k.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+	for _, a := range r.podAddrs {
+		k.addrs.Delete(a)
+	}
+	r.workload.Stop()
 }

@@ -1,0 +1,49 @@
+package kubelet
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// registerNode creates the fake Node (or adopts one left by an earlier Kubelet) and marks it Ready.
+// EndpointSlices skip pods whose Node does not exist, so the Node must be real. Nothing renews its
+// heartbeat: the harness runs kube-controller-manager without the node-lifecycle controller, which
+// would otherwise mark it Unknown and evict its pods.
+func (k *Kubelet) registerNode(ctx context.Context) error {
+	name := k.opts.NodeName
+	nodes := k.kube.CoreV1().Nodes()
+	node, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+		"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+	}}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		node, err = nodes.Get(ctx, name, metav1.GetOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("register node %s: %w", name, err)
+	}
+	now := metav1.Now()
+	capacity := corev1.ResourceList{
+		corev1.ResourcePods:   resource.MustParse("1000"),
+		corev1.ResourceCPU:    resource.MustParse("64"),
+		corev1.ResourceMemory: resource.MustParse("256Gi"),
+	}
+	node.Status = corev1.NodeStatus{
+		Conditions: []corev1.NodeCondition{{
+			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+			Message: "harness kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now,
+		}},
+		Addresses:   []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: hostIP}, {Type: corev1.NodeHostName, Address: name}},
+		Capacity:    capacity,
+		Allocatable: capacity,
+		NodeInfo:    corev1.NodeSystemInfo{KubeletVersion: "harness", OperatingSystem: "linux", Architecture: "amd64"},
+	}
+	if _, err := nodes.UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("mark node %s ready: %w", name, err)
+	}
+	return nil
+}
