@@ -2,7 +2,6 @@ package couchtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -218,5 +217,3 @@ func (n *Node) trySeed() {
 		return
 	}
 }
-
-var errHijack = errors.New("couchtest: connection cannot be hijacked")
