@@ -20,5 +20,8 @@ func (r *Recorder) RegisterClientGoMetrics() {
 type resultAdapter struct{ r *Recorder }
 
 func (a resultAdapter) Increment(_ context.Context, code, method, _ string) {
-	a.r.kubeRequests.WithLabelValues(method, code).Inc()
+	a.r.KubeRequest(method, code)
 }
+
+// KubeRequest counts one Kubernetes API request (what the client-go bridge calls).
+func (r *Recorder) KubeRequest(method, code string) { r.kubeRequests.WithLabelValues(method, code).Inc() }
