@@ -31,8 +31,6 @@ type runningController struct {
 	done   chan struct{}
 }
 
-var clientGoOnce sync.Once
-
 // startController runs the controller against the real API server, reaching pods through the
 // harness address map (no traffic to the fake pod IPs ever leaves loopback).
 func startController(t *testing.T, ns string) *runningController {

@@ -1,307 +1,232 @@
-// Package harness runs a real control plane (etcd, kube-apiserver, kube-controller-manager, built
-// from Go modules by test/controlplane/build.sh) on loopback for end-to-end tests and the demo.
+// Package harness runs a real Kubernetes control plane (etcd, kube-apiserver and
+// kube-controller-manager v1.35.4, built from Go modules by test/controlplane/build.sh) on loopback
+// for end-to-end tests and the demo. Nothing needs root, Docker or a download of prebuilt binaries;
+// once the binaries are cached, Start takes a few seconds. There is no kubelet or scheduler: the
+// package test/kubelet plays both for pods on a fake Node.
 package harness
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
+	"sync"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
-
-// K8sVersion is the version build.sh builds.
-const K8sVersion = "v1.35.4"
 
 // Options configure Start.
 type Options struct {
-	RunDir string               // where data, certs and logs go; a temp dir when empty
-	Logf   func(string, ...any) // progress lines; nil = silent
+	// RunDir holds data, certificates, kubeconfigs and one log file per process. Empty: a new
+	// directory under os.TempDir().
+	RunDir string
+	// BinDir holds the binaries. Empty: BinDir(), built there by build.sh when missing.
+	BinDir string
+	// Logf receives progress lines (start-up time, peak memory at Stop). Nil: silent.
+	Logf func(format string, args ...any)
+	// Timeout bounds the start-up once the binaries exist. Zero: 2 minutes.
+	Timeout time.Duration
 }
 
-// ControlPlane is a running etcd + kube-apiserver + kube-controller-manager.
+// ControlPlane is a running etcd + kube-apiserver + kube-controller-manager. Methods are safe for
+// concurrent use.
 type ControlPlane struct {
+	opts       Options
 	runDir     string
-	url        string
+	binDir     string
+	url        string // https://127.0.0.1:PORT of kube-apiserver
 	adminToken string
 	pki        *pki
-	procs      []*exec.Cmd
 	kubeconfig string
+
+	mu    sync.Mutex
+	procs []*process // in start order
 }
 
-// BinDir is where build.sh puts the binaries.
-func BinDir() string {
-	cache := os.Getenv("COUCHDB_CONTROLLER_CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, _ := os.UserHomeDir()
-			base = filepath.Join(home, ".cache")
-		}
-		cache = filepath.Join(base, "couchdb-controller")
+// Start brings the control plane up and returns once it admits pods: etcd /health, kube-apiserver
+// /readyz and kube-controller-manager /healthz answer 200 and the `default` ServiceAccount exists in
+// `default`. On error everything started so far is stopped again.
+func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
 	}
-	return filepath.Join(cache, "k8s-"+K8sVersion)
-}
-
-// BinariesPresent reports whether build.sh has run.
-func BinariesPresent() bool {
-	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if _, err := os.Stat(filepath.Join(BinDir(), b)); err != nil {
-			return false
-		}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Minute
 	}
-	return true
-}
-
-// EnsureBinaries runs build.sh when a binary is missing.
-func EnsureBinaries(ctx context.Context) error {
-	if BinariesPresent() {
-		return nil
-	}
-	script := filepath.Join(repoRoot(), "test", "controlplane", "build.sh")
-	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("build control plane: %w", err)
-	}
-	return nil
-}
-
-func repoRoot() string {
-	dir, _ := os.Getwd()
-	for d := dir; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			if _, err := os.Stat(filepath.Join(d, "test", "controlplane")); err == nil {
-				return d
-			}
-		}
-	}
-	return dir
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// Start brings the control plane up and waits until it is ready to admit pods.
-func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
-	logf := opts.Logf
-	if logf == nil {
-		logf = func(string, ...any) {}
-	}
-	if err := EnsureBinaries(ctx); err != nil {
-		return nil, err
-	}
-	dir := opts.RunDir
-	if dir == "" {
-		var err error
-		if dir, err = os.MkdirTemp("", "couchdb-controller-cp-"); err != nil {
+	cp := &ControlPlane{opts: opts, binDir: opts.BinDir, runDir: opts.RunDir}
+	if cp.binDir == "" {
+		if err := EnsureBinaries(ctx); err != nil {
 			return nil, err
 		}
+		cp.binDir = BinDir()
+	} else if !binariesIn(cp.binDir) {
+		return nil, fmt.Errorf("control-plane binaries missing in %s", cp.binDir)
 	}
-	cp := &ControlPlane{runDir: dir, adminToken: randomToken()}
-	ok := false
+	if cp.runDir == "" {
+		if cp.runDir, err = os.MkdirTemp("", "couchdb-controller-cp-"); err != nil {
+			return nil, err
+		}
+	} else if err := os.MkdirAll(cp.runDir, 0o700); err != nil {
+		return nil, err
+	}
 	defer func() {
-		if !ok {
+		if err != nil {
 			cp.Stop()
+			err = fmt.Errorf("%w (logs in %s)", err, cp.runDir)
 		}
 	}()
-	var err error
-	if cp.pki, err = makePKI(dir); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	began := time.Now()
+	if cp.adminToken, err = randomToken(); err != nil {
+		return nil, err
+	}
+	if cp.pki, err = makePKI(cp.runDir); err != nil {
 		return nil, fmt.Errorf("make certificates: %w", err)
 	}
-	start := time.Now()
-	etcdPort, _ := freePort()
-	peerPort, _ := freePort()
-	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", etcdPort)
-	if err := cp.spawn("etcd", "--name=default", "--data-dir="+filepath.Join(dir, "etcd"),
-		"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
-		fmt.Sprintf("--listen-peer-urls=http://127.0.0.1:%d", peerPort),
-		fmt.Sprintf("--initial-advertise-peer-urls=http://127.0.0.1:%d", peerPort),
-		fmt.Sprintf("--initial-cluster=default=http://127.0.0.1:%d", peerPort),
-		"--unsafe-no-fsync", "--log-level=warn"); err != nil {
+	ports, err := freePorts(4)
+	if err != nil {
 		return nil, err
 	}
-	if err := waitHTTP(ctx, &http.Client{Timeout: time.Second}, etcdURL+"/health", 30*time.Second); err != nil {
-		return nil, fmt.Errorf("etcd not healthy: %w (see %s)", err, cp.logPath("etcd"))
-	}
-	apiPort, _ := freePort()
-	cp.url = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
-	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(cp.adminToken+",admin,admin-uid,system:masters\n"), 0o600); err != nil {
+	etcdURL, err := cp.startEtcd(ctx, ports[0], ports[1])
+	if err != nil {
 		return nil, err
 	}
-	if err := cp.spawn("kube-apiserver", "--etcd-servers="+etcdURL, "--bind-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(apiPort), "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
-		"--tls-cert-file="+cp.pki.serverCert, "--tls-private-key-file="+cp.pki.serverKey, "--client-ca-file="+cp.pki.caCert,
-		"--token-auth-file="+tokens, "--authorization-mode=RBAC", "--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+cp.pki.saPub, "--service-account-signing-key-file="+cp.pki.saKey,
-		"--service-cluster-ip-range=10.96.0.0/16", "--cert-dir="+filepath.Join(dir, "apiserver-certs"),
-		"--allow-privileged=true", "--v=0"); err != nil {
+	if err := cp.startAPIServer(ctx, etcdURL, ports[2]); err != nil {
 		return nil, err
 	}
-	insecure := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // readiness poll of our own loopback apiserver
-	if err := waitHTTP(ctx, insecure, cp.url+"/readyz", 60*time.Second); err != nil {
-		return nil, fmt.Errorf("kube-apiserver not ready: %w (see %s)", err, cp.logPath("kube-apiserver"))
-	}
-	cp.kubeconfig = filepath.Join(dir, "admin.kubeconfig")
-	if err := clientcmd.WriteToFile(cp.kubeconfigFor("admin", cp.adminToken), cp.kubeconfig); err != nil {
+	if err := cp.startControllerManager(ctx, ports[3]); err != nil {
 		return nil, err
 	}
-	kcmPort, _ := freePort()
-	if err := cp.spawn("kube-controller-manager", "--kubeconfig="+cp.kubeconfig, "--bind-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(kcmPort), "--cert-dir="+filepath.Join(dir, "kcm-certs"), "--leader-elect=false",
-		"--service-account-private-key-file="+cp.pki.saKey, "--root-ca-file="+cp.pki.caCert,
-		"--use-service-account-credentials=true",
-		"--flex-volume-plugin-dir="+filepath.Join(dir, "flex"), "--controllers=*,-node-lifecycle-controller",
-		"--concurrent-statefulset-syncs=10", "--concurrent-endpoint-syncs=10", "--v=0"); err != nil {
-		return nil, err
-	}
-	if err := waitHTTP(ctx, insecure, fmt.Sprintf("https://127.0.0.1:%d/healthz", kcmPort), 60*time.Second); err != nil {
-		return nil, fmt.Errorf("kube-controller-manager not healthy: %w (see %s)", err, cp.logPath("kube-controller-manager"))
-	}
-	kc := kubernetes.NewForConfigOrDie(cp.AdminConfig())
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, err := kc.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	}); err != nil {
-		return nil, fmt.Errorf("default ServiceAccount never appeared: %w", err)
-	}
-	logf("control plane %s ready in %s at %s (run dir %s)", K8sVersion, time.Since(start).Round(time.Millisecond), cp.url, dir)
-	ok = true
+	opts.Logf("control plane %s ready in %s at %s (run dir %s)", K8sVersion, time.Since(began).Round(time.Millisecond), cp.url, cp.runDir)
 	return cp, nil
 }
 
-func (cp *ControlPlane) logPath(name string) string { return filepath.Join(cp.runDir, name+".log") }
+func (cp *ControlPlane) spawn(name string, args ...string) (*process, error) {
+	p, err := startProcess(cp.binDir, cp.runDir, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	cp.mu.Lock()
+	cp.procs = append(cp.procs, p)
+	cp.mu.Unlock()
+	return p, nil
+}
 
-// spawn starts a binary in its own session so that it is stopped by PID, never by process group.
-func (cp *ControlPlane) spawn(name string, args ...string) error {
-	f, err := os.Create(cp.logPath(name))
+func (cp *ControlPlane) startEtcd(ctx context.Context, clientPort, peerPort int) (string, error) {
+	clientURL := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	p, err := cp.spawn("etcd",
+		"--name=harness", "--data-dir="+filepath.Join(cp.runDir, "etcd"),
+		"--listen-client-urls="+clientURL, "--advertise-client-urls="+clientURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=harness="+peerURL,
+		"--unsafe-no-fsync", // test data only: fsync dominates etcd latency on shared disks
+		"--log-level=warn")
+	if err != nil {
+		return "", err
+	}
+	return clientURL, waitHTTP(ctx, p, http.DefaultClient, clientURL+"/health")
+}
+
+func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string, port int) error {
+	tokens := filepath.Join(cp.runDir, "tokens.csv")
+	// token,user,uid,"group1,group2": the admin is in system:masters, which RBAC lets do anything.
+	if err := os.WriteFile(tokens, []byte(cp.adminToken+",harness-admin,harness-admin,system:masters\n"), 0o600); err != nil {
+		return err
+	}
+	cp.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	p, err := cp.spawn("kube-apiserver",
+		"--etcd-servers="+etcdURL,
+		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port), "--advertise-address=127.0.0.1",
+		// Without this the apiserver publishes its own address in the `kubernetes` Endpoints, and
+		// Endpoints refuse loopback addresses.
+		"--endpoint-reconciler-type=none",
+		"--tls-cert-file="+cp.pki.serverCert, "--tls-private-key-file="+cp.pki.serverKey,
+		"--client-ca-file="+cp.pki.caCert, "--cert-dir="+filepath.Join(cp.runDir, "apiserver-certs"),
+		"--token-auth-file="+tokens, "--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+cp.pki.saPub, "--service-account-signing-key-file="+cp.pki.saKey,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--allow-privileged=true", "--v=0")
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(BinDir(), name), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", name, err)
+	if err := waitHTTP(ctx, p, insecureClient, cp.url+"/readyz"); err != nil {
+		return err
 	}
-	cp.procs = append(cp.procs, cmd)
+	cp.kubeconfig = filepath.Join(cp.runDir, "admin.kubeconfig")
+	return clientcmd.WriteToFile(cp.kubeconfigFor("harness-admin", cp.adminToken), cp.kubeconfig)
+}
+
+func (cp *ControlPlane) startControllerManager(ctx context.Context, port int) error {
+	p, err := cp.spawn("kube-controller-manager",
+		"--kubeconfig="+cp.kubeconfig,
+		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
+		"--cert-dir="+filepath.Join(cp.runDir, "kcm-certs"),
+		"--leader-elect=false",
+		"--service-account-private-key-file="+cp.pki.saKey, "--root-ca-file="+cp.pki.caCert,
+		// Each controller acts under its own ServiceAccount, as in a real cluster.
+		"--use-service-account-credentials=true",
+		"--flex-volume-plugin-dir="+filepath.Join(cp.runDir, "flex"), // else it writes under /usr/libexec
+		// No kubelet heartbeats here: the node-lifecycle controller would taint the fake Node
+		// unreachable after ~50 s and evict its pods 5 minutes later.
+		"--controllers=*,-node-lifecycle-controller",
+		"--concurrent-statefulset-syncs=10", "--concurrent-endpoint-syncs=10", "--v=0")
+	if err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, p, insecureClient, fmt.Sprintf("https://127.0.0.1:%d/healthz", port)); err != nil {
+		return err
+	}
+	// Pods are not admitted before the ServiceAccount controller has made `default`.
+	kc, err := kubernetes.NewForConfig(cp.AdminConfig())
+	if err != nil {
+		return err
+	}
+	var last error
+	err = wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		if err := p.running(); err != nil {
+			return false, err
+		}
+		_, last = kc.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
+		return last == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for ServiceAccount default/default: %w (last: %v)", err, last)
+	}
 	return nil
 }
 
-// Stop stops every process, newest first, and removes nothing (logs stay in RunDir).
-func (cp *ControlPlane) Stop() {
-	for i := len(cp.procs) - 1; i >= 0; i-- {
-		p := cp.procs[i]
-		if p.Process == nil {
-			continue
-		}
-		_ = p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = p.Process.Kill()
-			<-done
-		}
-	}
-	cp.procs = nil
+// insecureClient polls health endpoints of our own loopback servers, whose certificates are
+// self-signed by kube-controller-manager (the apiserver's is ours, but /readyz needs no trust).
+var insecureClient = &http.Client{
+	Timeout:   2 * time.Second,
+	Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // loopback health checks only
 }
 
-// RestartAPIServer kills kube-apiserver and starts it again with the same flags (fault tests).
-func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
-	for i, p := range cp.procs {
-		if filepath.Base(p.Path) != "kube-apiserver" {
-			continue
-		}
-		_ = p.Process.Kill()
-		_ = p.Wait()
-		if err := cp.spawn("kube-apiserver", p.Args[1:]...); err != nil {
-			return err
-		}
-		cp.procs[i] = cp.procs[len(cp.procs)-1]
-		cp.procs = cp.procs[:len(cp.procs)-1]
-		insecure := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec
-		return waitHTTP(ctx, insecure, cp.url+"/readyz", 60*time.Second)
-	}
-	return errors.New("kube-apiserver is not running")
-}
-
-// RunDir is where logs, data and kubeconfigs live.
-func (cp *ControlPlane) RunDir() string { return cp.runDir }
-
-// Kubeconfig is the path of an admin kubeconfig.
-func (cp *ControlPlane) Kubeconfig() string { return cp.kubeconfig }
-
-// AdminConfig is a rest.Config with cluster-admin rights.
-func (cp *ControlPlane) AdminConfig() *rest.Config { return cp.config(cp.adminToken) }
-
-func (cp *ControlPlane) config(token string) *rest.Config {
-	return &rest.Config{
-		Host: cp.url, BearerToken: token,
-		TLSClientConfig: rest.TLSClientConfig{CAData: cp.pki.caPEM},
-		QPS:             100, Burst: 200,
-		WarningHandler: rest.NoWarnings{}, // "v1 Endpoints is deprecated" on every request
-	}
-}
-
-func (cp *ControlPlane) kubeconfigFor(user, token string) clientcmdapi.Config {
-	return clientcmdapi.Config{
-		Clusters:       map[string]*clientcmdapi.Cluster{"harness": {Server: cp.url, CertificateAuthorityData: cp.pki.caPEM}},
-		AuthInfos:      map[string]*clientcmdapi.AuthInfo{user: {Token: token}},
-		Contexts:       map[string]*clientcmdapi.Context{"harness": {Cluster: "harness", AuthInfo: user}},
-		CurrentContext: "harness",
-	}
-}
-
-// ServiceAccountConfig returns a config that acts as the ServiceAccount ns/name (a TokenRequest token),
-// so the controller can be run with exactly the RBAC it ships with.
-func (cp *ControlPlane) ServiceAccountConfig(ctx context.Context, ns, name string) (*rest.Config, string, error) {
-	kc, err := kubernetes.NewForConfig(cp.AdminConfig())
-	if err != nil {
-		return nil, "", err
-	}
-	exp := int64(3600)
-	tr, err := kc.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, "", fmt.Errorf("token for %s/%s: %w", ns, name, err)
-	}
-	path := filepath.Join(cp.runDir, fmt.Sprintf("sa-%s-%s.kubeconfig", ns, name))
-	if err := clientcmd.WriteToFile(cp.kubeconfigFor("system:serviceaccount:"+ns+":"+name, tr.Status.Token), path); err != nil {
-		return nil, "", err
-	}
-	return cp.config(tr.Status.Token), path, nil
-}
-
-func waitHTTP(ctx context.Context, c *http.Client, url string, timeout time.Duration) error {
+// waitHTTP polls url until it answers 200, failing at once if the process exits.
+func waitHTTP(ctx context.Context, p *process, c *http.Client, url string) error {
 	var last error
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		if err := p.running(); err != nil {
+			return false, err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return false, err
+		}
 		resp, err := c.Do(req)
 		if err != nil {
 			last = err
@@ -314,27 +239,110 @@ func waitHTTP(ctx context.Context, c *http.Client, url string, timeout time.Dura
 		}
 		return true, nil
 	})
-	if err != nil && last != nil {
-		return fmt.Errorf("%w: %v", err, last)
-	}
-	return err
-}
-
-func randomToken() string {
-	b := make([]byte, 16)
-	f, err := os.Open("/dev/urandom")
-	if err == nil {
-		_, _ = f.Read(b)
-		f.Close()
-	}
-	return fmt.Sprintf("%x", b)
-}
-
-// EnsureNamespace creates ns if it does not exist.
-func EnsureNamespace(ctx context.Context, kc kubernetes.Interface, ns string) error {
-	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !strings.Contains(err.Error(), "already exists") {
-		return err
+	if err != nil {
+		if p.running() == nil && last != nil {
+			err = fmt.Errorf("%w (last: %v)", err, last)
+		}
+		return fmt.Errorf("wait for %s: %w", p.name, err)
 	}
 	return nil
+}
+
+// Stop stops every process, newest first, by PID (SIGTERM, then SIGKILL after 10 s) and waits for
+// them. It logs their peak memory, removes the etcd data and keeps the logs, certificates and
+// kubeconfigs in RunDir. Calling it again does nothing.
+func (cp *ControlPlane) Stop() {
+	cp.mu.Lock()
+	procs := cp.procs
+	cp.procs = nil
+	cp.mu.Unlock()
+	if len(procs) == 0 {
+		return
+	}
+	var mem []any
+	for _, p := range procs {
+		mem = append(mem, p.name, p.peakRSS()>>20)
+	}
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].stop(10 * time.Second)
+	}
+	cp.opts.Logf("control plane stopped; peak RSS MiB: %s %d, %s %d, %s %d", mem...)
+	_ = os.RemoveAll(filepath.Join(cp.runDir, "etcd"))
+}
+
+// PeakRSS reports each running process's peak resident memory in bytes.
+func (cp *ControlPlane) PeakRSS() map[string]int64 {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	out := map[string]int64{}
+	for _, p := range cp.procs {
+		out[p.name] = p.peakRSS()
+	}
+	return out
+}
+
+// RestartAPIServer kills kube-apiserver (SIGKILL, no graceful shutdown) and starts it again with the
+// same flags, for tests of what clients do while the API is away.
+func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
+	cp.mu.Lock()
+	var old *process
+	idx := -1
+	for i, p := range cp.procs {
+		if p.name == "kube-apiserver" {
+			old, idx = p, i
+		}
+	}
+	cp.mu.Unlock()
+	if old == nil {
+		return errors.New("kube-apiserver is not running")
+	}
+	old.stop(0)
+	p, err := startProcess(cp.binDir, cp.runDir, old.name, old.args...)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.procs[idx] = p
+	cp.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, cp.opts.Timeout)
+	defer cancel()
+	return waitHTTP(ctx, p, insecureClient, cp.url+"/readyz")
+}
+
+// AuditLog is the API server's audit log (JSON lines, level Metadata).
+func (cp *ControlPlane) AuditLog() string { return filepath.Join(cp.runDir, "audit.log") }
+
+// RunDir is where logs (<binary>.log), certificates and kubeconfigs live.
+func (cp *ControlPlane) RunDir() string { return cp.runDir }
+
+// URL is kube-apiserver's address, https://127.0.0.1:PORT.
+func (cp *ControlPlane) URL() string { return cp.url }
+
+// freePorts reserves n distinct loopback ports by listening on them together, then frees them for
+// the processes (a small race with other programs remains, as with any such scheme).
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func randomToken() (string, error) {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
 }
