@@ -15,7 +15,8 @@ import (
 )
 
 // pki holds the files the control plane needs: a CA, the apiserver's serving cert and the
-// service-account signing key pair. Everything is EC P-256 and made in Go (no openssl needed).
+// service-account signing key pair. Everything is EC P-256 and made in Go (no openssl needed), valid
+// for a day: a control plane lives for one test run.
 type pki struct {
 	caCert, caKey, serverCert, serverKey, saKey, saPub string
 	caPEM                                              []byte
@@ -33,7 +34,7 @@ func makePKI(dir string) (*pki, error) {
 	}
 	now := time.Now()
 	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "couchdb-controller-test-ca"},
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "couchdb-controller-test-ca"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, BasicConstraintsValid: true, IsCA: true,
 	}
@@ -41,7 +42,10 @@ func makePKI(dir string) (*pki, error) {
 	if err != nil {
 		return nil, err
 	}
-	caCert, _ := x509.ParseCertificate(caDER)
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
 	p.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
 	if err := os.WriteFile(p.caCert, p.caPEM, 0o600); err != nil {
 		return nil, err
@@ -54,7 +58,7 @@ func makePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "kube-apiserver"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
@@ -90,4 +94,12 @@ func writeKey(path string, k *ecdsa.PrivateKey) error {
 		return err
 	}
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		return big.NewInt(time.Now().UnixNano())
+	}
+	return n
 }

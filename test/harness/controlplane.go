@@ -99,17 +99,26 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
+	lap := time.Now()
+	phase := func() time.Duration {
+		d := time.Since(lap).Round(10 * time.Millisecond)
+		lap = time.Now()
+		return d
+	}
 	etcdURL, err := cp.startEtcd(ctx, ports[0], ports[1])
 	if err != nil {
 		return nil, err
 	}
+	tEtcd := phase()
 	if err := cp.startAPIServer(ctx, etcdURL, ports[2]); err != nil {
 		return nil, err
 	}
+	tAPI := phase()
 	if err := cp.startControllerManager(ctx, ports[3]); err != nil {
 		return nil, err
 	}
-	opts.Logf("control plane %s ready in %s at %s (run dir %s)", K8sVersion, time.Since(began).Round(time.Millisecond), cp.url, cp.runDir)
+	opts.Logf("control plane %s ready in %s (etcd %s, kube-apiserver %s, kube-controller-manager %s) at %s, run dir %s",
+		K8sVersion, time.Since(began).Round(10*time.Millisecond), tEtcd, tAPI, phase(), cp.url, cp.runDir)
 	return cp, nil
 }
 
@@ -133,6 +142,8 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, clientPort, peerPort int)
 		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
 		"--initial-cluster=harness="+peerURL,
 		"--unsafe-no-fsync", // test data only: fsync dominates etcd latency on shared disks
+		// One member on loopback: elect it at once instead of after the default 1 s timeout.
+		"--heartbeat-interval=10", "--election-timeout=100",
 		"--log-level=warn")
 	if err != nil {
 		return "", err
@@ -146,8 +157,15 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, etcdURL string, port
 	if err := os.WriteFile(tokens, []byte(cp.adminToken+",harness-admin,harness-admin,system:masters\n"), 0o600); err != nil {
 		return err
 	}
+	// Metadata-level audit of every request, so tests can prove which verbs a ServiceAccount used.
+	audit := filepath.Join(cp.runDir, "audit-policy.yaml")
+	policy := "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n- level: Metadata\n"
+	if err := os.WriteFile(audit, []byte(policy), 0o600); err != nil {
+		return err
+	}
 	cp.url = fmt.Sprintf("https://127.0.0.1:%d", port)
 	p, err := cp.spawn("kube-apiserver",
+		"--audit-policy-file="+audit, "--audit-log-path="+cp.AuditLog(), "--audit-log-maxsize=500",
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port), "--advertise-address=127.0.0.1",
 		// Without this the apiserver publishes its own address in the `kubernetes` Endpoints, and
@@ -177,8 +195,8 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, port int) er
 		"--cert-dir="+filepath.Join(cp.runDir, "kcm-certs"),
 		"--leader-elect=false",
 		"--service-account-private-key-file="+cp.pki.saKey, "--root-ca-file="+cp.pki.caCert,
-		// Each controller acts under its own ServiceAccount, as in a real cluster.
-		"--use-service-account-credentials=true",
+		// Not --use-service-account-credentials: minting a token per controller first would add ~3 s
+		// to every start-up, and the controllers' own RBAC is not what the tests exercise.
 		"--flex-volume-plugin-dir="+filepath.Join(cp.runDir, "flex"), // else it writes under /usr/libexec
 		// No kubelet heartbeats here: the node-lifecycle controller would taint the fake Node
 		// unreachable after ~50 s and evict its pods 5 minutes later.

@@ -18,11 +18,16 @@ const hostIP = "10.244.255.254"
 // addresses. The first choice is a hash of the name, so addresses are also stable across Kubelet
 // restarts unless two names collide. Not safe for concurrent use; the Kubelet holds its lock.
 type ipam struct {
+	size  uint32 // addresses handed out: offsets 1..size of podCIDR
 	byKey map[string]string
 	byIP  map[string]string
 }
 
-func newIPAM() *ipam { return &ipam{byKey: map[string]string{}, byIP: map[string]string{}} }
+func newIPAM() *ipam { return newIPAMSize(usable) }
+
+func newIPAMSize(size uint32) *ipam {
+	return &ipam{size: min(size, usable), byKey: map[string]string{}, byIP: map[string]string{}}
+}
 
 // usable is the number of host addresses: .0.0 (network), the host IP and .255.255 are left out.
 const usable = 1<<16 - 3
@@ -33,19 +38,22 @@ func (p *ipam) assign(key string) (string, error) {
 	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
-	start := h.Sum32() % usable
-	base := podCIDR.Addr().As4()
-	for i := uint32(0); i < usable; i++ {
-		off := (start+i)%usable + 1 // 1 .. 65533: never .0.0, .255.254 or .255.255
-		a := base
-		a[2], a[3] = byte(off>>8), byte(off)
-		ip := netip.AddrFrom4(a).String()
+	start := h.Sum32() % p.size
+	for i := range p.size {
+		ip := addrAt((start+i)%p.size + 1) // offsets 1 .. 65533 at most: never .0.0, .255.254 or .255.255
 		if _, taken := p.byIP[ip]; !taken {
 			p.byKey[key], p.byIP[ip] = ip, key
 			return ip, nil
 		}
 	}
 	return "", fmt.Errorf("pod network %s is exhausted", podCIDR)
+}
+
+// addrAt is the address at offset off (< 65536) of podCIDR.
+func addrAt(off uint32) string {
+	a := podCIDR.Addr().As4()
+	a[2], a[3] = byte(off>>8), byte(off)
+	return netip.AddrFrom4(a).String()
 }
 
 func (p *ipam) lookup(key string) string { return p.byKey[key] }

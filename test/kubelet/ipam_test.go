@@ -35,8 +35,8 @@ func TestIPAMStableAndUnique(t *testing.T) {
 }
 
 func TestIPAMExhaustion(t *testing.T) {
-	p := newIPAM()
-	for i := range usable {
+	p := newIPAMSize(50)
+	for i := range 50 {
 		if _, err := p.assign(fmt.Sprint(i)); err != nil {
 			t.Fatalf("assignment %d: %v", i, err)
 		}
@@ -51,4 +51,15 @@ func must(s string, err error) string {
 		panic(err)
 	}
 	return s
+}
+
+func TestAddrAt(t *testing.T) {
+	for off, want := range map[uint32]string{1: "10.244.0.1", 255: "10.244.0.255", 256: "10.244.1.0", usable: "10.244.255.253"} {
+		if got := addrAt(off); got != want {
+			t.Errorf("addrAt(%d) = %s, want %s", off, got, want)
+		}
+	}
+	if addrAt(usable+1) != hostIP {
+		t.Errorf("the host IP is not right after the pod range")
+	}
 }

@@ -118,11 +118,15 @@ func (k *Kubelet) IP(namespace, pod string) string {
 }
 
 // Run registers the Node, watches pods and works until ctx is done; then it stops every workload it
-// started and returns. Pods stay bound to the Node, as they would when a real kubelet stops.
+// started and returns nil. Pods stay bound to the Node, as they would when a real kubelet stops. An
+// error means it could not start.
 func (k *Kubelet) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("node", k.opts.NodeName)
 	ctx = klog.NewContext(ctx, logger)
 	if err := k.registerNode(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started
+		}
 		return err
 	}
 	factory := informers.NewSharedInformerFactory(k.kube, 0)
@@ -141,7 +145,7 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return fmt.Errorf("kubelet: pod cache did not sync: %w", ctx.Err())
+		return nil // only ctx ends the wait
 	}
 	var wg sync.WaitGroup
 	for range k.opts.Workers {
