@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -266,6 +268,12 @@ func (w *world) testServiceAccount(t *testing.T) {
 			t.Errorf("%s: get a pod: %v, want Forbidden", name, err)
 		}
 	}
+	// The audit log names the ServiceAccount, so e2e tests can check which verbs it used.
+	user := fmt.Sprintf(`"username":"system:serviceaccount:%s:ctl"`, ns)
+	w.eventually(t, "the ServiceAccount in the audit log", func(context.Context) (bool, string) {
+		b, err := os.ReadFile(w.cp.AuditLog())
+		return err == nil && strings.Contains(string(b), user), fmt.Sprintf("%d bytes, %v", len(b), err)
+	})
 }
 
 func (w *world) testKubeconfig(t *testing.T) {

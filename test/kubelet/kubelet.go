@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -123,11 +124,16 @@ func (k *Kubelet) IP(namespace, pod string) string {
 func (k *Kubelet) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("node", k.opts.NodeName)
 	ctx = klog.NewContext(ctx, logger)
-	if err := k.registerNode(ctx); err != nil {
+	// Registration is retried for a while: the API server may still be settling (or restarting).
+	var regErr error
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		regErr = k.registerNode(ctx)
+		return regErr == nil, nil
+	}); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped before it started
 		}
-		return err
+		return regErr
 	}
 	factory := informers.NewSharedInformerFactory(k.kube, 0)
 	inf := factory.Core().V1().Pods().Informer()

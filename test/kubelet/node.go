@@ -2,12 +2,14 @@ package kubelet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // registerNode creates the fake Node (or adopts one left by an earlier Kubelet) and marks it Ready.
@@ -32,7 +34,7 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 		corev1.ResourceCPU:    resource.MustParse("64"),
 		corev1.ResourceMemory: resource.MustParse("256Gi"),
 	}
-	node.Status = corev1.NodeStatus{
+	status := corev1.NodeStatus{
 		Conditions: []corev1.NodeCondition{{
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 			Message: "harness kubelet is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now,
@@ -42,7 +44,13 @@ func (k *Kubelet) registerNode(ctx context.Context) error {
 		Allocatable: capacity,
 		NodeInfo:    corev1.NodeSystemInfo{KubeletVersion: "harness", OperatingSystem: "linux", Architecture: "amd64"},
 	}
-	if _, err := nodes.UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+	// A patch, not an update: controllers (ttl, taint) write to a new Node at once, and an update
+	// from the created object would lose that race with a conflict.
+	patch, err := json.Marshal(map[string]any{"status": status})
+	if err != nil {
+		return err
+	}
+	if _, err := nodes.Patch(ctx, node.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
 		return fmt.Errorf("mark node %s ready: %w", name, err)
 	}
 	return nil
