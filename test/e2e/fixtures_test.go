@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,8 @@ type clusterSpec struct {
 	password      string
 	annotations   map[string]string
 	serviceLabels bool // label the Service (default true via newSpec)
+	serviceLate   bool // create the Service after the StatefulSet
+	userFromCM    bool // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
 }
 
 func newSpec(name string, replicas int32) clusterSpec {
@@ -66,8 +69,13 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 			PublishNotReadyAddresses: s.helm,
 			Ports:                    []corev1.ServicePort{{Name: "couchdb", Port: 5984, TargetPort: intstr.FromInt32(5984)}}},
 	}
-	if _, err := env.kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	createService := func() {
+		if _, err := env.kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !s.serviceLate {
+		createService()
 	}
 	secretEnv := func(name, key string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
@@ -126,8 +134,24 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": s.name}}, Spec: podSpec},
 		},
 	}
+	if s.userFromCM {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: s.name + "-user", Namespace: ns}, Data: map[string]string{"user": "admin"}}
+		if _, err := env.kube.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ctr := &sts.Spec.Template.Spec.Containers[0]
+		ctr.Env[0] = corev1.EnvVar{Name: "COUCHDB_USER", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: cm.Name}, Key: "user"}}}
+		delete(sts.Annotations, controller.AnnotationAdminSecret)
+	}
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	if s.serviceLate {
+		poll(t, 30*time.Second, "the controller to report the missing Service", func(context.Context) (bool, error) {
+			return len(events(t, ns, controller.ReasonServiceNotLabelled)) > 0, nil
+		})
+		createService()
 	}
 }
 
