@@ -44,6 +44,10 @@ type Config struct {
 	UnreachableAfter time.Duration
 	// Now replaces time.Now in tests.
 	Now func() time.Time
+	// BeforeAction, when set, is called before each action is applied; an error stops the sync as
+	// if the process had died there. Fault-injection tests use it to kill the controller at an exact
+	// step instead of relying on timing.
+	BeforeAction func(ctx context.Context, cluster cache.ObjectName, a Action) error
 }
 
 // Controller is the couchdb-controller.

@@ -96,6 +96,11 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 
 	var applyErr error
 	for _, a := range plan.Actions {
+		if c.cfg.BeforeAction != nil {
+			if applyErr = c.cfg.BeforeAction(ctx, key, a); applyErr != nil {
+				break
+			}
+		}
 		if applyErr = c.apply(ctx, st, sts, o, a); applyErr != nil {
 			c.metrics.Action(string(a.Kind), "error")
 			applyErr = fmt.Errorf("%s: %w", a, applyErr)

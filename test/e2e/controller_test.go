@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
@@ -35,6 +36,12 @@ type runningController struct {
 // harness address map (no traffic to the fake pod IPs ever leaves loopback).
 func startController(t *testing.T, ns string) *runningController {
 	t.Helper()
+	return startControllerWith(t, ns, nil)
+}
+
+// startControllerWith also installs a BeforeAction hook.
+func startControllerWith(t *testing.T, ns string, hook func(context.Context, cache.ObjectName, controller.Action) error) *runningController {
+	t.Helper()
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	reg := prometheus.NewRegistry()
@@ -42,7 +49,7 @@ func startController(t *testing.T, ns string) *runningController {
 	hc := &http.Client{Transport: rec.InstrumentRoundTripper(env.addrs.Transport())}
 	ctrl, err := controller.NewController(ctx, controller.Config{
 		KubeClient: kubernetes.NewForConfigOrDie(env.cfg), Namespace: ns, Resync: 2 * time.Second, Metrics: rec,
-		CredentialBackoff: time.Second, UnreachableAfter: 2 * time.Second,
+		CredentialBackoff: time.Second, UnreachableAfter: 2 * time.Second, BeforeAction: hook,
 		CouchFactory: func(ep controller.Endpoint, creds controller.Credentials) (controller.CouchAPI, error) {
 			return couch.New(couch.Options{BaseURL: ep.URL, Username: creds.Username, Password: creds.Password, HTTPClient: hc, Timeout: 2 * time.Second})
 		},

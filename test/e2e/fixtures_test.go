@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,9 @@ func newNamespace(t *testing.T) string {
 	t.Helper()
 	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if len(ns) > 50 {
-		ns = ns[:50]
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(ns))
+		ns = fmt.Sprintf("%s-%08x", strings.Trim(ns[:40], "-"), h.Sum32())
 	}
 	ns = strings.Trim(ns, "-")
 	if err := harness.EnsureNamespace(context.Background(), env.kube, ns); err != nil {
