@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"github.com/couchdb-controller/couchdb-controller/test/kapply"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,64 +13,24 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
-	"sigs.k8s.io/kustomize/api/krusty"
-	"sigs.k8s.io/kustomize/kyaml/filesys"
 )
 
 // render builds a kustomization under manifests/ as `kubectl apply -k` would.
 func render(t *testing.T, dir string) []*unstructured.Unstructured {
 	t.Helper()
-	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
-	res, err := k.Run(filesys.MakeFsOnDisk(), filepath.Join("..", "..", "manifests", dir))
+	objs, err := kapply.Render(filepath.Join("..", "..", "manifests", dir))
 	if err != nil {
-		t.Fatalf("kustomize %s: %v", dir, err)
+		t.Fatal(err)
 	}
-	var out []*unstructured.Unstructured
-	for _, r := range res.Resources() {
-		m, err := r.Map()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, &unstructured.Unstructured{Object: m})
-	}
-	return out
+	return objs
 }
 
-// applyAll server-side-applies objects (like kubectl apply --server-side), optionally into ns.
+// applyAll server-side-applies objects, optionally into ns.
 func applyAll(t *testing.T, objs []*unstructured.Unstructured, ns string) {
 	t.Helper()
-	ctx := context.Background()
-	dc := discovery.NewDiscoveryClientForConfigOrDie(env.cfg)
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
-	dyn := dynamic.NewForConfigOrDie(env.cfg)
-	for _, o := range objs {
-		gvk := o.GroupVersionKind()
-		var m *schema.GroupVersionKind = &gvk
-		mapping, err := mapper.RESTMapping(m.GroupKind(), m.Version)
-		if err != nil {
-			mapper.Reset()
-			if mapping, err = mapper.RESTMapping(m.GroupKind(), m.Version); err != nil {
-				t.Fatalf("no API for %s: %v", gvk, err)
-			}
-		}
-		data, err := json.Marshal(o.Object)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ri dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
-		if mapping.Scope.Name() == "namespace" {
-			target := o.GetNamespace()
-			if ns != "" {
-				target = ns
-			}
-			ri = dyn.Resource(mapping.Resource).Namespace(target)
-		}
-		if _, err := ri.Patch(ctx, o.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "e2e", Force: ptrTrue()}); err != nil {
-			t.Fatalf("apply %s %s: %v", gvk.Kind, o.GetName(), err)
-		}
+	if err := kapply.Apply(context.Background(), env.cfg, objs, ns); err != nil {
+		t.Fatal(err)
 	}
 }
 
