@@ -24,8 +24,7 @@ type process struct {
 }
 
 // startProcess runs bin/name in its own session (setsid), so that signals meant for the test's
-// process group do not reach it and it is stopped only by PID. Pdeathsig kills it if the test
-// process dies without cleaning up.
+// process group do not reach it and it is stopped only by PID (see sysProcAttr).
 func startProcess(binDir, runDir, name string, args ...string) (*process, error) {
 	p := &process{name: name, args: args, logPath: filepath.Join(runDir, name+".log"), exited: make(chan struct{})}
 	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -35,7 +34,7 @@ func startProcess(binDir, runDir, name string, args ...string) (*process, error)
 	defer f.Close() // the child has its own descriptor
 	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = sysProcAttr()
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
