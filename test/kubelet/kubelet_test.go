@@ -1,0 +1,206 @@
+package kubelet
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// These tests drive the Kubelet against client-go's fake clientset, so its logic is covered even
+// where the real control plane (test/harness) is not built. The fake does not implement the binding
+// subresource; a reactor does what the API server does (set spec.nodeName).
+
+type fakeWorkload struct {
+	ready   atomic.Bool
+	stopped atomic.Bool
+}
+
+func (w *fakeWorkload) Ready(context.Context) bool { return w.ready.Load() }
+func (w *fakeWorkload) Ports() map[int32]string    { return map[int32]string{5984: "127.0.0.1:1"} }
+func (w *fakeWorkload) Stop()                      { w.stopped.Store(true) }
+
+type fakeBackend struct {
+	mu        sync.Mutex
+	workloads map[string][]*fakeWorkload // pod name -> every workload started for it
+}
+
+func (b *fakeBackend) StartPod(_ context.Context, pod *corev1.Pod, _ string) (Workload, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	w := &fakeWorkload{}
+	b.workloads[pod.Name] = append(b.workloads[pod.Name], w)
+	return w, nil
+}
+
+func (b *fakeBackend) last(name string) *fakeWorkload {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ws := b.workloads[name]
+	if len(ws) == 0 {
+		return nil
+	}
+	return ws[len(ws)-1]
+}
+
+func bindReactor(kube *fake.Clientset) k8stesting.ReactionFunc {
+	return func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if action.GetSubresource() != "binding" {
+			return false, nil, nil
+		}
+		b := action.(k8stesting.CreateAction).GetObject().(*corev1.Binding)
+		pod, err := kube.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), b.Namespace, b.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		p := pod.(*corev1.Pod).DeepCopy()
+		p.Spec.NodeName = b.Target.Name
+		return true, b, kube.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), p, b.Namespace)
+	}
+}
+
+func TestKubeletLifecycle(t *testing.T) {
+	gated := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "ns", UID: "uid-1"},
+		Spec: corev1.PodSpec{
+			Containers:     []corev1.Container{{Name: "couchdb", Ports: []corev1.ContainerPort{{ContainerPort: 5984}}}},
+			ReadinessGates: []corev1.PodReadinessGate{{ConditionType: "couchdb.io/member"}},
+		},
+	}
+	elsewhere := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "ns"}, Spec: corev1.PodSpec{NodeName: "node-b"}}
+	kube := fake.NewClientset(gated, elsewhere)
+	kube.PrependReactor("create", "pods", bindReactor(kube))
+	backend := &fakeBackend{workloads: map[string][]*fakeWorkload{}}
+	addrs := NewAddressMap()
+	k := NewWithOptions(kube, backend, addrs, Options{ProbePeriod: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	get := func(name string) *corev1.Pod {
+		p, err := kube.CoreV1().Pods("ns").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		return p
+	}
+	until := func(what string, cond func() (bool, string)) {
+		t.Helper()
+		var seen string
+		if err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			var ok bool
+			ok, seen = cond()
+			return ok, nil
+		}); err != nil {
+			t.Fatalf("waiting for %s: %v (last: %s)", what, err, seen)
+		}
+	}
+	status := func(p *corev1.Pod, c corev1.PodConditionType) corev1.ConditionStatus {
+		if p == nil {
+			return "gone"
+		}
+		if cond := findCondition(p.Status.Conditions, c); cond != nil {
+			return cond.Status
+		}
+		return ""
+	}
+
+	// Bound, started, Running at its IP, but not ready: the probe fails.
+	until("db-0 running", func() (bool, string) {
+		p := get("db-0")
+		return p != nil && p.Spec.NodeName == NodeName && p.Status.Phase == corev1.PodRunning && p.Status.PodIP == k.IP("ns", "db-0") &&
+			status(p, corev1.ContainersReady) == corev1.ConditionFalse, fmt.Sprintf("%+v", p.Status)
+	})
+	if _, ok := addrs.Lookup(k.IP("ns", "db-0") + ":5984"); !ok {
+		t.Error("db-0's port is not mapped")
+	}
+	// The probe passes: ContainersReady, but the gate holds Ready back.
+	backend.last("db-0").ready.Store(true)
+	until("containers ready", func() (bool, string) {
+		p := get("db-0")
+		return status(p, corev1.ContainersReady) == corev1.ConditionTrue && status(p, corev1.PodReady) == corev1.ConditionFalse, fmt.Sprint(p.Status.Conditions)
+	})
+	// Someone else opens the gate; the kubelet turns Ready and keeps the gate condition.
+	patch := `{"status":{"conditions":[{"type":"couchdb.io/member","status":"True"}]}}`
+	if _, err := kube.CoreV1().Pods("ns").Patch(context.Background(), "db-0", "application/strategic-merge-patch+json", []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatal(err)
+	}
+	until("ready", func() (bool, string) {
+		p := get("db-0")
+		return status(p, corev1.PodReady) == corev1.ConditionTrue && status(p, "couchdb.io/member") == corev1.ConditionTrue, fmt.Sprint(p.Status.Conditions)
+	})
+
+	// Graceful deletion (the fake cannot do it, so set the timestamp): stop, then force-delete.
+	p := get("db-0")
+	now := metav1.Now()
+	p.DeletionTimestamp = &now
+	if _, err := kube.CoreV1().Pods("ns").Update(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	until("db-0 deleted", func() (bool, string) { return get("db-0") == nil, "still there" })
+	if w := backend.last("db-0"); !w.stopped.Load() {
+		t.Error("db-0 deleted before its workload stopped")
+	}
+	if addrs.Len() != 0 {
+		t.Errorf("%d addresses mapped after the only pod went", addrs.Len())
+	}
+
+	// The StatefulSet recreates db-0: a new workload at the same address.
+	ip := k.IP("ns", "db-0")
+	again := gated.DeepCopy()
+	again.UID, again.Spec.ReadinessGates = "uid-2", nil
+	if _, err := kube.CoreV1().Pods("ns").Create(context.Background(), again, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	until("db-0 back", func() (bool, string) {
+		p := get("db-0")
+		return p != nil && p.Status.PodIP == ip && backend.last("db-0") != nil && !backend.last("db-0").stopped.Load(), fmt.Sprintf("%+v", p)
+	})
+	backend.last("db-0").ready.Store(true)
+	until("db-0 ready again", func() (bool, string) {
+		p := get("db-0")
+		return status(p, corev1.PodReady) == corev1.ConditionTrue, fmt.Sprint(p.Status.Conditions)
+	})
+	backend.mu.Lock()
+	n := len(backend.workloads["db-0"])
+	backend.mu.Unlock()
+	if n != 2 {
+		t.Errorf("db-0 started %d times, want 2", n)
+	}
+	if err := kube.CoreV1().Pods("ns").Delete(context.Background(), "db-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	until("db-0 stopped", func() (bool, string) { return backend.last("db-0").stopped.Load(), "running" })
+
+	// A pod on another node is none of this kubelet's business.
+	if p := get("other"); p == nil || p.Status.Phase != "" || backend.last("other") != nil {
+		t.Errorf("touched another node's pod: %+v", p)
+	}
+	// The node was registered Ready.
+	node, err := kube.CoreV1().Nodes().Get(context.Background(), NodeName, metav1.GetOptions{})
+	if err != nil || len(node.Status.Conditions) != 1 || node.Status.Conditions[0].Status != corev1.ConditionTrue {
+		t.Errorf("node %+v, %v", node, err)
+	}
+	if _, err := kube.CoreV1().Pods("ns").Get(context.Background(), "db-0", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("db-0: %v", err)
+	}
+	if addrs.Len() != 0 {
+		t.Errorf("%d addresses mapped after db-0 went again", addrs.Len())
+	}
+}
