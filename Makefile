@@ -48,8 +48,10 @@ bench: controlplane build
 vet:
 	$(GO) vet ./...
 
+# SA1019 is off because the product contract watches v1 Endpoints (deprecated since 1.33); the
+# EndpointSlice move is kept local to controller/observe.go (STYLE.md section 15).
 lint: vet
-	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -checks 'inherit,-SA1019' ./...
 
 ## fuzz: run every fuzzer for FUZZTIME each (seed corpora also run in `make test`).
 FUZZTIME ?= 30s

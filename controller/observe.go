@@ -104,7 +104,6 @@ func parseAnnotations(sts *appsv1.StatefulSet, o *Observed) {
 	}
 }
 
-//lint:ignore SA1019 the product contract watches Endpoints; the EndpointSlice move stays local to this file
 func endpointsPort(ep *corev1.Endpoints) int {
 	for _, ss := range ep.Subsets {
 		for _, p := range ss.Ports {

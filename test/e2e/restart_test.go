@@ -29,8 +29,7 @@ func TestControllerKilledAtEachFormationStep(t *testing.T) {
 			s.parallel = true
 			var n atomic.Int32
 			killed := make(chan controller.Action, 1)
-			var rc *runningController
-			rc = startControllerWith(t, ns, func(ctx context.Context, _ cache.ObjectName, a controller.Action) error {
+			rc := startControllerWith(t, ns, func(ctx context.Context, _ cache.ObjectName, a controller.Action) error {
 				if int(n.Add(1)) == k {
 					select {
 					case killed <- a:
