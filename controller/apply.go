@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -80,8 +81,89 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return nil
 	case ActSetMemberCondition:
 		return c.setMemberCondition(ctx, sts.Namespace, a.Pod, a.Value)
+	case ActScaleDown:
+		return c.scaleDown(ctx, sts, a.Replicas)
+	}
+	api, err := via()
+	if err != nil {
+		return err
+	}
+	switch a.Kind {
+	case ActCreateDB:
+		if err := api.CreateDB(ctx, a.DB, 0, a.NodeCount); err != nil {
+			return err
+		}
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Created database %s with a copy on each of %d members (%s)", a.DB, a.NodeCount, AnnotationReplicate)
+		return nil
+	case ActAddCopy, ActRemoveCopy:
+		return c.editShardMap(ctx, api, sts, a)
+	case ActSyncShards:
+		return api.SyncShards(ctx, a.DB)
+	case ActSetMaintenance:
+		if _, err := api.SetMaintenanceMode(ctx, a.Node, "true"); err != nil {
+			return err
+		}
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonDraining, "Draining %s for %s=%d: maintenance mode on, moving its shard copies", a.Node, AnnotationTargetReplicas, derefInt(o.TargetReplicas))
+		return nil
+	case ActClearMaintenance:
+		_, err := api.SetMaintenanceMode(ctx, a.Node, "false")
+		return err
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// editShardMap re-reads the map and adds or removes one copy with the documented procedure, so a
+// repeat after a crash is a no-op; a concurrent edit answers 409 and the next sync re-plans.
+func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, a Action) error {
+	m, err := api.GetShardMap(ctx, a.DB)
+	if err != nil {
+		return err
+	}
+	changed := false
+	if a.Kind == ActAddCopy {
+		changed = m.AddCopy(a.Range, a.Node)
+	} else {
+		if len(m.ByRange[a.Range]) <= 1 {
+			return fmt.Errorf("refusing to remove the last copy of %s/%s", a.DB, a.Range)
+		}
+		changed = m.RemoveCopy(a.Range, a.Node)
+	}
+	if !changed {
+		return nil
+	}
+	if _, err := api.PutShardMap(ctx, m); err != nil {
+		c.metrics.ShardMove("error")
+		return err
+	}
+	if a.Kind == ActAddCopy {
+		c.metrics.ShardMove("added")
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Added a copy of %s range %s on %s", a.DB, a.Range, a.Node)
+	} else {
+		c.metrics.ShardMove("removed")
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyRemoved, "Removed the copy of %s range %s on %s from the shard map (its file stays on disk)", a.DB, a.Range, a.Node)
+	}
+	return nil
+}
+
+// scaleDown lowers spec.replicas by one through the scale subresource, guarded by the
+// StatefulSet's resourceVersion so a concurrent change is not overwritten.
+func (c *Controller) scaleDown(ctx context.Context, sts *appsv1.StatefulSet, replicas int) error {
+	scale := &autoscalingv1.Scale{
+		ObjectMeta: metav1.ObjectMeta{Name: sts.Name, Namespace: sts.Namespace, ResourceVersion: sts.ResourceVersion},
+		Spec:       autoscalingv1.ScaleSpec{Replicas: int32(replicas)},
+	}
+	if _, err := c.kube.AppsV1().StatefulSets(sts.Namespace).UpdateScale(ctx, sts.Name, scale, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		return fmt.Errorf("scale %s/%s to %d: %w", sts.Namespace, sts.Name, replicas, err)
+	}
+	c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonScaledDown, "Drained node removed; scaled to %d replicas", replicas)
+	return nil
 }
 
 // readyStart estimates when the pod's containers became ready. The API stores condition times with

@@ -17,6 +17,12 @@ type CouchAPI interface {
 	FinishCluster(ctx context.Context, ensureDBs ...string) error
 	AllDBs(ctx context.Context) ([]string, error)
 	GetShardMap(ctx context.Context, db string) (couch.ShardMap, error)
+	PutShardMap(ctx context.Context, m couch.ShardMap) (string, error)
+	SyncShards(ctx context.Context, db string) error
+	ShardCopyInfo(ctx context.Context, node, shard string) (couch.DBInfo, error)
+	CreateDB(ctx context.Context, name string, q, n int) error
+	MaintenanceMode(ctx context.Context, node string) (string, error)
+	SetMaintenanceMode(ctx context.Context, node, value string) (string, error)
 }
 
 // Endpoint is where one CouchDB node answers.

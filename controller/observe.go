@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -179,7 +181,10 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 		p := o.Pods[ord]
 		n := &NodeObs{Ordinal: ord, Pod: p.Name}
 		o.Nodes[ord] = n
-		if p.IP != "" && p.ContainersReady && !p.Terminating {
+		// A draining node is asked even when not ready: maintenance mode makes its /_up (and so its
+		// readiness probe) fail on purpose, while it still serves the moves.
+		d, draining := drainingOrdinal(*o)
+		if p.IP != "" && !p.Terminating && (p.ContainersReady || draining && d == ord) {
 			ords = append(ords, ord)
 		}
 	}
@@ -223,7 +228,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	}
 	c.askSetup(ctx, st, scheme, ca, o, coord)
 	if coord.Setup == couch.StateClusterFinished {
-		c.askShardRefs(ctx, st, scheme, ca, o, coord)
+		c.askShards(ctx, st, scheme, ca, o, coord)
 		return
 	}
 	for _, ord := range ords {
@@ -233,17 +238,32 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	}
 }
 
-// askShardRefs reads every shard map through the coordinator, but only when some member is departed:
-// that is the only decision (removing it from _nodes) that needs them, and the steady state stays at
-// one GET per node.
-func (c *Controller) askShardRefs(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, coord *NodeObs) {
-	departed := false
+// shardsMaxAge is how often an otherwise idle cluster's shard maps are read for the health metric.
+const shardsMaxAge = 5 * time.Minute
+
+// needShards says whether this sync reads the shard maps: when placement may have work (departed
+// members, a drain, replicate or rebalance annotations) and otherwise only every shardsMaxAge, so the
+// steady state of an unannotated cluster stays at one GET per node.
+func (c *Controller) needShards(st *clusterState, o *Observed, coord *NodeObs) bool {
+	if coord.Setup != couch.StateClusterFinished {
+		return false
+	}
+	if _, ok := drainingOrdinal(*o); ok || len(o.Replicate) > 0 || o.Rebalance {
+		return true
+	}
 	for _, m := range coord.Membership.ClusterNodes {
 		if ord, ok := nodeOrdinal(m, o.StatefulSet); ok && ord >= o.Replicas {
-			departed = true
+			return true
 		}
 	}
-	if !departed || !coord.Reached {
+	return c.cfg.Now().Sub(st.shardsRead) >= shardsMaxAge
+}
+
+// askShards reads every database's shard map, the members' maintenance mode and the document counts
+// of the copies placement needs, all through the coordinator. Any failure leaves o.Shards nil, so
+// nothing that depends on the maps is done in this sync.
+func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, coord *NodeObs) {
+	if !c.needShards(st, o, coord) {
 		return
 	}
 	api, err := c.client(st, scheme, ca, o.Pods[coord.Ordinal])
@@ -252,19 +272,35 @@ func (c *Controller) askShardRefs(ctx context.Context, st *clusterState, scheme 
 	}
 	dbs, err := api.AllDBs(ctx)
 	if err != nil {
-		return // unknown refs: nothing will be removed
+		return
 	}
-	refs := map[string][]string{}
+	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{}, Maintenance: map[string]bool{}}
 	for _, db := range dbs {
 		m, err := api.GetShardMap(ctx, db)
 		if err != nil {
 			return
 		}
-		for _, node := range m.Nodes() {
-			refs[node] = append(refs[node], db)
-		}
+		obs.Maps[db] = m
 	}
-	o.ShardRefs = refs
+	for _, name := range coord.Membership.ClusterNodes {
+		if ord, ok := nodeOrdinal(name, o.StatefulSet); !ok || ord >= o.Replicas || !slices.Contains(coord.Membership.AllNodes, name) {
+			continue
+		}
+		v, err := api.MaintenanceMode(ctx, name)
+		if err != nil {
+			return
+		}
+		obs.Maintenance[name] = v == "true"
+	}
+	o.Shards = obs
+	for _, k := range placement.StatsNeeded(placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)) {
+		info, err := api.ShardCopyInfo(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
+		if err != nil {
+			continue // unknown counts: placement waits for this copy
+		}
+		obs.Stats[k] = placement.CopyStat{Docs: info.DocCount, Deleted: info.DocDelCount}
+	}
+	st.shardsRead = c.cfg.Now()
 }
 
 func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, n *NodeObs) {

@@ -3,6 +3,7 @@ package controller
 import (
 	"time"
 
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -33,9 +34,17 @@ type Observed struct {
 	// Nodes by ordinal: what each pod's CouchDB said.
 	Nodes map[int]*NodeObs
 
-	// ShardRefs lists, for every node any shard map places a copy on, the databases that do. Nil when
-	// the maps were not read in this sync (they are read only when a departed node is seen).
-	ShardRefs map[string][]string
+	// Shards is what the coordinator said about databases and their shard maps; nil when they were
+	// not read in this sync (they are read when placement has work to consider, see needShards).
+	Shards *ShardObs
+}
+
+// ShardObs is the shard half of an observation.
+type ShardObs struct {
+	DBs         []string
+	Maps        map[string]couch.ShardMap
+	Stats       map[placement.CopyKey]placement.CopyStat
+	Maintenance map[string]bool // node -> maintenance_mode "true"
 }
 
 // Problem is a condition a human must fix.

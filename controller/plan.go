@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -21,7 +22,21 @@ const (
 	ActFinishCluster      ActionKind = "FinishCluster"
 	ActRemoveNode         ActionKind = "RemoveNode"
 	ActSetMemberCondition ActionKind = "SetMemberCondition"
+	ActCreateDB           ActionKind = "CreateDB"
+	ActAddCopy            ActionKind = "AddCopy"
+	ActSyncShards         ActionKind = "SyncShards"
+	ActRemoveCopy         ActionKind = "RemoveCopy"
+	ActSetMaintenance     ActionKind = "SetMaintenance"
+	ActClearMaintenance   ActionKind = "ClearMaintenance"
+	ActScaleDown          ActionKind = "ScaleDown"
 )
+
+// placementKinds maps the placement planner's steps to actions.
+var placementKinds = map[placement.Kind]ActionKind{
+	placement.CreateDB: ActCreateDB, placement.AddCopy: ActAddCopy, placement.SyncShards: ActSyncShards,
+	placement.RemoveCopy: ActRemoveCopy, placement.SetMaintenance: ActSetMaintenance,
+	placement.ClearMaintenance: ActClearMaintenance, placement.RemoveNode: ActRemoveNode, placement.ScaleDown: ActScaleDown,
+}
 
 // Action is one idempotent step. Via is the ordinal of the node the request is sent to.
 type Action struct {
@@ -30,7 +45,10 @@ type Action struct {
 	Node      string // the CouchDB node the action concerns
 	Pod       string // the pod the action concerns
 	Value     bool   // SetMemberCondition
-	NodeCount int    // EnableCluster
+	NodeCount int    // EnableCluster; CreateDB's n
+	DB        string // shard actions
+	Range     string // shard actions
+	Replicas  int    // ScaleDown: the new spec.replicas
 }
 
 func (a Action) String() string {
@@ -39,6 +57,14 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s=%t)", a.Kind, a.Pod, a.Value)
 	case ActEnableCluster, ActFinishCluster:
 		return fmt.Sprintf("%s(via %d)", a.Kind, a.Via)
+	case ActCreateDB, ActSyncShards:
+		return fmt.Sprintf("%s(%s)", a.Kind, a.DB)
+	case ActAddCopy, ActRemoveCopy:
+		return fmt.Sprintf("%s(%s/%s on %s)", a.Kind, a.DB, a.Range, a.Node)
+	case ActSetMaintenance, ActClearMaintenance:
+		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
+	case ActScaleDown:
+		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
 	}
 	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
 }
@@ -55,6 +81,8 @@ type Plan struct {
 	NodeStates map[string]string // pod -> state (metrics.NodeStates)
 	Phase      string
 	Requeue    time.Duration // sooner than the resync period when something is in flight; 0 = resync
+	Shards     *placement.Health // shard range health, when the maps were read
+	Draining   string            // the node a target-replicas drain is emptying
 }
 
 // Node states, as the node_state metric reports them.
@@ -126,7 +154,7 @@ func PlanCluster(o Observed) Plan {
 		p.Requeue = quickRequeue
 	} else {
 		planJoins(o, coord, members, &p)
-		planRemovals(o, coord, p.Departed, &p)
+		planShards(o, coord, members, connected, &p)
 	}
 	planMemberConditions(o, members, connected, &p)
 	switch {
@@ -230,6 +258,9 @@ func planFormation(o Observed, coord *NodeObs, members, connected []string, disa
 func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {
 	for _, ord := range sortedOrdinals(o.Nodes) {
 		n, pod := o.Nodes[ord], o.Pods[ord]
+		if d, ok := drainingOrdinal(o); ok && d == ord {
+			continue // being drained: it leaves _nodes on purpose
+		}
 		if ord >= o.Replicas || pod == nil || pod.Terminating || !pod.ContainersReady || !n.Valid() {
 			continue
 		}
@@ -239,24 +270,96 @@ func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {
 	}
 }
 
-// planRemovals drops departed nodes from _nodes, but only those that no shard map references: CouchDB
-// never moves shards by itself, and a _nodes entry removed while maps still name the node strands
-// those copies. Without an observation of the maps (ShardRefs nil) nothing is removed.
-func planRemovals(o Observed, coord *NodeObs, departed []string, p *Plan) {
-	if o.ShardRefs == nil {
-		if len(departed) > 0 && p.Wait == "" {
-			p.Wait = fmt.Sprintf("departed nodes %v are kept until the shard maps are known not to reference them", departed)
+// drainingOrdinal is the pod a couchdb.io/target-replicas below spec.replicas is draining.
+func drainingOrdinal(o Observed) (int, bool) {
+	if o.TargetReplicas == nil || *o.TargetReplicas >= o.Replicas {
+		return 0, false
+	}
+	return o.Replicas - 1, true
+}
+
+// placementInput describes the cluster to the shard-placement planner: members are the nodes in the
+// coordinator's _nodes that are pods of this StatefulSet below spec.replicas; departed are names
+// (in _nodes or in a shard map) of pods at or above spec.replicas.
+func placementInput(o Observed, members, connected []string) placement.Input {
+	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance}
+	if o.Shards != nil {
+		in.DBs, in.Maps, in.Stats = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats
+	}
+	reached := map[string]bool{}
+	for _, n := range o.Nodes {
+		if n.Valid() {
+			reached[n.Name] = true
+		}
+	}
+	departed := map[string]bool{}
+	for _, m := range members {
+		ord, ok := nodeOrdinal(m, o.StatefulSet)
+		switch {
+		case !ok:
+		case ord >= o.Replicas:
+			departed[m] = true
+		default:
+			mem := placement.Member{Name: m, Ordinal: ord, Live: reached[m] && slices.Contains(connected, m)}
+			if o.Shards != nil {
+				mem.Maintenance = o.Shards.Maintenance[m]
+			}
+			in.Members = append(in.Members, mem)
+		}
+	}
+	for _, sm := range in.Maps {
+		for _, n := range sm.Nodes() {
+			if ord, ok := nodeOrdinal(n, o.StatefulSet); ok && ord >= o.Replicas {
+				departed[n] = true
+			}
+		}
+	}
+	for n := range departed {
+		in.Departed = append(in.Departed, n)
+	}
+	sortStrings(in.Departed)
+	return in
+}
+
+// planShards asks the placement planner for the next shard steps. Without an observation of the maps
+// nothing that depends on them (removing a node, moving a copy) is done.
+func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan) {
+	if o.Shards == nil {
+		if len(p.Departed) > 0 && p.Wait == "" {
+			p.Wait = fmt.Sprintf("departed nodes %v are kept until the shard maps are known not to reference them", p.Departed)
 		}
 		return
 	}
-	for _, name := range departed {
-		if dbs := o.ShardRefs[name]; len(dbs) > 0 {
-			p.Warnings = append(p.Warnings, Problem{ReasonDataAtRisk, fmt.Sprintf(
-				"node %s left the cluster (its pod ordinal is not below spec.replicas=%d) but shard maps of %v still place copies on it; it stays in _nodes and no reference is removed: scale back up, or move those copies and let the controller heal",
-				name, o.Replicas, dbs)})
-			continue
+	res := placement.Plan(placementInput(o, members, connected))
+	health := res.Health
+	p.Shards = &health
+	p.Draining = res.Draining
+	if len(res.AtRisk) > 0 {
+		byDB := map[string][]string{}
+		var dbs []string
+		for _, r := range res.AtRisk {
+			if _, ok := byDB[r.DB]; !ok {
+				dbs = append(dbs, r.DB)
+			}
+			byDB[r.DB] = append(byDB[r.DB], r.Range)
 		}
-		p.Actions = append(p.Actions, Action{Kind: ActRemoveNode, Via: coord.Ordinal, Node: name})
+		var parts []string
+		for _, db := range dbs {
+			parts = append(parts, fmt.Sprintf("%s %v", db, byDB[db]))
+		}
+		p.Warnings = append(p.Warnings, Problem{ReasonDataAtRisk, fmt.Sprintf(
+			"shard ranges with no live copy: %s; every reference is kept and those databases are left unchanged: scale the StatefulSet back up (to at least its former size) so the nodes holding them return",
+			strings.Join(parts, "; "))})
+	}
+	if res.Waiting != "" && p.Wait == "" {
+		p.Wait = res.Waiting
+	}
+	for _, a := range res.Actions {
+		p.Actions = append(p.Actions, Action{Kind: placementKinds[a.Kind], Via: coord.Ordinal, Node: a.Node,
+			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas})
+	}
+	if len(res.Actions) > 0 || res.Waiting != "" {
+		p.Requeue = quickRequeue
 	}
 }
 
@@ -269,8 +372,9 @@ func planMemberConditions(o Observed, members, connected []string, p *Plan) {
 			continue
 		}
 		want := false
+		d, draining := drainingOrdinal(o)
 		// Not gated on formation: with OrderedReady, pod 1 is only created once pod 0 is Ready.
-		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas &&
+		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas && !(draining && d == ord) &&
 			slices.Contains(members, n.Name) && slices.Contains(connected, n.Name) {
 			want = true
 		}
@@ -290,6 +394,8 @@ func nodeStates(o Observed, members, connected []string) map[string]string {
 			s = stateInvalid
 		case ord >= o.Replicas:
 			s = stateDeparted
+		case o.TargetReplicas != nil && *o.TargetReplicas < o.Replicas && ord == o.Replicas-1:
+			s = stateDraining
 		case !pod.ContainersReady || pod.IP == "":
 			s = statePending
 		case n == nil || !n.Reached:

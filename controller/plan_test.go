@@ -208,19 +208,63 @@ func TestPlanSafetyRules(t *testing.T) {
 			t.Errorf("plan %v departed %v", kinds(p), p.Departed)
 		}
 	})
-	t.Run("departed node still referenced by a shard map: kept, DataAtRisk", func(t *testing.T) {
+	shardMap := func(db string, byRange map[string][]string) couch.ShardMap {
+		m := couch.ShardMap{ID: db, ByNode: map[string][]string{}, ByRange: map[string][]string{}}
+		for r, nodes := range byRange {
+			for _, n := range nodes {
+				m.AddCopy(r, n)
+			}
+		}
+		return m
+	}
+	t.Run("departed node whose copies are the last ones: kept, DataAtRisk", func(t *testing.T) {
 		o := departed.observe()
-		o.ShardRefs = map[string][]string{nodeName(3): {"db1"}}
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(3)})}}
 		p := PlanCluster(o)
 		if len(p.Actions) != 0 || len(p.Warnings) != 1 || p.Warnings[0].Reason != ReasonDataAtRisk {
 			t.Errorf("plan %v warnings %v", kinds(p), p.Warnings)
 		}
+		if p.Shards == nil || p.Shards.Unavailable != 1 {
+			t.Errorf("health %+v", p.Shards)
+		}
+	})
+	t.Run("departed node's copies are re-created on a staying member before anything is removed", func(t *testing.T) {
+		o := departed.observe()
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(1, 3)})}}
+		p := PlanCluster(o)
+		want := []string{"AddCopy(db1/00000000-ffffffff on " + nodeName(0) + ")", "SyncShards(db1)"}
+		if diff := cmp.Diff(want, kinds(p)); diff != "" {
+			t.Error(diff)
+		}
 	})
 	t.Run("departed node that no map references is removed from _nodes", func(t *testing.T) {
 		o := departed.observe()
-		o.ShardRefs = map[string][]string{nodeName(0): {"db1"}}
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(0, 1, 2)})}}
 		p := PlanCluster(o)
 		if diff := cmp.Diff([]string{"RemoveNode(" + nodeName(3) + " via 0)"}, kinds(p)); diff != "" {
+			t.Error(diff)
+		}
+	})
+	t.Run("target-replicas drains the highest ordinal: maintenance first, never re-joined", func(t *testing.T) {
+		w := world{replicas: 3, pods: []int{0, 1, 2}, members: names(0, 1, 2), connected: names(0, 1, 2), setup: finished}
+		o := w.observe()
+		two := 2
+		o.TargetReplicas = &two
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(0, 2)})}, Maintenance: map[string]bool{}}
+		p := PlanCluster(o)
+		if diff := cmp.Diff([]string{"SetMaintenance(" + nodeName(2) + ")"}, kinds(p)); diff != "" {
+			t.Error(diff)
+		}
+		if p.NodeStates["db-2"] != stateDraining {
+			t.Errorf("state %s", p.NodeStates["db-2"])
+		}
+		// Drained and removed from _nodes: the planner must not add it back, and scales down.
+		w.members = names(0, 1)
+		o = w.observe()
+		o.TargetReplicas = &two
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(0, 1)})}, Maintenance: map[string]bool{}}
+		p = PlanCluster(o)
+		if diff := cmp.Diff([]string{"ScaleDown(replicas=2)"}, kinds(p)); diff != "" {
 			t.Error(diff)
 		}
 	})
@@ -228,7 +272,7 @@ func TestPlanSafetyRules(t *testing.T) {
 		w := departed
 		w.members = append(names(0, 1, 2), "couchdb@elsewhere.example")
 		o := w.observe()
-		o.ShardRefs = map[string][]string{}
+		o.Shards = &ShardObs{Maps: map[string]couch.ShardMap{}}
 		p := PlanCluster(o)
 		if len(p.Actions) != 0 || !slices.Equal(p.Foreign, []string{"couchdb@elsewhere.example"}) {
 			t.Errorf("plan %v foreign %v", kinds(p), p.Foreign)

@@ -58,6 +58,8 @@ type clusterState struct {
 	rejected      string    // credentials version CouchDB rejected
 	rejectedAt    time.Time // when
 	rejectedCount int
+	shardsRead    time.Time   // last time the shard maps were read
+	shardHealth   ShardHealth // from the last read
 }
 
 func newClusterState() *clusterState {

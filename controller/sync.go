@@ -336,9 +336,14 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 	if applyErr != nil {
 		status.LastError = applyErr.Error()
 	}
-	c.setStatus(key, status)
 	c.metrics.SetNodeStates(ns, name, p.NodeStates)
 	c.metrics.SetClusterNodes(ns, name, o.Replicas, member, reachable)
 	c.metrics.SetClusterFormed(ns, name, p.Formed)
 	c.metrics.SetClusterPhase(ns, name, p.Phase)
+	if p.Shards != nil {
+		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable)
+		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable}
+	}
+	status.Shards = st.shardHealth
+	c.setStatus(key, status)
 }

@@ -61,7 +61,7 @@ func convert(t *testing.T, in map[string]any, out any) {
 // codeRBAC is every API call the controller makes (see controller/ and cmd/): the ClusterRole must
 // grant exactly these, and the RBAC e2e scenario checks them against the API server's audit log.
 var codeRBAC = []string{
-	"apps/statefulsets:list", "apps/statefulsets:watch",
+	"apps/statefulsets:list", "apps/statefulsets:watch", "apps/statefulsets/scale:update",
 	"/endpoints:list", "/endpoints:watch", "/pods:list", "/pods:watch",
 	"/pods/status:patch", "/services:get", "/secrets:get", "/configmaps:get",
 	"/events:create", "/events:patch",
