@@ -92,7 +92,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		}
 	}
 	plan := PlanCluster(o)
-	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase)
+	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase, "formed", plan.Formed, "coordinatorSetup", coordinatorSetup(o))
 
 	var applyErr error
 	for _, a := range plan.Actions {
@@ -346,4 +346,11 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 	}
 	status.Shards = st.shardHealth
 	c.setStatus(key, status)
+}
+
+func coordinatorSetup(o Observed) string {
+	if c := coordinator(o); c != nil {
+		return string(c.Setup) + " via " + c.Pod
+	}
+	return "no coordinator"
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +37,9 @@ func newSpec(name string, replicas int32) clusterSpec {
 	return clusterSpec{name: name, cluster: name, replicas: replicas, password: "e2e-" + name + "-pw-7731", serviceLabels: true}
 }
 
-// newNamespace makes a fresh namespace for one test.
+var nsCounter atomic.Int32
+
+// newNamespace makes a fresh namespace for one test (run).
 func newNamespace(t *testing.T) string {
 	t.Helper()
 	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
@@ -45,7 +48,7 @@ func newNamespace(t *testing.T) string {
 		_, _ = h.Write([]byte(ns))
 		ns = fmt.Sprintf("%s-%08x", strings.Trim(ns[:40], "-"), h.Sum32())
 	}
-	ns = strings.Trim(ns, "-")
+	ns = fmt.Sprintf("%s-%d", strings.Trim(ns, "-"), nsCounter.Add(1))
 	if err := harness.EnsureNamespace(context.Background(), env.kube, ns); err != nil {
 		t.Fatal(err)
 	}

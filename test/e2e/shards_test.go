@@ -1,0 +1,234 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// couchdb answers HTTP for one pod's emulated node (the test reads and writes data directly).
+func couchdb(t *testing.T, ns, pod, password string) *couch.Client {
+	t.Helper()
+	n := env.backend.Node(ns, pod)
+	if n == nil {
+		t.Fatalf("no node for %s", pod)
+	}
+	c, err := couch.New(couch.Options{BaseURL: n.URL(), Username: "admin", Password: password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func rawDo(t *testing.T, ns, pod, password, method, path, body string) (int, string) {
+	t.Helper()
+	n := env.backend.Node(ns, pod)
+	req, _ := http.NewRequest(method, n.URL()+path, strings.NewReader(body))
+	req.SetBasicAuth("admin", password)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// loadData creates db1 (q=2, n=3) through pod 0 and writes docs documents.
+func loadData(t *testing.T, s clusterSpec, ns string, docs int) { loadDataQ(t, s, ns, docs, 2) }
+
+func loadDataQ(t *testing.T, s clusterSpec, ns string, docs, q int) {
+	t.Helper()
+	if err := couchdb(t, ns, podName(s, 0), s.password).CreateDB(context.Background(), "db1", q, 3); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < docs; i++ {
+		if code, body := rawDo(t, ns, podName(s, 0), s.password, "PUT", fmt.Sprintf("/db1/doc%03d", i), `{"i":1}`); code != 201 && code != 202 {
+			t.Fatalf("write doc %d: %d %s", i, code, body)
+		}
+	}
+}
+
+// readAll reads every document through pod 0 and reports how many could not be read.
+func readAll(t *testing.T, s clusterSpec, ns string, docs int) int {
+	missing := 0
+	for i := 0; i < docs; i++ {
+		if code, _ := rawDo(t, ns, podName(s, 0), s.password, "GET", fmt.Sprintf("/db1/doc%03d", i), ""); code != 200 {
+			missing++
+		}
+	}
+	return missing
+}
+
+// mapNodes lists every node db1's shard map references, as pod 0 sees it.
+func mapNodes(t *testing.T, s clusterSpec, ns string) []string {
+	m, err := couchdb(t, ns, podName(s, 0), s.password).GetShardMap(context.Background(), "db1")
+	if err != nil {
+		return nil
+	}
+	return m.Nodes()
+}
+
+func onlyOrdinalsBelow(nodes []string, s clusterSpec, ns string, n int) bool {
+	for _, node := range nodes {
+		ok := false
+		for i := 0; i < n; i++ {
+			if node == s.nodeName(ns, i) {
+				ok = true
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return len(nodes) > 0
+}
+
+func scaleTo(t *testing.T, ns, name string, replicas int) {
+	t.Helper()
+	patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas))
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("drain", 5)
+	s.parallel = true
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 5, 60*time.Second)
+	const docs = 60
+	loadData(t, s, ns, docs)
+	// Readers check every document stays readable throughout the drain.
+	var unreadable atomic.Int32
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if m := readAll(t, s, ns, docs); m > 0 {
+				unreadable.Store(int32(m))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`)
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "drain", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 120*time.Second, "spec.replicas to reach 3", func(ctx context.Context) (bool, error) {
+		sts, err := env.kube.AppsV1().StatefulSets(ns).Get(ctx, "drain", metav1.GetOptions{})
+		return err == nil && *sts.Spec.Replicas == 3, nil
+	})
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	close(stop)
+	<-done
+	if n := unreadable.Load(); n > 0 {
+		t.Errorf("%d documents were unreadable at some point during the drain", n)
+	}
+	if nodes := mapNodes(t, s, ns); !onlyOrdinalsBelow(nodes, s, ns, 3) {
+		t.Errorf("db1's map still references %v", nodes)
+	}
+	if m := readAll(t, s, ns, docs); m != 0 {
+		t.Errorf("%d documents missing after the drain", m)
+	}
+	for _, reason := range []string{"Draining", "ShardCopyAdded", "ShardCopyRemoved", "NodeRemoved", "ScaledDown"} {
+		if len(events(t, ns, reason)) == 0 {
+			t.Errorf("no %s event", reason)
+		}
+	}
+}
+
+func TestPlainScaleDownHeals(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("heal", 5)
+	s.parallel = true
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 5, 60*time.Second)
+	const docs = 40
+	loadData(t, s, ns, docs)
+	poll(t, 10*time.Second, "internal replication to settle", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
+
+	// kubectl scale --replicas=3: nodes 3 and 4 are lost; their copies are re-created from survivors.
+	scaleTo(t, ns, "heal", 3)
+	poll(t, 120*time.Second, "db1's map to reference only live members", func(context.Context) (bool, error) {
+		return onlyOrdinalsBelow(mapNodes(t, s, ns), s, ns, 3), nil
+	})
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	if m := readAll(t, s, ns, docs); m != 0 {
+		t.Errorf("%d documents missing after healing", m)
+	}
+
+}
+
+func TestScaleToOneRaisesDataAtRiskAndScaleUpRecovers(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("risk", 5)
+	s.parallel = true
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 5, 60*time.Second)
+	const docs = 40
+	loadDataQ(t, s, ns, docs, 8)
+	poll(t, 10*time.Second, "internal replication to settle", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
+	before := mapNodes(t, s, ns)
+	// kubectl scale --replicas=1 with n=3: ranges whose three copies are all on nodes 1-4 have no live
+	// copy left. Nothing of db1 may change; DataAtRisk names it.
+	scaleTo(t, ns, "risk", 1)
+	waitEvent(t, ns, "DataAtRisk")
+	ev := events(t, ns, "DataAtRisk")
+	if !strings.Contains(ev[0].Message, "db1") {
+		t.Errorf("DataAtRisk does not name db1: %s", ev[0].Message)
+	}
+	if after := mapNodes(t, s, ns); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Errorf("map changed while data was at risk: %v -> %v", before, after)
+	}
+	// Scaling back up brings the copies back; every document is readable again.
+	scaleTo(t, ns, "risk", 5)
+	waitMembers(t, s, ns, 5, 90*time.Second)
+	poll(t, 60*time.Second, "every document readable again", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
+}
+
+func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("rebal", 3)
+	s.parallel = true
+	s.annotations = map[string]string{"couchdb.io/rebalance": "true"}
+	startController(t, ns)
+	s.create(t, ns)
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	loadData(t, s, ns, 30)
+	scaleTo(t, ns, "rebal", 5)
+	waitMembers(t, s, ns, 5, 60*time.Second)
+	poll(t, 120*time.Second, "copies on the new nodes", func(context.Context) (bool, error) {
+		nodes := mapNodes(t, s, ns)
+		has3, has4 := false, false
+		for _, n := range nodes {
+			has3 = has3 || n == s.nodeName(ns, 3)
+			has4 = has4 || n == s.nodeName(ns, 4)
+		}
+		return has3 && has4, nil
+	})
+	if m := readAll(t, s, ns, 30); m != 0 {
+		t.Errorf("%d documents missing after rebalancing", m)
+	}
+}
