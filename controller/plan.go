@@ -80,7 +80,7 @@ type Plan struct {
 	Foreign    []string          // members that name no pod of this StatefulSet: never touched
 	NodeStates map[string]string // pod -> state (metrics.NodeStates)
 	Phase      string
-	Requeue    time.Duration // sooner than the resync period when something is in flight; 0 = resync
+	Requeue    time.Duration     // sooner than the resync period when something is in flight; 0 = resync
 	Shards     *placement.Health // shard range health, when the maps were read
 	Draining   string            // the node a target-replicas drain is emptying
 }

@@ -24,4 +24,6 @@ func (a resultAdapter) Increment(_ context.Context, code, method, _ string) {
 }
 
 // KubeRequest counts one Kubernetes API request (what the client-go bridge calls).
-func (r *Recorder) KubeRequest(method, code string) { r.kubeRequests.WithLabelValues(method, code).Inc() }
+func (r *Recorder) KubeRequest(method, code string) {
+	r.kubeRequests.WithLabelValues(method, code).Inc()
+}

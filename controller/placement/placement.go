@@ -73,8 +73,8 @@ const (
 	// ClearMaintenance takes a node that is no longer being drained (the target was raised or removed)
 	// back into service.
 	ClearMaintenance Kind = "ClearMaintenance"
-	RemoveNode     Kind = "RemoveNode"
-	ScaleDown      Kind = "ScaleDown"
+	RemoveNode       Kind = "RemoveNode"
+	ScaleDown        Kind = "ScaleDown"
 )
 
 // Action is one step.
