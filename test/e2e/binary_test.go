@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
@@ -139,6 +140,16 @@ func TestBinaryWithShippedRBAC(t *testing.T) {
 		body := httpBody("http://" + metricsAddr + "/clusters/" + ns + "/bin")
 		return json.Unmarshal([]byte(body), &status) == nil && status.Phase == "Ready" && len(status.Members) == 3, nil
 	})
+	// A safe scale-down exercises the scale subresource and the member condition going False.
+	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"2"}}}`)
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "bin", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 90*time.Second, "the drain to lower spec.replicas to 2", func(ctx context.Context) (bool, error) {
+		sts, err := env.kube.AppsV1().StatefulSets(ns).Get(ctx, "bin", metav1.GetOptions{})
+		return err == nil && *sts.Spec.Replicas == 2, nil
+	})
+	waitMembers(t, s, ns, 2, 60*time.Second)
 	metricsText := httpBody("http://" + metricsAddr + "/metrics")
 	if !strings.Contains(metricsText, `couchdb_controller_cluster_formed{cluster="bin",namespace="`+ns+`"} 1`) {
 		t.Errorf("metrics lack cluster_formed 1")
