@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// TestAdmissionPolicyRefusesDirectScaleDown installs manifests/admission on the real API server: a
+// user lowering spec.replicas of a labelled StatefulSet (directly or through the scale subresource)
+// is refused with a message naming couchdb.io/target-replicas; the controller's ServiceAccount may;
+// scaling up is allowed.
+func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
+	ctx := context.Background()
+	applyAll(t, render(t, "admission"), "")
+	ns := newNamespace(t)
+	s := newSpec("adm", 3)
+	s.parallel = true
+	s.create(t, ns) // no controller needed: admission only looks at the request
+
+	// A plain user with edit-like rights on StatefulSets in ns.
+	if _, err := env.kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "dev"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "sts-editor", Namespace: ns}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{"apps"}, Resources: []string{"statefulsets", "statefulsets/scale"}, Verbs: []string{"get", "patch", "update"}}}}
+	if _, err := env.kube.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "dev", Namespace: ns},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "sts-editor"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "dev", Namespace: ns}}}
+	if _, err := env.kube.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dev := clientAs(t, ns, "dev")
+
+	// The policy takes a moment to be loaded by the API server: poll until it refuses.
+	var lastErr error
+	t.Cleanup(func() {
+		if t.Failed() {
+			vap, err := env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(context.Background(), "couchdb-controller-safe-scale-down", metav1.GetOptions{})
+			t.Logf("policy status: %+v err %v", vap.Status, err)
+		}
+	})
+	poll(t, 30*time.Second, "the policy to refuse a direct scale-down", func(ctx context.Context) (bool, error) {
+		// Until the API server has loaded the policy the patch goes through; put replicas back.
+		if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":3}}`), metav1.PatchOptions{}); err != nil {
+			return false, err
+		}
+		_, lastErr = dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":2}}`), metav1.PatchOptions{})
+		return lastErr != nil, nil
+	})
+	if !strings.Contains(lastErr.Error(), "couchdb.io/target-replicas") {
+		t.Errorf("refusal does not point to the annotation: %v", lastErr)
+	}
+	// Scaling up is fine.
+	if _, err := dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":4}}`), metav1.PatchOptions{}); err != nil {
+		t.Errorf("scale-up refused: %v", err)
+	}
+	// The controller's own ServiceAccount may scale down (its drains do).
+	installMonitoringCRDs(t)
+	applyAll(t, render(t, "."), "")
+	ctrlSA := clientAs(t, "couchdb-controller", "couchdb-controller")
+	if _, err := ctrlSA.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
+		ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 3}}, metav1.UpdateOptions{}); err != nil {
+		t.Errorf("the controller's scale-down was refused: %v", err)
+	}
+	// Unlabelled StatefulSets are not the policy's business.
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"metadata":{"labels":{"couchdb.io/cluster":null}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":1}}`), metav1.PatchOptions{}); err != nil {
+		t.Errorf("unlabelled StatefulSet scale-down refused: %v", err)
+	}
+}
+
+// clientAs returns a client acting as the ServiceAccount ns/name.
+func clientAs(t *testing.T, ns, name string) kubernetes.Interface {
+	t.Helper()
+	exp := int64(3600)
+	tr, err := env.kube.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(env.cfg)
+	cfg.BearerToken = tr.Status.Token
+	return kubernetes.NewForConfigOrDie(cfg)
+}
+
+// TestExampleManifestsValidate applies manifests/examples to the real API server and checks the
+// StatefulSet it makes forms a cluster under the controller.
+func TestExampleManifestsValidate(t *testing.T) {
+	ns := newNamespace(t)
+	startController(t, ns)
+	applyAll(t, render(t, "examples"), ns)
+	passwords.Store(ns, "CHANGE-ME-admin-password")
+	poll(t, 90*time.Second, "the example cluster to finish setup", func(context.Context) (bool, error) {
+		return setupState(t, ns, "couchdb-0") == "cluster_finished" && len(clusterNodesOf(ns, "couchdb-2")) == 3, nil
+	})
+}
