@@ -5,8 +5,8 @@
 SHELL       := /bin/bash
 GO          ?= go
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-CACHE_DIR   ?= $(or $(COUCHDB_CONTROLLER_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/couchdb-controller
-BIN_DIR     ?= $(CACHE_DIR)/bin
+CACHE_DIR   := $(or $(COUCHDB_CONTROLLER_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)/couchdb-controller
+BIN_DIR     := $(CACHE_DIR)/bin
 BINARY      := $(BIN_DIR)/couchdb-controller
 IMAGE       ?= couchdb-controller:$(VERSION)
 LDFLAGS     := -s -w -X main.version=$(VERSION)

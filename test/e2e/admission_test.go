@@ -22,8 +22,21 @@ import (
 // scaling up is allowed.
 func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	ctx := context.Background()
-	applyAll(t, render(t, "admission"), "")
 	ns := newNamespace(t)
+	applyAll(t, render(t, "admission"), "")
+	// The policy is cluster-wide: remove it so later tests may scale down directly.
+	t.Cleanup(func() {
+		_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), "couchdb-controller-safe-scale-down", metav1.DeleteOptions{})
+		_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(context.Background(), "couchdb-controller-safe-scale-down", metav1.DeleteOptions{})
+		// The API server drops the policy shortly after; wait until a labelled scale-down passes again.
+		poll(t, 30*time.Second, "the policy to be gone", func(ctx context.Context) (bool, error) {
+			if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"metadata":{"labels":{"couchdb.io/cluster":"adm"}},"spec":{"replicas":5}}`), metav1.PatchOptions{}); err != nil {
+				return false, nil
+			}
+			_, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":0}}`), metav1.PatchOptions{})
+			return err == nil, nil
+		})
+	})
 	s := newSpec("adm", 3)
 	s.parallel = true
 	s.create(t, ns) // no controller needed: admission only looks at the request
