@@ -181,12 +181,24 @@ func (v *view) want(db string) int {
 	if slices.Contains(v.in.Replicate, db) {
 		return len(v.staying)
 	}
-	m := v.in.Maps[db]
-	n := 0
+	return min(copyCount(v.in.Maps[db]), len(v.staying))
+}
+
+// copyCount infers a database's n from its map: the most common number of copies per range (the
+// smaller on a tie). A move in flight gives one range an extra copy, which must not read as a larger
+// n; that is also why rebalance moves only databases with more than one range.
+func copyCount(m couch.ShardMap) int {
+	counts := map[int]int{}
 	for _, nodes := range m.ByRange {
-		n = max(n, len(nodes))
+		counts[len(nodes)]++
 	}
-	return min(n, len(v.staying))
+	n, best := 0, 0
+	for c, k := range counts {
+		if k > best || k == best && c < n {
+			n, best = c, k
+		}
+	}
+	return n
 }
 
 func (v *view) liveCopies(m couch.ShardMap, rng string) []string {
@@ -411,10 +423,10 @@ func (v *view) rebalanceMove() (Action, bool) {
 		return Action{}, false
 	}
 	for _, db := range sortedDBs(v.in.Maps) {
-		if v.frozen[db] || slices.Contains(v.in.Replicate, db) {
+		m := v.in.Maps[db]
+		if v.frozen[db] || slices.Contains(v.in.Replicate, db) || len(m.ByRange) < 2 {
 			continue
 		}
-		m := v.in.Maps[db]
 		for _, rng := range m.ByNode[full] {
 			if !m.HasCopy(rng, empty) {
 				return Action{Kind: AddCopy, DB: db, Range: rng, Node: empty}, true
