@@ -219,15 +219,32 @@ func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
 	loadData(t, s, ns, 30)
 	scaleTo(t, ns, "rebal", 5)
 	waitMembers(t, s, ns, 5, 60*time.Second)
-	poll(t, 120*time.Second, "copies on the new nodes", func(context.Context) (bool, error) {
-		nodes := mapNodes(t, s, ns)
-		has3, has4 := false, false
-		for _, n := range nodes {
-			has3 = has3 || n == s.nodeName(ns, 3)
-			has4 = has4 || n == s.nodeName(ns, 4)
+	// Every member ends up with an even share of all copies (system databases included).
+	var load map[string]int
+	poll(t, 120*time.Second, "an even share of copies on every member", func(ctx context.Context) (bool, error) {
+		load = map[string]int{}
+		c := couchdb(t, ns, podName(s, 0), s.password)
+		dbs, err := c.AllDBs(ctx)
+		if err != nil {
+			return false, nil
 		}
-		return has3 && has4, nil
+		for _, db := range dbs {
+			m, err := c.GetShardMap(ctx, db)
+			if err != nil {
+				return false, nil
+			}
+			for n, rs := range m.ByNode {
+				load[n] += len(rs)
+			}
+		}
+		lo, hi := 1<<30, 0
+		for i := 0; i < 5; i++ {
+			l := load[s.nodeName(ns, i)]
+			lo, hi = min(lo, l), max(hi, l)
+		}
+		return hi-lo <= 1 && lo > 0, nil
 	})
+	t.Logf("copies per node: %v", load)
 	if m := readAll(t, s, ns, 30); m != 0 {
 		t.Errorf("%d documents missing after rebalancing", m)
 	}
