@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -193,3 +194,54 @@ func histogramCount(t *testing.T, rc *runningController, name string) uint64 {
 }
 
 var _ = testutil.ToFloat64
+
+// TestReadinessGateHoldsPodsOutUntilMember pauses the controller's actions first: the pods' containers
+// are ready, but the couchdb.io/member gate keeps them out of the Service's ready addresses; once the
+// pause is lifted the controller joins them and they become ready addresses.
+func TestReadinessGateHoldsPodsOutUntilMember(t *testing.T) {
+	ns := newNamespace(t)
+	s := newSpec("held", 3)
+	s.parallel, s.memberGate = true, true
+	s.annotations = map[string]string{"couchdb.io/paused": "true"}
+	startController(t, ns)
+	s.create(t, ns)
+	poll(t, 60*time.Second, "3 not-ready addresses with ready containers", func(ctx context.Context) (bool, error) {
+		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "held", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ready, notReady := 0, 0
+		for _, ss := range ep.Subsets {
+			ready += len(ss.Addresses)
+			notReady += len(ss.NotReadyAddresses)
+		}
+		if ready != 0 {
+			return false, fmt.Errorf("a non-member is a ready address")
+		}
+		return notReady == 3, nil
+	})
+	for i := 0; i < 3; i++ {
+		p, _ := env.kube.CoreV1().Pods(ns).Get(context.Background(), podName(s, i), metav1.GetOptions{})
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.ContainersReady && c.Status != corev1.ConditionTrue {
+				t.Errorf("%s containers not ready: the gate, not the probe, must be what holds it", p.Name)
+			}
+		}
+	}
+	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/paused":null}}}`)
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "held", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, s, ns, 3, 60*time.Second)
+	poll(t, 30*time.Second, "3 ready addresses", func(ctx context.Context) (bool, error) {
+		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "held", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		n := 0
+		for _, ss := range ep.Subsets {
+			n += len(ss.Addresses)
+		}
+		return n == 3, nil
+	})
+}
