@@ -48,6 +48,9 @@ func (n *Node) Start() error {
 	}
 	n.listener = ln
 	n.addr = ln.Addr().String()
+	if _, port, err := net.SplitHostPort(n.addr); err == nil {
+		n.config["chttpd"]["port"] = port // what local.ini says once the node listens there
+	}
 	n.server = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func(srv *http.Server, l net.Listener) { _ = srv.Serve(l) }(n.server, ln)
 	n.running = true
