@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/couchdb-controller/couchdb-controller/controller"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -43,13 +44,16 @@ func TestFormsThreeNodeClusterAndJoinsScaleUp(t *testing.T) {
 	poll(t, 20*time.Second, "two NodeJoined events and join observations", func(context.Context) (bool, error) {
 		return len(events(t, ns, "NodeJoined")) >= 2 && histogramCount(t, rc, "couchdb_controller_node_join_duration_seconds") >= 2, nil
 	})
+	waitEvent(t, ns, "ClusterFormed")
 	if n := len(events(t, ns, "ClusterFormed")); n != 1 {
 		t.Errorf("ClusterFormed events = %d, want exactly 1", n)
 	}
-	st, ok := rc.ctrl.Cluster(ns, "db")
-	if !ok || len(st.Members) != 5 {
-		t.Errorf("status API: %+v", st)
-	}
+	var st controller.ClusterStatus
+	poll(t, 10*time.Second, "the status API to show 5 members, Ready", func(context.Context) (bool, error) {
+		var ok bool
+		st, ok = rc.ctrl.Cluster(ns, "db")
+		return ok && len(st.Members) == 5 && st.Phase == controller.PhaseReady, nil
+	})
 	t.Logf("status: phase=%s members=%d", st.Phase, len(st.Members))
 }
 
