@@ -109,17 +109,7 @@ func TestReadinessGateKeepsNonMemberOutOfService(t *testing.T) {
 	startController(t, ns)
 	s.create(t, ns)
 	waitMembers(t, s, ns, 3, 90*time.Second)
-	poll(t, 30*time.Second, "3 ready addresses", func(ctx context.Context) (bool, error) {
-		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "gated", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		n := 0
-		for _, ss := range ep.Subsets {
-			n += len(ss.Addresses)
-		}
-		return n == 3, nil
-	})
+	waitReadyAddresses(t, ns, "gated", 3)
 	// Every pod's member condition is True, set by the controller.
 	for i := 0; i < 3; i++ {
 		p, err := env.kube.CoreV1().Pods(ns).Get(context.Background(), podName(s, i), metav1.GetOptions{})
@@ -210,15 +200,7 @@ func TestReadinessGateHoldsPodsOutUntilMember(t *testing.T) {
 	startController(t, ns)
 	s.create(t, ns)
 	poll(t, 60*time.Second, "3 not-ready addresses with ready containers", func(ctx context.Context) (bool, error) {
-		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "held", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		ready, notReady := 0, 0
-		for _, ss := range ep.Subsets {
-			ready += len(ss.Addresses)
-			notReady += len(ss.NotReadyAddresses)
-		}
+		ready, notReady := addresses(ctx, ns, "held")
 		if ready != 0 {
 			return false, fmt.Errorf("a non-member is a ready address")
 		}
@@ -237,15 +219,26 @@ func TestReadinessGateHoldsPodsOutUntilMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	poll(t, 30*time.Second, "3 ready addresses", func(ctx context.Context) (bool, error) {
-		ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, "held", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		n := 0
-		for _, ss := range ep.Subsets {
-			n += len(ss.Addresses)
-		}
-		return n == 3, nil
+	waitReadyAddresses(t, ns, "held", 3)
+}
+
+// addresses counts the ready and not-ready addresses of the Endpoints ns/name.
+func addresses(ctx context.Context, ns, name string) (ready, notReady int) {
+	ep, err := env.kube.CoreV1().Endpoints(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return 0, 0
+	}
+	for _, ss := range ep.Subsets {
+		ready += len(ss.Addresses)
+		notReady += len(ss.NotReadyAddresses)
+	}
+	return ready, notReady
+}
+
+func waitReadyAddresses(t *testing.T, ns, name string, want int) {
+	t.Helper()
+	poll(t, 30*time.Second, fmt.Sprintf("%d ready addresses", want), func(ctx context.Context) (bool, error) {
+		ready, _ := addresses(ctx, ns, name)
+		return ready == want, nil
 	})
 }
