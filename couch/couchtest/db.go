@@ -96,16 +96,9 @@ func (n *Node) docRoute(r *http.Request, db string, m couch.ShardMap, id string,
 	switch r.Method {
 	case http.MethodGet:
 		if cur == nil {
-			return http.StatusNotFound, errBody("not_found", "missing")
+			return getDoc(id, "", false, false, nil)
 		}
-		if cur.Deleted {
-			return http.StatusNotFound, errBody("not_found", "deleted")
-		}
-		out := obj{"_id": id, "_rev": cur.Rev}
-		for k, v := range cur.Body {
-			out[k] = v
-		}
-		return http.StatusOK, out
+		return getDoc(id, cur.Rev, true, cur.Deleted, cur.Body)
 	case http.MethodPut, http.MethodDelete:
 		var doc map[string]any
 		rev := r.URL.Query().Get("rev")
@@ -164,4 +157,20 @@ func (n *Node) docRoute(r *http.Request, db string, m couch.ShardMap, id string,
 		return code, obj{"ok": true, "id": id, "rev": rec.Rev}
 	}
 	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only DELETE,GET,HEAD,POST,PUT,COPY allowed")
+}
+
+// getDoc answers a document GET the way couch_httpd_db does: 404 missing or deleted, else the body
+// with _id and _rev.
+func getDoc(id, rev string, exists, deleted bool, body map[string]any) (int, any) {
+	if !exists {
+		return http.StatusNotFound, errBody("not_found", "missing")
+	}
+	if deleted {
+		return http.StatusNotFound, errBody("not_found", "deleted")
+	}
+	out := obj{"_id": id, "_rev": rev}
+	for k, v := range body {
+		out[k] = v
+	}
+	return http.StatusOK, out
 }

@@ -119,16 +119,9 @@ func (n *Node) nodesRoute(r *http.Request, seg []string, body []byte) (int, any)
 	switch r.Method {
 	case http.MethodGet:
 		if cur == nil {
-			return http.StatusNotFound, errBody("not_found", "missing")
+			return getDoc(id, "", false, false, nil)
 		}
-		if cur.Deleted {
-			return http.StatusNotFound, errBody("not_found", "deleted")
-		}
-		out := obj{"_id": id, "_rev": cur.Rev}
-		for k, v := range cur.Body {
-			out[k] = v
-		}
-		return http.StatusOK, out
+		return getDoc(id, cur.Rev, true, cur.Deleted, cur.Body)
 	case http.MethodPut:
 		if strings.HasPrefix(id, "_") && !strings.HasPrefix(id, "_design/") && !strings.HasPrefix(id, "_local/") {
 			return http.StatusBadRequest, errBody("illegal_docid", "Only reserved document ids may start with underscore.")
