@@ -69,6 +69,28 @@ func bindReactor(kube *fake.Clientset) k8stesting.ReactionFunc {
 	}
 }
 
+// preconditionReactor refuses a delete whose UID precondition names another pod, as the API server
+// does and the fake tracker does not. Without it, a force-delete computed from a stale cache entry of
+// the old db-0 would remove the recreated db-0.
+func preconditionReactor(kube *fake.Clientset) k8stesting.ReactionFunc {
+	return func(action k8stesting.Action) (bool, runtime.Object, error) {
+		d := action.(k8stesting.DeleteAction)
+		pre := d.GetDeleteOptions().Preconditions
+		if pre == nil || pre.UID == nil {
+			return false, nil, nil
+		}
+		obj, err := kube.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), d.GetNamespace(), d.GetName())
+		if err != nil {
+			return false, nil, nil
+		}
+		if uid := obj.(*corev1.Pod).UID; uid != *pre.UID {
+			return true, nil, apierrors.NewConflict(corev1.Resource("pods"), d.GetName(),
+				fmt.Errorf("precondition failed: UID in precondition: %s, UID in object meta: %s", *pre.UID, uid))
+		}
+		return false, nil, nil
+	}
+}
+
 func TestKubeletLifecycle(t *testing.T) {
 	gated := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "ns", UID: "uid-1"},
@@ -80,6 +102,7 @@ func TestKubeletLifecycle(t *testing.T) {
 	elsewhere := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "ns"}, Spec: corev1.PodSpec{NodeName: "node-b"}}
 	kube := fake.NewClientset(gated, elsewhere)
 	kube.PrependReactor("create", "pods", bindReactor(kube))
+	kube.PrependReactor("delete", "pods", preconditionReactor(kube))
 	backend := &fakeBackend{workloads: map[string][]*fakeWorkload{}}
 	addrs := NewAddressMap()
 	k := NewWithOptions(kube, backend, addrs, Options{ProbePeriod: 10 * time.Millisecond})
