@@ -18,8 +18,8 @@ import (
 
 // TestAdmissionPolicyRefusesDirectScaleDown installs manifests/admission on the real API server: a
 // user lowering spec.replicas of a labelled StatefulSet (directly or through the scale subresource)
-// is refused with a message naming couchdb.io/target-replicas; the controller's ServiceAccount may;
-// scaling up is allowed.
+// is refused with a message naming couchdb.io/target-replicas; so is `kubectl scale` (the scale
+// subresource); the controller's ServiceAccount may; scaling up is allowed.
 func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -74,9 +74,27 @@ func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 		_, lastErr = dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":2}}`), metav1.PatchOptions{})
 		return lastErr != nil, nil
 	})
-	if !strings.Contains(lastErr.Error(), "couchdb.io/target-replicas") {
+	if !strings.Contains(lastErr.Error(), "couchdb.io/target-replicas=2") {
 		t.Errorf("refusal does not point to the annotation: %v", lastErr)
 	}
+	// kubectl scale goes through the scale subresource, whose Scale object has no labels.
+	_, err := dev.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
+		ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 1}}, metav1.UpdateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "couchdb.io/target-replicas=1") {
+		t.Errorf("kubectl scale down of a labelled StatefulSet: %v, want a refusal naming the annotation", err)
+	}
+	// An unlabelled StatefulSet beside it is not protected, whichever way it is scaled.
+	other := newSpec("plain", 3)
+	other.create(t, ns)
+	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "plain", types.MergePatchType, []byte(`{"metadata":{"labels":{"couchdb.io/cluster":null}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The API server's params come from its informer, which may still see the label for a moment.
+	poll(t, 30*time.Second, "kubectl scale down of an unlabelled StatefulSet to pass", func(ctx context.Context) (bool, error) {
+		_, err := dev.AppsV1().StatefulSets(ns).UpdateScale(ctx, "plain", &autoscalingv1.Scale{
+			ObjectMeta: metav1.ObjectMeta{Name: "plain", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 1}}, metav1.UpdateOptions{})
+		return err == nil, nil
+	})
 	// Scaling up is fine.
 	if _, err := dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":4}}`), metav1.PatchOptions{}); err != nil {
 		t.Errorf("scale-up refused: %v", err)
