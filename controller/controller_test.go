@@ -45,6 +45,9 @@ type fixture struct {
 	reg      *prometheus.Registry
 	ctx      context.Context
 	names    map[int]string // ordinal -> node name override
+	// wrap, if set, stands between the controller and each emulated node.
+	wrap             func(ip string, api CouchAPI) CouchAPI
+	unreachableAfter time.Duration
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -119,10 +122,15 @@ func (f *fixture) newController() {
 	f.reg = prometheus.NewRegistry()
 	c, err := NewController(f.ctx, Config{
 		KubeClient: f.client, Metrics: metrics.New(f.reg), EventRecorder: f.recorder, CredentialBackoff: time.Minute,
+		UnreachableAfter: f.unreachableAfter,
 		CouchFactory: func(ep Endpoint, creds Credentials) (CouchAPI, error) {
 			for ip, n := range f.nodes {
 				if strings.Contains(ep.URL, "//"+ip+":") {
-					return couch.New(couch.Options{BaseURL: n.URL(), Username: creds.Username, Password: creds.Password, RetryMax: -1})
+					api, err := couch.New(couch.Options{BaseURL: n.URL(), Username: creds.Username, Password: creds.Password, RetryMax: -1})
+					if err != nil || f.wrap == nil {
+						return api, err
+					}
+					return f.wrap(ip, api), nil
 				}
 			}
 			return nil, fmt.Errorf("no node at %s", ep.URL)

@@ -8,6 +8,7 @@ import (
 
 // CouchAPI is the part of couch.Client the controller calls.
 type CouchAPI interface {
+	Welcome(ctx context.Context) (couch.Welcome, error)
 	LocalNodeName(ctx context.Context) (string, error)
 	Membership(ctx context.Context) (couch.Membership, error)
 	SetupState(ctx context.Context, ensureDBs ...string) (couch.SetupState, error)

@@ -41,4 +41,7 @@ const (
 	ReasonDataAtRisk         = "DataAtRisk"
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
 	ReasonInvalidAnnotation  = "InvalidAnnotation"
+
+	ReasonCouchDBVersionUnsupported = "CouchDBVersionUnsupported"
+	ReasonCouchDBBadResponse        = "CouchDBBadResponse"
 )

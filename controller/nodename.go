@@ -56,3 +56,23 @@ func podOrdinal(pod, statefulSet string) (int, bool) {
 	}
 	return n, true
 }
+
+// nodeIdentity is what one CouchDB process says of itself; it cannot change while the process runs.
+type nodeIdentity struct {
+	name    string // GET /_node/_local
+	version string // GET /
+}
+
+// validateVersion accepts CouchDB 3.x: the shard-map edits, _sync_shards behaviour, maintenance mode
+// answers and lockout this controller relies on were recorded on 3.x. A 2.x node answers the same
+// paths with subtly different meanings, so it is refused rather than half-managed.
+func validateVersion(v string) string {
+	major, _, _ := strings.Cut(v, ".")
+	if major == "3" {
+		return ""
+	}
+	if v == "" {
+		return "GET / reports no version; this is not CouchDB 3.x"
+	}
+	return fmt.Sprintf("CouchDB %s is not supported (3.x is); upgrade the image", v)
+}

@@ -29,7 +29,6 @@ func (c *Controller) observeKube(ctx context.Context, sts *appsv1.StatefulSet, o
 	if sts.Spec.Replicas != nil {
 		o.Replicas = int(*sts.Spec.Replicas)
 	}
-	o.Paused = sts.Annotations[AnnotationPaused] == "true"
 	parseAnnotations(sts, o)
 
 	port := 0
@@ -93,17 +92,64 @@ func parseAnnotations(sts *appsv1.StatefulSet, o *Observed) {
 		}
 	}
 	if v := sts.Annotations[AnnotationReplicate]; v != "" {
+		var bad []string
 		for _, db := range strings.Split(v, ",") {
-			if db = strings.TrimSpace(db); db != "" {
+			switch db = strings.TrimSpace(db); {
+			case db == "" || slices.Contains(o.Replicate, db):
+			case !validDBName(db):
+				bad = append(bad, strconv.Quote(db))
+			default:
 				o.Replicate = append(o.Replicate, db)
 			}
 		}
+		if len(bad) > 0 {
+			o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
+				"StatefulSet %s/%s: %s names %s, which CouchDB cannot have as database names (lower-case letter first, then a-z 0-9 _$()+-/, at most 238; or _users, _replicator, _global_changes): fix the list",
+				sts.Namespace, sts.Name, AnnotationReplicate, strings.Join(bad, ", "))})
+		}
 	}
-	o.Rebalance = sts.Annotations[AnnotationRebalance] == "true"
+	// A typo must not silently mean "not paused": an unreadable couchdb.io/paused pauses.
+	o.Paused = boolAnnotation(sts, AnnotationPaused, true, o)
+	o.Rebalance = boolAnnotation(sts, AnnotationRebalance, false, o)
 	if s := sts.Annotations[AnnotationScheme]; s != "" && s != "http" && s != "https" {
 		o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
 			"StatefulSet %s/%s: %s=%q must be http or https", sts.Namespace, sts.Name, AnnotationScheme, s)})
 	}
+}
+
+// boolAnnotation reads "true" or "false"; anything else is a Problem and reads as ifInvalid.
+func boolAnnotation(sts *appsv1.StatefulSet, key string, ifInvalid bool, o *Observed) bool {
+	v, ok := sts.Annotations[key]
+	switch strings.TrimSpace(v) {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	if !ok {
+		return false
+	}
+	o.Problems = append(o.Problems, Problem{ReasonInvalidAnnotation, fmt.Sprintf(
+		"StatefulSet %s/%s: %s=%q must be \"true\" or \"false\": fix the value", sts.Namespace, sts.Name, key, v)})
+	return ifInvalid
+}
+
+// validDBName is CouchDB's database name rule (couch_db:validate_dbname), with the clustered system
+// databases a user may reasonably want on every node.
+func validDBName(name string) bool {
+	switch name {
+	case "_users", "_replicator", "_global_changes":
+		return true
+	}
+	if len(name) == 0 || len(name) > 238 || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || strings.ContainsRune("_$()+-/", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 func endpointsPort(ep *corev1.Endpoints) int {
@@ -202,7 +248,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	}
 	ask(ords[0])
 	if first := o.Nodes[ords[0]]; first.authFailed() {
-		o.CredentialsRejected = true
+		o.CredentialsRejected, o.CredentialsLocked = true, first.locked
 		return
 	}
 	var wg sync.WaitGroup
@@ -220,6 +266,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	for _, ord := range ords {
 		if o.Nodes[ord].authFailed() {
 			o.CredentialsRejected = true
+			o.CredentialsLocked = o.CredentialsLocked || o.Nodes[ord].locked
 		}
 	}
 	coord := coordinator(*o)
@@ -310,26 +357,30 @@ func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme stri
 	}
 	if err != nil {
 		n.Setup = ""
-		n.Err = err.Error()
 		n.Reached = false
-		n.rejected = couch.IsAuthError(err)
+		n.fail(err)
 	}
 }
 
 func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, pod *corev1.Pod, p *PodObs, n *NodeObs) {
 	key := identityKey(pod)
 	c.mu.Lock()
-	name, cached := st.identity[key]
+	id, cached := st.identity[key]
 	c.mu.Unlock()
 	if !cached {
-		var err error
-		name, err = api.LocalNodeName(ctx)
+		// Asked once per CouchDB process: its version decides whether this controller may manage it.
+		w, err := api.Welcome(ctx)
 		if err != nil {
 			n.fail(err)
 			return
 		}
+		id.version = w.Version
+		if id.name, err = api.LocalNodeName(ctx); err != nil {
+			n.fail(err)
+			return
+		}
 		c.mu.Lock()
-		st.identity[key] = name
+		st.identity[key] = id
 		c.mu.Unlock()
 	}
 	m, err := api.Membership(ctx)
@@ -338,14 +389,19 @@ func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI
 		return
 	}
 	n.Reached = true
-	n.Name = name
-	n.NameErr = validateNodeName(name, p.Name)
+	n.Name, n.Version = id.name, id.version
+	n.NameErr = validateNodeName(id.name, p.Name)
+	if n.NameErr == "" {
+		n.VersionErr = validateVersion(id.version)
+	}
 	n.Membership = &m
 }
 
 func (n *NodeObs) fail(err error) {
 	n.Err = err.Error()
-	n.rejected = couch.IsAuthError(err)
+	n.rejected, n.locked = couch.IsAuthError(err), couch.IsLocked(err)
+	var de *couch.DecodeError
+	n.garbled = errors.As(err, &de)
 }
 
 func (n *NodeObs) authFailed() bool { return n.rejected }

@@ -28,6 +28,12 @@ type Observed struct {
 	// CredentialsRejected is set when CouchDB refused the credentials (401, or the 403 of a locked
 	// account) in this sync or recently, and they have not changed since.
 	CredentialsRejected bool
+	// CredentialsLocked is set when the refusal was CouchDB 3.4's lockout (403 after repeated failed
+	// logins from this address), which refuses even the right password until it expires.
+	CredentialsLocked bool
+
+	// WasFormed is the last Formed this controller planned for the cluster.
+	WasFormed bool
 
 	// Pods by ordinal; only ordinals that have a pod.
 	Pods map[int]*PodObs
@@ -76,11 +82,17 @@ type NodeObs struct {
 	Err        string
 	Name       string // GET /_node/_local
 	NameErr    string // why Name cannot be a member; empty when valid
+	Version    string // GET / "version"
+	VersionErr string // why this CouchDB cannot be managed; empty when supported
 	Membership *couch.Membership
 	Setup      couch.SetupState // asked of the coordinator, and of every node until formed
 
 	rejected bool // CouchDB refused the credentials
+	locked   bool // ... because the account is locked out
+	garbled  bool // it answered, but not with CouchDB 3.x JSON (a proxy page, a cut body)
 }
 
 // Valid reports whether the node answered with a name that may be a member.
-func (n *NodeObs) Valid() bool { return n != nil && n.Reached && n.Name != "" && n.NameErr == "" }
+func (n *NodeObs) Valid() bool {
+	return n != nil && n.Reached && n.Name != "" && n.NameErr == "" && n.VersionErr == ""
+}

@@ -118,6 +118,10 @@ func PlanCluster(o Observed) Plan {
 		members, connected = coord.Membership.ClusterNodes, coord.Membership.AllNodes
 		p.Members = slices.Clone(members)
 		p.Formed = coord.Setup == couch.StateClusterFinished
+	} else {
+		// Nothing answered (or nothing was asked, because of a Problem): setup state lives on the
+		// nodes' disks, so what was finished stays finished for reporting. No action depends on it.
+		p.Formed = o.WasFormed
 	}
 	p.NodeStates = nodeStates(o, members, connected)
 	for _, m := range members {
@@ -130,8 +134,12 @@ func PlanCluster(o Observed) Plan {
 		}
 	}
 	for _, ord := range sortedOrdinals(o.Nodes) {
-		if n := o.Nodes[ord]; n.Reached && n.NameErr != "" {
+		n := o.Nodes[ord]
+		switch {
+		case n.Reached && n.NameErr != "":
 			p.Warnings = append(p.Warnings, Problem{ReasonNodeNameInvalid, fmt.Sprintf("pod %s reports CouchDB node name %q: %s; it will not be joined", n.Pod, n.Name, n.NameErr)})
+		case n.Reached && n.VersionErr != "":
+			p.Warnings = append(p.Warnings, Problem{ReasonCouchDBVersionUnsupported, fmt.Sprintf("pod %s: %s; the controller will not change this node's cluster", n.Pod, n.VersionErr)})
 		}
 	}
 	p.Phase = phase(o, p)
@@ -237,6 +245,9 @@ func planFormation(o Observed, coord *NodeObs, members, connected []string, disa
 			return
 		case n.NameErr != "":
 			p.Wait = fmt.Sprintf("pod %s has an invalid node name", pod.Name)
+			return
+		case n.VersionErr != "":
+			p.Wait = fmt.Sprintf("pod %s runs an unsupported CouchDB", pod.Name)
 			return
 		case !slices.Contains(connected, n.Name):
 			p.Wait = fmt.Sprintf("waiting for %s to connect to %s", n.Name, coord.Name)
@@ -390,7 +401,7 @@ func nodeStates(o Observed, members, connected []string) map[string]string {
 		pod, n := o.Pods[ord], o.Nodes[ord]
 		var s string
 		switch {
-		case n != nil && n.Reached && n.NameErr != "":
+		case n != nil && n.Reached && (n.NameErr != "" || n.VersionErr != ""):
 			s = stateInvalid
 		case ord >= o.Replicas:
 			s = stateDeparted
@@ -414,13 +425,17 @@ func nodeStates(o Observed, members, connected []string) map[string]string {
 }
 
 func phase(o Observed, p Plan) string {
+	// Something a human must fix comes first: it is why nothing else moves.
+	if len(o.Problems) > 0 || o.CredentialsRejected {
+		return PhaseDegraded
+	}
 	if o.Paused {
 		return PhasePaused
 	}
 	if !p.Formed {
 		return PhaseForming
 	}
-	if len(o.Problems) > 0 || o.CredentialsRejected || len(p.Warnings) > 0 {
+	if len(p.Warnings) > 0 {
 		return PhaseDegraded
 	}
 	for _, s := range p.NodeStates {

@@ -45,8 +45,9 @@ type ShardHealth struct {
 // status API, credential backoff and caches that spare requests.
 type clusterState struct {
 	status        ClusterStatus
+	formed        bool // the last plan's Formed
 	warnings      map[string]bool      // reason+message of Warnings already emitted and still true
-	identity      map[string]string    // pod identity key -> node name (GET /_node/_local)
+	identity      map[string]nodeIdentity // pod identity key -> what the CouchDB process said of itself
 	joining       map[string]time.Time // node -> containers-ready time, for nodes the controller added
 	readySeen     map[string]time.Time // pod UID -> when this controller first saw its containers ready
 	memberSince   map[string]time.Time
@@ -64,7 +65,7 @@ type clusterState struct {
 
 func newClusterState() *clusterState {
 	return &clusterState{
-		warnings: map[string]bool{}, identity: map[string]string{}, joining: map[string]time.Time{}, readySeen: map[string]time.Time{},
+		warnings: map[string]bool{}, identity: map[string]nodeIdentity{}, joining: map[string]time.Time{}, readySeen: map[string]time.Time{},
 		memberSince: map[string]time.Time{}, failingSince: map[string]time.Time{}, clients: map[string]CouchAPI{},
 	}
 }

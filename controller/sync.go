@@ -40,7 +40,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		return nil
 	}
 	st := c.state(key)
-	o := Observed{Namespace: key.Namespace, Cluster: key.Name}
+	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed}
 	if len(all) > 1 {
 		names := make([]string, 0, len(all))
 		for _, s := range all {
@@ -82,12 +82,18 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	}
 	if len(o.Problems) == 0 && !o.CredentialsRejected {
 		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
-		if o.CredentialsRejected {
+		switch {
+		case o.CredentialsLocked:
 			c.credentialsRejected(st)
 			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
-				"CouchDB rejected the admin credentials of StatefulSet %s/%s (or locked the account after repeated failures): fix %s or COUCHDB_USER/COUCHDB_PASSWORD; the controller retries with backoff to avoid a lockout",
+				"CouchDB has locked the admin account of StatefulSet %s/%s after repeated failed logins and refuses even the right password until the lockout expires ([chttpd_auth_lockout] max_lifetime, 5 minutes by default): make sure %s holds the right password; the controller retries with backoff",
 				sts.Namespace, sts.Name, credentialSource(sts))})
-		} else {
+		case o.CredentialsRejected:
+			c.credentialsRejected(st)
+			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
+				"CouchDB rejected the admin credentials of StatefulSet %s/%s: fix %s or COUCHDB_USER/COUCHDB_PASSWORD; the controller retries with backoff to avoid a lockout",
+				sts.Namespace, sts.Name, credentialSource(sts))})
+		default:
 			c.credentialsAccepted(st)
 		}
 	}
@@ -145,7 +151,11 @@ func (c *Controller) prepareCredentials(ctx context.Context, st *clusterState, s
 	creds, version, err := c.resolveCredentials(ctx, sts)
 	var pe *permanentError
 	if errors.As(err, &pe) {
-		o.Problems = append(o.Problems, pe.Problem)
+		p := pe.Problem
+		if !strings.Contains(p.Message, "StatefulSet "+sts.Namespace+"/"+sts.Name) {
+			p.Message = "StatefulSet " + sts.Namespace + "/" + sts.Name + ": " + p.Message
+		}
+		o.Problems = append(o.Problems, p)
 		return nil
 	}
 	if err != nil {
@@ -242,7 +252,13 @@ func (c *Controller) unreachable(st *clusterState, sts *appsv1.StatefulSet, o Ob
 			st.failingSince[n.Pod] = now
 			continue
 		}
-		if now.Sub(since) >= c.cfg.UnreachableAfter {
+		switch {
+		case now.Sub(since) < c.cfg.UnreachableAfter:
+		case n.garbled:
+			out = append(out, Problem{ReasonCouchDBBadResponse, fmt.Sprintf(
+				"pod %s/%s answers on the CouchDB port of Service %s, but not with CouchDB 3.x JSON (%s): check that the port is CouchDB 3.x itself, not a proxy, sidecar or older CouchDB",
+				sts.Namespace, n.Pod, sts.Spec.ServiceName, n.Err)})
+		default:
 			out = append(out, Problem{ReasonCouchDBUnreachable, fmt.Sprintf(
 				"CouchDB in pod %s/%s has not answered for %s: %s; check the pod's logs and the couchdb port of Service %s",
 				sts.Namespace, n.Pod, now.Sub(since).Round(time.Second), n.Err, sts.Spec.ServiceName)})
@@ -286,7 +302,7 @@ func (c *Controller) warn(ctx context.Context, st *clusterState, sts *appsv1.Sta
 	for _, p := range problems {
 		k := sts.Name + "\x00" + p.Reason + "\x00" + p.Message
 		// Messages with durations or backoffs change every sync; key on the reason alone.
-		if p.Reason == ReasonCouchDBUnreachable || p.Reason == ReasonCredentialsInvalid {
+		if p.Reason == ReasonCouchDBUnreachable || p.Reason == ReasonCouchDBBadResponse || p.Reason == ReasonCredentialsInvalid {
 			k = sts.Name + "\x00" + p.Reason
 		}
 		active[k] = true
@@ -309,6 +325,7 @@ func (c *Controller) forget(key cache.ObjectName) {
 
 func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.StatefulSet, o Observed, p Plan, warnings []Problem, at time.Time, applyErr error) {
 	ns, name := key.Namespace, key.Name
+	st.formed = p.Formed
 	member, reachable := 0, 0
 	status := ClusterStatus{Namespace: ns, Name: name, StatefulSet: sts.Name, Phase: p.Phase, Replicas: o.Replicas,
 		TargetReplicas: o.TargetReplicas, Members: p.Members, Waiting: p.Wait, LastSync: at}
