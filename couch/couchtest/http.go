@@ -18,6 +18,9 @@ func (n *Node) Handler() http.Handler {
 		nw := n.net
 		nw.mu.Lock()
 		f := n.fault
+		if f.SpareUp && r.URL.Path == "/_up" {
+			f = Fault{}
+		}
 		running := n.running
 		n.countRequest(r)
 		nw.mu.Unlock()

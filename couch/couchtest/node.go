@@ -19,6 +19,9 @@ type Fault struct {
 	Drop     bool          // close the connection without an answer
 	NonJSON  bool          // answer 200 with a body that is not JSON
 	Truncate bool          // answer 200 with truncated JSON
+	// SpareUp leaves GET /_up healthy, so the pod's readiness probe passes while everything else
+	// fails: CouchDB's /_up is cheap and often still answers when the cluster layer does not.
+	SpareUp bool
 }
 
 // RequestCounts counts the requests a node served, by method.
