@@ -59,6 +59,7 @@ type clusterState struct {
 	rejected      string    // credentials version CouchDB rejected
 	rejectedAt    time.Time // when
 	rejectedCount int
+	lockedOut     bool // the last rejection was CouchDB's lockout
 	shardsRead    time.Time   // last time the shard maps were read
 	shardHealth   ShardHealth // from the last read
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,16 +84,9 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	if len(o.Problems) == 0 && !o.CredentialsRejected {
 		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
 		switch {
-		case o.CredentialsLocked:
-			c.credentialsRejected(st)
-			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
-				"CouchDB has locked the admin account of StatefulSet %s/%s after repeated failed logins and refuses even the right password until the lockout expires ([chttpd_auth_lockout] max_lifetime, 5 minutes by default): make sure %s holds the right password; the controller retries with backoff",
-				sts.Namespace, sts.Name, credentialSource(sts))})
 		case o.CredentialsRejected:
-			c.credentialsRejected(st)
-			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
-				"CouchDB rejected the admin credentials of StatefulSet %s/%s: fix %s or COUCHDB_USER/COUCHDB_PASSWORD; the controller retries with backoff to avoid a lockout",
-				sts.Namespace, sts.Name, credentialSource(sts))})
+			c.credentialsRejected(st, o.CredentialsLocked)
+			o.Problems = append(o.Problems, rejectedProblem(sts, o.CredentialsLocked, ""))
 		default:
 			c.credentialsAccepted(st)
 		}
@@ -171,10 +165,9 @@ func (c *Controller) prepareCredentials(ctx context.Context, st *clusterState, s
 		if st.rejected != version {
 			st.rejected, st.rejectedCount = "", 0 // changed: try at once
 		} else if now.Sub(st.rejectedAt) < c.credentialBackoff(st.rejectedCount) {
-			o.CredentialsRejected = true
-			o.Problems = append(o.Problems, Problem{ReasonCredentialsInvalid, fmt.Sprintf(
-				"CouchDB rejected the admin credentials of StatefulSet %s/%s: fix %s; retrying no sooner than every %s to avoid an account lockout",
-				sts.Namespace, sts.Name, credentialSource(sts), c.credentialBackoff(st.rejectedCount))})
+			o.CredentialsRejected, o.CredentialsLocked = true, st.lockedOut
+			o.Problems = append(o.Problems, rejectedProblem(sts, st.lockedOut,
+				fmt.Sprintf("; next attempt in %s", c.credentialBackoff(st.rejectedCount))))
 		}
 	}
 	return nil
@@ -188,10 +181,24 @@ func (c *Controller) credentialBackoff(n int) time.Duration {
 	return min(d, 5*time.Minute)
 }
 
-func (c *Controller) credentialsRejected(st *clusterState) {
+func (c *Controller) credentialsRejected(st *clusterState, locked bool) {
 	st.rejected = st.credsVersion
 	st.rejectedAt = c.cfg.Now()
 	st.rejectedCount++
+	st.lockedOut = locked
+}
+
+// rejectedProblem tells a wrong password from a locked account: the fixes differ (a locked account
+// refuses even the right password until the lockout expires).
+func rejectedProblem(sts *appsv1.StatefulSet, locked bool, next string) Problem {
+	if locked {
+		return Problem{ReasonCredentialsInvalid, fmt.Sprintf(
+			"CouchDB has locked the admin account of StatefulSet %s/%s after repeated failed logins and refuses even the right password until the lockout expires ([chttpd_auth_lockout] max_lifetime, 5 minutes by default): make sure %s holds the right password; the controller retries with backoff%s",
+			sts.Namespace, sts.Name, credentialSource(sts), next)}
+	}
+	return Problem{ReasonCredentialsInvalid, fmt.Sprintf(
+		"CouchDB rejected the admin credentials of StatefulSet %s/%s: fix %s or COUCHDB_USER/COUCHDB_PASSWORD; the controller retries with backoff to avoid a lockout%s",
+		sts.Namespace, sts.Name, credentialSource(sts), next)}
 }
 
 func (c *Controller) credentialsAccepted(st *clusterState) {
@@ -301,9 +308,13 @@ func (c *Controller) warn(ctx context.Context, st *clusterState, sts *appsv1.Sta
 	}
 	for _, p := range problems {
 		k := sts.Name + "\x00" + p.Reason + "\x00" + p.Message
-		// Messages with durations or backoffs change every sync; key on the reason alone.
-		if p.Reason == ReasonCouchDBUnreachable || p.Reason == ReasonCouchDBBadResponse || p.Reason == ReasonCredentialsInvalid {
+		// Messages with durations or backoffs change every sync; key on the reason alone (and, for
+		// credentials, on whether the account is locked: that changes what the user must do).
+		switch p.Reason {
+		case ReasonCouchDBUnreachable, ReasonCouchDBBadResponse:
 			k = sts.Name + "\x00" + p.Reason
+		case ReasonCredentialsInvalid:
+			k = sts.Name + "\x00" + p.Reason + "\x00" + strconv.FormatBool(strings.Contains(p.Message, "locked the admin account"))
 		}
 		active[k] = true
 		if st.warnings[k] {

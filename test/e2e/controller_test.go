@@ -42,6 +42,24 @@ func startController(t *testing.T, ns string) *runningController {
 // startControllerWith also installs a BeforeAction hook.
 func startControllerWith(t *testing.T, ns string, hook func(context.Context, cache.ObjectName, controller.Action) error) *runningController {
 	t.Helper()
+	return startControllerOpts(t, ns, controllerOpts{hook: hook})
+}
+
+type controllerOpts struct {
+	hook        func(context.Context, cache.ObjectName, controller.Action) error
+	timeout     time.Duration // one CouchDB request; default 2s
+	credBackoff time.Duration // default 1s
+}
+
+func startControllerOpts(t *testing.T, ns string, opts controllerOpts) *runningController {
+	t.Helper()
+	if opts.timeout == 0 {
+		opts.timeout = 2 * time.Second
+	}
+	if opts.credBackoff == 0 {
+		opts.credBackoff = time.Second
+	}
+	hook := opts.hook
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	reg := prometheus.NewRegistry()
@@ -49,9 +67,9 @@ func startControllerWith(t *testing.T, ns string, hook func(context.Context, cac
 	hc := &http.Client{Transport: rec.InstrumentRoundTripper(env.addrs.Transport())}
 	ctrl, err := controller.NewController(ctx, controller.Config{
 		KubeClient: kubernetes.NewForConfigOrDie(env.cfg), Namespace: ns, Resync: 2 * time.Second, Metrics: rec,
-		CredentialBackoff: time.Second, UnreachableAfter: 2 * time.Second, BeforeAction: hook,
+		CredentialBackoff: opts.credBackoff, UnreachableAfter: 2 * time.Second, BeforeAction: hook,
 		CouchFactory: func(ep controller.Endpoint, creds controller.Credentials) (controller.CouchAPI, error) {
-			return couch.New(couch.Options{BaseURL: ep.URL, Username: creds.Username, Password: creds.Password, HTTPClient: hc, Timeout: 2 * time.Second})
+			return couch.New(couch.Options{BaseURL: ep.URL, Username: creds.Username, Password: creds.Password, HTTPClient: hc, Timeout: opts.timeout})
 		},
 	})
 	if err != nil {

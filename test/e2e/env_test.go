@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,10 @@ var env struct {
 	network *couchtest.Network
 }
 
+// couchClockSkew moves the emulated CouchDB's clock forward (only its lockout reads it), so a test
+// can let a 5-minute account lockout expire without waiting for it.
+var couchClockSkew atomic.Int64
+
 func TestMain(m *testing.M) {
 	if os.Getenv("COUCHDB_CONTROLLER_E2E") != "1" && !harness.BinariesPresent() {
 		fmt.Println("e2e: skipped: no control-plane binaries (run `make test`, which builds them, or set COUCHDB_CONTROLLER_E2E=1)")
@@ -47,7 +52,8 @@ func run(m *testing.M) int {
 	env.cp, env.cfg = cp, cp.AdminConfig()
 	env.kube = kubernetes.NewForConfigOrDie(env.cfg)
 	env.addrs = kubelet.NewAddressMap()
-	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond})
+	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond,
+		Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
 	env.backend = couchpods.New(env.kube, env.network)
 	kl := kubelet.New(env.kube, env.backend, env.addrs)
 	kctx, kcancel := context.WithCancel(ctx)
