@@ -45,11 +45,11 @@ type ShardHealth struct {
 // status API, credential backoff and caches that spare requests.
 type clusterState struct {
 	status        ClusterStatus
-	formed        bool // the last plan's Formed
-	warnings      map[string]bool      // reason+message of Warnings already emitted and still true
+	formed        bool                    // the last plan's Formed
+	warnings      map[string]bool         // reason+message of Warnings already emitted and still true
 	identity      map[string]nodeIdentity // pod identity key -> what the CouchDB process said of itself
-	joining       map[string]time.Time // node -> containers-ready time, for nodes the controller added
-	readySeen     map[string]time.Time // pod UID -> when this controller first saw its containers ready
+	joining       map[string]time.Time    // node -> containers-ready time, for nodes the controller added
+	readySeen     map[string]time.Time    // pod UID -> when this controller first saw its containers ready
 	memberSince   map[string]time.Time
 	failingSince  map[string]time.Time // pod -> first failed request of the current streak
 	clients       map[string]CouchAPI  // endpoint URL -> client for the current credentials
@@ -59,7 +59,7 @@ type clusterState struct {
 	rejected      string    // credentials version CouchDB rejected
 	rejectedAt    time.Time // when
 	rejectedCount int
-	lockedOut     bool // the last rejection was CouchDB's lockout
+	lockedOut     bool        // the last rejection was CouchDB's lockout
 	shardsRead    time.Time   // last time the shard maps were read
 	shardHealth   ShardHealth // from the last read
 }
