@@ -1,0 +1,150 @@
+package placement
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// FuzzPlan feeds Plan shard maps as CouchDB serves them (any JSON the map parser accepts) together
+// with fuzzed membership, liveness, maintenance, target and document counts, and checks the safety
+// rules on whatever it plans:
+//   - a copy is removed only while another copy of its range stays on a live staying member that
+//     holds at least as many documents (never remove a copy live data depends on);
+//   - a node leaves _nodes only when no map references it;
+//   - a copy is added only on a live staying member that lacks it;
+//   - a database with a range at risk is not touched;
+//   - ScaleDown lowers spec.replicas by exactly one, never below the target.
+func FuzzPlan(f *testing.F) {
+	seed := func(m couch.ShardMap) []byte { b, _ := json.Marshal(m); return b }
+	three := smap("a", map[string][]int{"00000000-7fffffff": {0, 1, 2}, "80000000-ffffffff": {0, 1, 2}})
+	lost := smap("a", map[string][]int{"00000000-7fffffff": {3, 4}, "80000000-ffffffff": {0, 1}})
+	f.Add(seed(three), []byte{3, 0, 0b111, 0, 5, 5, 5, 5, 5, 5})
+	f.Add(seed(three), []byte{5, 3, 0b11111, 0b10000, 9, 1, 9, 9, 0, 9, 9, 9})
+	f.Add(seed(lost), []byte{3, 0, 0b111, 0, 1, 2, 3, 4})
+	f.Add([]byte(`{"_id":"a","by_node":{"x":["00000000-ffffffff"]},"by_range":{"00000000-ffffffff":["x"]}}`), []byte{1, 1, 1})
+	f.Fuzz(func(t *testing.T, mapJSON, ctl []byte) {
+		var m couch.ShardMap
+		if json.Unmarshal(mapJSON, &m) != nil || m.Validate() != nil {
+			return
+		}
+		byte0 := func(i int) int {
+			if i < len(ctl) {
+				return int(ctl[i])
+			}
+			return 0
+		}
+		replicas := 1 + byte0(0)%6
+		in := Input{Replicas: replicas, Maps: map[string]couch.ShardMap{"a": m}, DBs: []string{"a"}, Stats: map[CopyKey]CopyStat{}}
+		if tgt := byte0(1) % 7; tgt > 0 {
+			in.TargetReplicas = &tgt
+		}
+		live, maint := byte0(2), byte0(3)
+		in.Rebalance = byte0(1)&0x80 != 0
+		if byte0(1)&0x40 != 0 {
+			in.Replicate = []string{"a"}
+		}
+		ordinal := map[string]int{}
+		for i := 0; i < 8; i++ {
+			ordinal[name(i)] = i
+		}
+		for i := 0; i < replicas; i++ {
+			in.Members = append(in.Members, Member{Name: name(i), Ordinal: i, Live: live&(1<<i) != 0, Maintenance: maint&(1<<i) != 0})
+		}
+		for _, n := range m.Nodes() {
+			if o, ok := ordinal[n]; !ok || o >= replicas {
+				in.Departed = append(in.Departed, n)
+			}
+		}
+		for i, k := range StatsNeeded(in) {
+			if v := byte0(4 + i); v != 0 {
+				in.Stats[k] = CopyStat{Docs: int64(v - 1)}
+			}
+		}
+		if err := checkSafety(in, Plan(in)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// checkSafety returns the first safety rule res breaks, if any.
+func checkSafety(in Input, res Result) error {
+	staying := map[string]bool{}
+	for _, mem := range in.Members {
+		d, draining := Draining(in)
+		if mem.Live && !(draining && d.Name == mem.Name) {
+			staying[mem.Name] = true
+		}
+	}
+	atRisk := map[string]bool{}
+	for _, r := range res.AtRisk {
+		atRisk[r.DB] = true
+	}
+	for _, a := range res.Actions {
+		if atRisk[a.DB] && a.DB != "" {
+			return fmt.Errorf("%s touches %s, which has a range at risk", a, a.DB)
+		}
+		m := in.Maps[a.DB]
+		switch a.Kind {
+		case RemoveCopy:
+			src, ok := in.Stats[CopyKey{a.DB, a.Range, a.Node}]
+			safe := false
+			for _, o := range m.ByRange[a.Range] {
+				st, known := in.Stats[CopyKey{a.DB, a.Range, o}]
+				if o != a.Node && staying[o] && known && (!ok || st.total() >= src.total()) {
+					safe = true
+				}
+			}
+			if !safe {
+				return fmt.Errorf("%s with no caught-up copy left on a live staying member (map %v, stats %v)", a, m.ByRange, in.Stats)
+			}
+		case RemoveNode:
+			for db, mm := range in.Maps {
+				if slices.Contains(mm.Nodes(), a.Node) {
+					return fmt.Errorf("%s while %s still references it", a, db)
+				}
+			}
+		case AddCopy:
+			if !staying[a.Node] || slices.Contains(m.ByRange[a.Range], a.Node) {
+				return fmt.Errorf("%s: target not a live staying member, or it already holds the range (%v)", a, m.ByRange[a.Range])
+			}
+		case ScaleDown:
+			if a.Replicas != in.Replicas-1 || in.TargetReplicas == nil || a.Replicas < *in.TargetReplicas {
+				return fmt.Errorf("%s from %d replicas, target %v", a, in.Replicas, in.TargetReplicas)
+			}
+		}
+	}
+	return nil
+}
+
+// TestFuzzPlanSeedsExercise keeps the seed corpus honest: the checker must see destructive steps,
+// otherwise FuzzPlan could pass without checking anything.
+func TestFuzzPlanSeedsExercise(t *testing.T) {
+	drain := 3
+	m := smap("a", map[string][]int{"00000000-7fffffff": {0, 1, 2, 3}, "80000000-ffffffff": {0, 1, 2, 3}})
+	in := Input{Replicas: 4, TargetReplicas: &drain, Maps: map[string]couch.ShardMap{"a": m}, DBs: []string{"a"},
+		Members: []Member{{name(0), 0, true, false}, {name(1), 1, true, false}, {name(2), 2, true, false}, {name(3), 3, true, true}},
+		Stats:   map[CopyKey]CopyStat{}}
+	for _, k := range StatsNeeded(in) {
+		in.Stats[k] = CopyStat{Docs: 7}
+	}
+	res := Plan(in)
+	if len(res.Actions) == 0 || res.Actions[0].Kind != RemoveCopy {
+		t.Fatalf("a drain with caught-up copies elsewhere did not remove the drained copy: %v", res.Actions)
+	}
+	if err := checkSafety(in, res); err != nil {
+		t.Fatal(err)
+	}
+	// The same step with the staying copies behind must be refused by the checker.
+	for _, k := range StatsNeeded(in) {
+		if k.Node != name(3) {
+			in.Stats[k] = CopyStat{Docs: 6}
+		}
+	}
+	if checkSafety(in, res) == nil {
+		t.Fatal("checkSafety accepted removing the only caught-up copy")
+	}
+}
