@@ -68,6 +68,19 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 			return err
 		}
 		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonClusterFormed, "Finished CouchDB cluster setup with %d nodes", o.Replicas)
+		// Formation is timed from the last pod below spec.replicas becoming ready: before that the
+		// controller could not have finished, whatever it did.
+		var last time.Time
+		for ord, p := range o.Pods {
+			if ord < o.Replicas {
+				if t := readyStart(p, st.readySeen[p.UID]); t.After(last) {
+					last = t
+				}
+			}
+		}
+		if !last.IsZero() {
+			c.metrics.ObserveFormation(c.cfg.Now().Sub(last))
+		}
 		return nil
 	case ActRemoveNode:
 		api, err := via()

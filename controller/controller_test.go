@@ -223,6 +223,9 @@ func TestSyncFormsThreeNodes(t *testing.T) {
 	if n := testutil.CollectAndCount(f.reg, "couchdb_controller_node_join_duration_seconds"); n != 1 {
 		t.Errorf("join histogram series = %d", n)
 	}
+	if got := histogramCount(t, f.reg, "couchdb_controller_cluster_formation_duration_seconds"); got != 1 {
+		t.Errorf("formation histogram counted %d formations, want 1", got)
+	}
 	st, ok := f.c.Cluster(testNS, "main")
 	if !ok || st.Phase != PhaseReady || len(st.Members) != 3 {
 		t.Errorf("status %+v", st)
@@ -460,3 +463,17 @@ func TestSyncForgetsDeletedOrUnlabelledCluster(t *testing.T) {
 }
 
 var _ = core.Action(nil)
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}

@@ -24,6 +24,7 @@ var Phases = []string{"Forming", "Ready", "Scaling", "Degraded", "Paused"}
 // Recorder records the controller's metrics on one registry.
 type Recorder struct {
 	joinDuration  prometheus.Histogram
+	formDuration  prometheus.Histogram
 	nodeState     *prometheus.GaugeVec
 	clusterNodes  *prometheus.GaugeVec
 	clusterFormed *prometheus.GaugeVec
@@ -55,6 +56,9 @@ func New(reg prometheus.Registerer) *Recorder {
 		joinDuration: f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem,
 			Name: "node_join_duration_seconds", Help: "Time from a pod's containers becoming ready to its CouchDB node being a cluster member.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
+		formDuration: f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem,
+			Name: "cluster_formation_duration_seconds", Help: "Time from the last pod of a new cluster becoming ready to finish_cluster succeeding.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
 		nodeState: f.NewGaugeVec(prometheus.GaugeOpts(opts("node_state",
 			"State of each CouchDB pod (1 for its current state, 0 otherwise).")), []string{"namespace", "cluster", "pod", "state"}),
 		clusterNodes: f.NewGaugeVec(prometheus.GaugeOpts(opts("cluster_nodes",
@@ -89,6 +93,9 @@ func New(reg prometheus.Registerer) *Recorder {
 
 // ObserveJoin records one node's join latency.
 func (r *Recorder) ObserveJoin(d time.Duration) { r.joinDuration.Observe(d.Seconds()) }
+
+// ObserveFormation records how long a new cluster took to be finished once all its pods were ready.
+func (r *Recorder) ObserveFormation(d time.Duration) { r.formDuration.Observe(d.Seconds()) }
 
 // SetNodeStates replaces the cluster's pod series with podStates (pod -> state).
 func (r *Recorder) SetNodeStates(ns, cluster string, podStates map[string]string) {

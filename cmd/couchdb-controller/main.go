@@ -44,6 +44,9 @@ type options struct {
 	leaderElect               bool
 	leaseNamespace, leaseName string
 	showVersion               bool
+	kubeQPS                   float64
+	kubeBurst                 int
+	profiling                 bool
 }
 
 func main() {
@@ -60,6 +63,9 @@ func main() {
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "hold a Lease so only one replica acts")
 	fs.StringVar(&o.leaseNamespace, "leader-elect-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Lease")
 	fs.StringVar(&o.leaseName, "leader-elect-id", "couchdb-controller", "name of the Lease")
+	fs.Float64Var(&o.kubeQPS, "kube-api-qps", 50, "sustained requests per second to the Kubernetes API (pod conditions, events, scale)")
+	fs.IntVar(&o.kubeBurst, "kube-api-burst", 100, "burst of requests to the Kubernetes API")
+	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's pprof profiles under /debug/pprof/ on the metrics address")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
 	flag.Parse()
 	if o.showVersion {
@@ -91,7 +97,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func run(ctx context.Context, o options) error {
 	logger := klog.FromContext(ctx)
-	cfg, err := restConfig(o.kubeconfig)
+	cfg, err := restConfig(o.kubeconfig, o.kubeQPS, o.kubeBurst)
 	if err != nil {
 		return err
 	}
@@ -119,7 +125,7 @@ func run(ctx context.Context, o options) error {
 		healthz = le.Check
 	}
 	servers := []*http.Server{
-		{Addr: o.metricsAddr, Handler: metricsMux(reg, ctrl), ReadHeaderTimeout: 5 * time.Second},
+		{Addr: o.metricsAddr, Handler: withProfiling(metricsMux(reg, ctrl), o.profiling), ReadHeaderTimeout: 5 * time.Second},
 		{Addr: o.probeAddr, Handler: probeMux(ctrl, healthz), ReadHeaderTimeout: 5 * time.Second},
 	}
 	for _, s := range servers {
@@ -204,7 +210,7 @@ func runWithLease(ctx context.Context, o options, kube kubernetes.Interface, ctr
 	return runErr
 }
 
-func restConfig(kubeconfig string) (*rest.Config, error) {
+func restConfig(kubeconfig string, qps float64, burst int) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -215,7 +221,7 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes config: %w", err)
 	}
-	cfg.QPS, cfg.Burst = 50, 100
+	cfg.QPS, cfg.Burst = float32(qps), burst
 	cfg.UserAgent = "couchdb-controller/" + version
 	// v1 Endpoints answers every request with a deprecation warning since 1.33; say it once.
 	cfg.WarningHandler = &onceWarnings{}

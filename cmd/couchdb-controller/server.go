@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,6 +33,19 @@ func metricsMux(reg prometheus.Gatherer, src statusSource) *http.ServeMux {
 		}
 		writeJSON(w, http.StatusOK, s)
 	})
+	return mux
+}
+
+// withProfiling adds net/http/pprof's handlers when asked: off by default, since profiles show
+// internals (never credentials, which only live in request headers) to whoever reaches the port.
+func withProfiling(mux *http.ServeMux, on bool) *http.ServeMux {
+	if on {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -99,3 +99,19 @@ func TestWarningsShownOnce(t *testing.T) {
 		t.Errorf("%d distinct warnings remembered, want 1", n)
 	}
 }
+
+func TestProfilingOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := withProfiling(metricsMux(prometheus.NewRegistry(), &fakeSource{}), on)
+		want := 404
+		if on {
+			want = 200
+		}
+		if code, _ := do(t, h, "GET", "/debug/pprof/"); code != want {
+			t.Errorf("profiling %t: /debug/pprof/ = %d, want %d", on, code, want)
+		}
+		if code, body := do(t, h, "GET", "/debug/pprof/heap?debug=1"); on && (code != 200 || !strings.Contains(body, "heap profile")) {
+			t.Errorf("heap profile = %d %.80q", code, body)
+		}
+	}
+}

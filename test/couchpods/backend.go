@@ -27,10 +27,12 @@ const CouchDBPort = 5984
 // deletion, so a pod of the same name comes back with the same data and name.
 type Backend struct {
 	kube    kubernetes.Interface
-	network *couchtest.Network
+	network *couchtest.Network       // shared by every pod, or nil: one per namespace
+	netOpts couchtest.NetworkOptions // for per-namespace networks
 
-	mu    sync.Mutex
-	nodes map[string]*couchtest.Node // namespace/pod -> node
+	mu       sync.Mutex
+	nodes    map[string]*couchtest.Node    // namespace/pod -> node
+	networks map[string]*couchtest.Network // namespace -> network, when not shared
 }
 
 // New returns a Backend whose nodes share one emulated Erlang network.
@@ -38,8 +40,27 @@ func New(kube kubernetes.Interface, network *couchtest.Network) *Backend {
 	return &Backend{kube: kube, network: network, nodes: map[string]*couchtest.Node{}}
 }
 
-// Network is the emulated network the nodes live on.
-func (b *Backend) Network() *couchtest.Network { return b.network }
+// NewPerNamespace returns a Backend that gives each namespace its own emulated Erlang network, as
+// separate CouchDB clusters have. The emulator propagates _nodes and _dbs across every node of a
+// network, so with hundreds of clusters on one network the emulator, not the controller, would be
+// what a benchmark measures.
+func NewPerNamespace(kube kubernetes.Interface, opts couchtest.NetworkOptions) *Backend {
+	return &Backend{kube: kube, netOpts: opts, nodes: map[string]*couchtest.Node{}, networks: map[string]*couchtest.Network{}}
+}
+
+func (b *Backend) networkOf(namespace string) *couchtest.Network {
+	if b.network != nil {
+		return b.network
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	nw := b.networks[namespace]
+	if nw == nil {
+		nw = couchtest.NewNetwork(b.netOpts)
+		b.networks[namespace] = nw
+	}
+	return nw
+}
 
 // Node returns the emulated node of a pod, for fault injection and assertions.
 func (b *Backend) Node(namespace, pod string) *couchtest.Node {
@@ -70,7 +91,7 @@ func (b *Backend) StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (
 		if err != nil {
 			return nil, fmt.Errorf("configure couchdb for pod %s: %w", key, err)
 		}
-		node, err = b.network.AddNode(cfg)
+		node, err = b.networkOf(pod.Namespace).AddNode(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("add emulated node for pod %s: %w", key, err)
 		}
