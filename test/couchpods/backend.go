@@ -166,7 +166,10 @@ type Workload struct {
 	node *couchtest.Node
 }
 
-var probeClient = &http.Client{Timeout: time.Second}
+// probeClient keeps one idle connection per pod: with thousands of pods the default pool (100 in all)
+// would reconnect on nearly every probe, and the harness would spend its CPU on handshakes.
+var probeClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{
+	MaxIdleConns: 20000, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute}}
 
 // Ready is the image's readiness probe: GET /_up answers 200.
 func (w *Workload) Ready(ctx context.Context) bool {
