@@ -148,7 +148,7 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (
 	}
 	var polled []float64
 	if pollers > 0 {
-		if polled, err = w.couchdiscover(ctx, total, pollers); err != nil {
+		if polled, err = w.couchdiscover(ctx, pollers); err != nil {
 			return "", err
 		}
 	}
@@ -235,7 +235,7 @@ func (w *world) scale(ctx context.Context, first, n int, steady time.Duration, p
 	if profile {
 		st.profile = <-profDone
 	}
-	st.joins = w.joins(ctx, first, n)
+	st.joins = w.joins(ctx, "bench-", first, n)
 
 	// Steady state: nothing changes for the window, at the default resync.
 	time.Sleep(defaultResync) // let the joins' follow-up syncs finish
@@ -268,9 +268,9 @@ func (w *world) scale(ctx context.Context, first, n int, steady time.Duration, p
 	return st, nil
 }
 
-// joins scales every new cluster to 4 and measures, from outside, pod ContainersReady -> node in
-// pod 0's _membership.
-func (w *world) joins(ctx context.Context, first, n int) []float64 {
+// joins scales clusters prefix<first>..prefix<n-1> to 4 and measures, from outside, pod
+// ContainersReady -> node in pod 0's _membership.
+func (w *world) joins(ctx context.Context, prefix string, first, n int) []float64 {
 	var mu sync.Mutex
 	var out []float64
 	var wg sync.WaitGroup
@@ -286,7 +286,7 @@ func (w *world) joins(ctx context.Context, first, n int) []float64 {
 				out = append(out, d)
 				mu.Unlock()
 			}
-		}(fmt.Sprintf("bench-%d", i))
+		}(fmt.Sprintf("%s%d", prefix, i))
 	}
 	wg.Wait()
 	return out
@@ -356,7 +356,7 @@ func contains(list []string, s string) bool {
 // _nodes (couchdiscover does this from a sidecar in every pod; the latency distribution is the same).
 // Its clusters are not labelled, so the controller leaves them alone. It returns the join latencies of
 // one scale-up per cluster, measured exactly as for the controller.
-func (w *world) couchdiscover(ctx context.Context, offset, n int) ([]float64, error) {
+func (w *world) couchdiscover(ctx context.Context, n int) ([]float64, error) {
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
@@ -393,21 +393,7 @@ func (w *world) couchdiscover(ctx context.Context, offset, n int) ([]float64, er
 	if err != nil {
 		return nil, fmt.Errorf("couchdiscover-style clusters did not form: %w", err)
 	}
-	var mu sync.Mutex
-	var out []float64
-	var jw sync.WaitGroup
-	for i := 0; i < n; i++ {
-		jw.Add(1)
-		go func(ns string) {
-			defer jw.Done()
-			if d, ok := w.joinOne(ctx, ns, 3); ok {
-				mu.Lock()
-				out = append(out, d)
-				mu.Unlock()
-			}
-		}(fmt.Sprintf("poll-%d", i))
-	}
-	jw.Wait()
+	out := w.joins(ctx, "poll-", 0, n)
 	stop()
 	wg.Wait()
 	return out, nil
