@@ -137,6 +137,7 @@ func TestExampleManifestsValidate(t *testing.T) {
 	startController(t, ns)
 	applyAll(t, render(t, "examples"), ns)
 	passwords.Store(ns, "CHANGE-ME-admin-password")
+	usePassword("CHANGE-ME-admin-password")
 	poll(t, 90*time.Second, "the example cluster to finish setup", func(context.Context) (bool, error) {
 		return setupState(t, ns, "couchdb-0") == "cluster_finished" && len(clusterNodesOf(ns, "couchdb-2")) == 3, nil
 	})

@@ -121,6 +121,7 @@ func TestBinaryWithShippedRBAC(t *testing.T) {
 			_ = cmd.Process.Kill()
 			t.Error("controller did not shut down within 15s of SIGINT")
 		}
+		shown("logs of the controller binary", logs.String())
 		if t.Failed() {
 			t.Logf("controller logs:\n%s", logs.String())
 		}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
@@ -30,6 +31,8 @@ type runningController struct {
 	rec    *metrics.Recorder
 	cancel context.CancelFunc
 	done   chan struct{}
+	logs   func() string
+	once   sync.Once
 }
 
 // startController runs the controller against the real API server, reaching pods through the
@@ -60,7 +63,8 @@ func startControllerOpts(t *testing.T, ns string, opts controllerOpts) *runningC
 		opts.credBackoff = time.Second
 	}
 	hook := opts.hook
-	_, ctx := ktesting.NewTestContext(t)
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.BufferLogs(true)))
+	ctx := klog.NewContext(context.Background(), logger)
 	ctx, cancel := context.WithCancel(ctx)
 	reg := prometheus.NewRegistry()
 	rec := metrics.New(reg)
@@ -76,7 +80,8 @@ func startControllerOpts(t *testing.T, ns string, opts controllerOpts) *runningC
 		cancel()
 		t.Fatal(err)
 	}
-	rc := &runningController{ctrl: ctrl, reg: reg, rec: rec, cancel: cancel, done: make(chan struct{})}
+	rc := &runningController{ctrl: ctrl, reg: reg, rec: rec, cancel: cancel, done: make(chan struct{}),
+		logs: logger.GetSink().(ktesting.Underlier).GetBuffer().String}
 	go func() {
 		defer close(rc.done)
 		if err := ctrl.Run(ctx, 2); err != nil {
@@ -90,6 +95,11 @@ func startControllerOpts(t *testing.T, ns string, opts controllerOpts) *runningC
 func (rc *runningController) stop() {
 	rc.cancel()
 	<-rc.done
+	rc.once.Do(func() {
+		shown("logs of an in-process controller", rc.logs())
+		shown("metrics of an in-process controller", metricsText(rc.reg))
+		shown("status API of an in-process controller", statusJSON(map[string]any{"clusters": rc.ctrl.Clusters()}))
+	})
 }
 
 func poll(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {

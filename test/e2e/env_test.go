@@ -65,6 +65,13 @@ func run(m *testing.M) int {
 		}
 	}()
 	code := m.Run()
+	if code == 0 {
+		report, ok := scanSuiteForPasswords()
+		fmt.Println("e2e:", report)
+		if !ok {
+			code = 1
+		}
+	}
 	kcancel()
 	<-done
 	if code != 0 {

@@ -37,6 +37,7 @@ func TestLeaderFailover(t *testing.T) {
 		t.Cleanup(func() {
 			_ = r.cmd.Process.Kill()
 			_ = r.cmd.Wait()
+			shown("logs of "+id, r.logs.String())
 			if t.Failed() {
 				t.Logf("%s logs:\n%s", id, r.logs.String())
 			}

@@ -59,6 +59,7 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 	t.Helper()
 	ctx := context.Background()
 	passwords.Store(ns, s.password)
+	usePassword(s.password)
 	labels := map[string]string{controller.LabelCluster: s.cluster}
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.name + "-admin", Namespace: ns},
 		StringData: map[string]string{"adminUsername": "admin", "adminPassword": s.password, "erlangCookie": "cookie-" + s.name}}

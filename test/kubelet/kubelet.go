@@ -51,6 +51,9 @@ type Options struct {
 	NodeName     string        // default NodeName
 	ProbePeriod  time.Duration // readiness probe interval, default 100ms
 	ProbeTimeout time.Duration // per probe, default 1s
+	// FailureThreshold is how many probes in a row must fail before a ready pod turns NotReady; the
+	// kubelet's default is 3, so one slow answer on a loaded machine does not flap the pod.
+	FailureThreshold int
 	Workers      int           // pods synced in parallel, default 4
 }
 
@@ -94,6 +97,9 @@ func NewWithOptions(kube kubernetes.Interface, backend Backend, addrs *AddressMa
 	}
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = time.Second
+	}
+	if opts.FailureThreshold <= 0 {
+		opts.FailureThreshold = 3
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 4
@@ -317,12 +323,18 @@ func (k *Kubelet) probe(ctx context.Context, key string, r *runningPod) {
 	defer close(r.done)
 	t := time.NewTicker(k.opts.ProbePeriod)
 	defer t.Stop()
+	failures := 0
 	for {
 		pctx, cancel := context.WithTimeout(ctx, k.opts.ProbeTimeout)
 		ready := r.workload.Ready(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if ready {
+			failures = 0
+		} else if failures++; r.ready.Load() && failures < k.opts.FailureThreshold {
+			ready = true // not yet: the kubelet waits for failureThreshold failures in a row
 		}
 		if r.ready.Swap(ready) != ready {
 			k.queue.Add(key)

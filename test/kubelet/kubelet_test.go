@@ -3,6 +3,7 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -225,5 +226,75 @@ func TestKubeletLifecycle(t *testing.T) {
 	}
 	if addrs.Len() != 0 {
 		t.Errorf("%d addresses mapped after db-0 went again", addrs.Len())
+	}
+}
+
+// flakyWorkload answers its readiness probes from a script: true/false per probe, then the last value.
+type flakyWorkload struct {
+	mu     sync.Mutex
+	script []bool
+	probes int
+}
+
+func (w *flakyWorkload) Ready(context.Context) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := min(w.probes, len(w.script)-1)
+	w.probes++
+	return w.script[i]
+}
+func (w *flakyWorkload) Ports() map[int32]string { return map[int32]string{5984: "127.0.0.1:1"} }
+func (w *flakyWorkload) Stop()                   {}
+
+type scriptBackend struct{ w *flakyWorkload }
+
+func (b scriptBackend) StartPod(context.Context, *corev1.Pod, string) (Workload, error) { return b.w, nil }
+
+// TestProbeFailureThreshold: like the kubelet's default failureThreshold of 3, two failed probes in a
+// row leave a ready pod Ready; the third makes it NotReady.
+func TestProbeFailureThreshold(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		script    []bool
+		wantFlaps bool
+	}{
+		{"two failures", []bool{true, true, false, false, true}, false},
+		{"three failures", []bool{true, true, false, false, false, true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "ns", UID: "u"},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "couchdb"}}}}
+			kube := fake.NewClientset(p)
+			kube.PrependReactor("create", "pods", bindReactor(kube))
+			var notReady atomic.Int32
+			kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				if pa, ok := a.(k8stesting.PatchAction); ok && a.GetSubresource() == "status" &&
+					strings.Contains(string(pa.GetPatch()), `"type":"ContainersReady"`) && strings.Contains(string(pa.GetPatch()), `"status":"False"`) {
+					notReady.Add(1)
+				}
+				return false, nil, nil
+			})
+			w := &flakyWorkload{script: tc.script}
+			k := NewWithOptions(kube, scriptBackend{w}, NewAddressMap(), Options{ProbePeriod: 10 * time.Millisecond})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- k.Run(ctx) }()
+			if err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				return w.probes > len(tc.script)+3, nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // let the last status patch land
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			// The first status report of a starting pod is not ready (before any probe passed).
+			if flapped := notReady.Load() > 1; flapped != tc.wantFlaps {
+				t.Errorf("not-ready reports %d; want a flap: %t", notReady.Load(), tc.wantFlaps)
+			}
+		})
 	}
 }
