@@ -111,9 +111,12 @@ func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"metadata":{"labels":{"couchdb.io/cluster":null}}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":1}}`), metav1.PatchOptions{}); err != nil {
-		t.Errorf("unlabelled StatefulSet scale-down refused: %v", err)
-	}
+	// The policy's params (the labelled StatefulSets) come from the API server's informer, so the
+	// unlabelling takes a moment to count.
+	poll(t, 30*time.Second, "a scale-down of the now unlabelled StatefulSet to pass", func(ctx context.Context) (bool, error) {
+		_, err := dev.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":1}}`), metav1.PatchOptions{})
+		return err == nil, nil
+	})
 }
 
 // clientAs returns a client acting as the ServiceAccount ns/name.
