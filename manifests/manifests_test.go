@@ -134,7 +134,8 @@ func TestBaseRendersHardenedDeploymentAndExactRBAC(t *testing.T) {
 
 func TestAdmissionAndExamplesRender(t *testing.T) {
 	adm := build(t, "admission")
-	if len(find(adm, "ValidatingAdmissionPolicy")) != 1 || len(find(adm, "ValidatingAdmissionPolicyBinding")) != 1 {
+	// One policy for updates of the StatefulSet, one for its scale subresource.
+	if len(find(adm, "ValidatingAdmissionPolicy")) != 2 || len(find(adm, "ValidatingAdmissionPolicyBinding")) != 2 {
 		t.Errorf("admission: %d objects", len(adm))
 	}
 	ex := build(t, "examples")

@@ -19,21 +19,32 @@ import (
 // TestAdmissionPolicyRefusesDirectScaleDown installs manifests/admission on the real API server: a
 // user lowering spec.replicas of a labelled StatefulSet (directly or through the scale subresource)
 // is refused with a message naming couchdb.io/target-replicas; so is `kubectl scale` (the scale
-// subresource); the controller's ServiceAccount may; scaling up is allowed.
+// subresource); the controller's ServiceAccount may; scaling up is allowed. Run it once per API server
+// process: deleting the bindings trips kubernetes/kubernetes#130887 (see manifests/admission).
 func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	applyAll(t, render(t, "admission"), "")
 	// The policy is cluster-wide: remove it so later tests may scale down directly.
 	t.Cleanup(func() {
-		_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), "couchdb-controller-safe-scale-down", metav1.DeleteOptions{})
-		_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(context.Background(), "couchdb-controller-safe-scale-down", metav1.DeleteOptions{})
+		for _, name := range []string{"couchdb-controller-safe-scale-down", "couchdb-controller-safe-scale-down-subresource"} {
+			_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{})
+			_ = env.kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{})
+		}
 		// The API server drops the policy shortly after; wait until a labelled scale-down passes again.
 		poll(t, 30*time.Second, "the policy to be gone", func(ctx context.Context) (bool, error) {
 			if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"metadata":{"labels":{"couchdb.io/cluster":"adm"}},"spec":{"replicas":5}}`), metav1.PatchOptions{}); err != nil {
 				return false, nil
 			}
-			_, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":0}}`), metav1.PatchOptions{})
+			if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":0}}`), metav1.PatchOptions{}); err != nil {
+				return false, nil
+			}
+			_, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":2}}`), metav1.PatchOptions{})
+			if err != nil {
+				return false, nil
+			}
+			_, err = env.kube.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
+				ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 0}}, metav1.UpdateOptions{})
 			return err == nil, nil
 		})
 	})
