@@ -12,6 +12,7 @@ import (
 	"golang.org/x/time/rate"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -94,7 +95,9 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{cfg: cfg, kube: cfg.KubeClient, metrics: cfg.Metrics, clusters: map[cache.ObjectName]*clusterState{}}
 	c.factory = informers.NewSharedInformerFactoryWithOptions(cfg.KubeClient, 0,
 		informers.WithNamespace(cfg.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelCluster }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = LabelCluster }),
+		// managedFields are never read and are often the largest part of an object.
+		informers.WithTransform(stripManagedFields))
 	// Every StatefulSet pod carries podNameLabel; the transform keeps only what sync reads so the
 	// cache stays small with thousands of pods.
 	c.podFactory = informers.NewSharedInformerFactoryWithOptions(cfg.KubeClient, 0,
@@ -263,6 +266,14 @@ func (c *Controller) enqueuePod(obj any) {
 	if name := sts.Labels[LabelCluster]; name != "" {
 		c.queue.Add(cache.ObjectName{Namespace: pod.Namespace, Name: name})
 	}
+}
+
+// stripManagedFields drops metadata.managedFields before an object enters the cache.
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // trimPod keeps the fields sync reads; informers store the result.

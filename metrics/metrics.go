@@ -40,8 +40,9 @@ type Recorder struct {
 	leader        prometheus.Gauge
 	workqueue     *workqueueMetrics
 
-	mu            sync.Mutex // guards podsByCluster; workers record concurrently
-	podsByCluster map[clusterKey]map[string]bool
+	mu            sync.Mutex                       // guards podsByCluster and phases; workers record concurrently
+	podsByCluster map[clusterKey]map[string]string // pod -> the state its series shows
+	phases        map[clusterKey]string
 }
 
 type clusterKey struct{ namespace, cluster string }
@@ -85,7 +86,8 @@ func New(reg prometheus.Registerer) *Recorder {
 		kubeRequests: f.NewCounterVec(prometheus.CounterOpts(opts("kube_api_requests_total",
 			"Requests to the Kubernetes API by method and status code.")), []string{"method", "code"}),
 		leader:        f.NewGauge(prometheus.GaugeOpts(opts("leader", "1 while this replica holds the leader lease."))),
-		podsByCluster: map[clusterKey]map[string]bool{},
+		podsByCluster: map[clusterKey]map[string]string{},
+		phases:        map[clusterKey]string{},
 	}
 	r.workqueue = newWorkqueueMetrics(f)
 	return r
@@ -97,28 +99,27 @@ func (r *Recorder) ObserveJoin(d time.Duration) { r.joinDuration.Observe(d.Secon
 // ObserveFormation records how long a new cluster took to be finished once all its pods were ready.
 func (r *Recorder) ObserveFormation(d time.Duration) { r.formDuration.Observe(d.Seconds()) }
 
-// SetNodeStates replaces the cluster's pod series with podStates (pod -> state).
+// SetNodeStates replaces the cluster's pod series with podStates (pod -> state). Only the current
+// state of each pod has a series (value 1): with thousands of pods, a series per possible state
+// would be most of the controller's memory, and every query (== 1, sum by state) works the same.
 func (r *Recorder) SetNodeStates(ns, cluster string, podStates map[string]string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := clusterKey{ns, cluster}
-	for pod := range r.podsByCluster[k] {
-		if _, ok := podStates[pod]; !ok {
-			r.nodeState.DeletePartialMatch(prometheus.Labels{"namespace": ns, "cluster": cluster, "pod": pod})
+	prev := r.podsByCluster[k]
+	for pod, old := range prev {
+		if podStates[pod] != old {
+			r.nodeState.DeleteLabelValues(ns, cluster, pod, old)
 		}
 	}
-	seen := map[string]bool{}
+	now := make(map[string]string, len(podStates))
 	for pod, state := range podStates {
-		seen[pod] = true
-		for _, s := range NodeStates {
-			v := 0.0
-			if s == state {
-				v = 1
-			}
-			r.nodeState.WithLabelValues(ns, cluster, pod, s).Set(v)
+		now[pod] = state
+		if prev[pod] != state {
+			r.nodeState.WithLabelValues(ns, cluster, pod, state).Set(1)
 		}
 	}
-	r.podsByCluster[k] = seen
+	r.podsByCluster[k] = now
 }
 
 // SetClusterNodes records desired, member and reachable node counts.
@@ -137,14 +138,18 @@ func (r *Recorder) SetClusterFormed(ns, cluster string, formed bool) {
 	r.clusterFormed.WithLabelValues(ns, cluster).Set(v)
 }
 
-// SetClusterPhase sets the cluster's phase (one of Phases).
+// SetClusterPhase sets the cluster's phase (one of Phases); as for node_state, only the current
+// phase has a series.
 func (r *Recorder) SetClusterPhase(ns, cluster, phase string) {
-	for _, p := range Phases {
-		v := 0.0
-		if p == phase {
-			v = 1
-		}
-		r.clusterPhase.WithLabelValues(ns, cluster, p).Set(v)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := clusterKey{ns, cluster}
+	if old, ok := r.phases[k]; ok && old != phase {
+		r.clusterPhase.DeleteLabelValues(ns, cluster, old)
+	}
+	if r.phases[k] != phase {
+		r.clusterPhase.WithLabelValues(ns, cluster, phase).Set(1)
+		r.phases[k] = phase
 	}
 }
 
@@ -186,6 +191,7 @@ func (r *Recorder) ForgetCluster(ns, cluster string) {
 	r.shardRanges.DeletePartialMatch(l)
 	r.mu.Lock()
 	delete(r.podsByCluster, clusterKey{ns, cluster})
+	delete(r.phases, clusterKey{ns, cluster})
 	r.mu.Unlock()
 }
 

@@ -1,13 +1,17 @@
 package metrics
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestRegistryLints(t *testing.T) {
@@ -45,30 +49,63 @@ func exercise(r *Recorder) {
 	p.NewRetriesMetric("couchdb").Inc()
 }
 
-func TestStateSetsHaveExactlyOneState(t *testing.T) {
+// TestStatesHaveOneSeriesEach: each pod (and each cluster) has exactly one series, for its current
+// state (phase), valued 1; a change moves the series and a departed pod loses it.
+func TestStatesHaveOneSeriesEach(t *testing.T) {
 	r := New(prometheus.NewRegistry())
-	r.SetNodeStates("ns", "c", map[string]string{"db-0": "member", "db-1": "joining"})
-	cases := []struct {
-		pod, state string
-		want       float64
+	steps := []struct {
+		states map[string]string
+		phase  string
+		want   []string
 	}{
-		{"db-0", "member", 1}, {"db-0", "joining", 0}, {"db-1", "joining", 1}, {"db-1", "member", 0},
+		{map[string]string{"db-0": "member", "db-1": "joining"}, "Forming",
+			[]string{"phase Forming=1", "db-0 member=1", "db-1 joining=1"}},
+		{map[string]string{"db-0": "member", "db-1": "member"}, "Ready",
+			[]string{"phase Ready=1", "db-0 member=1", "db-1 member=1"}},
+		{map[string]string{"db-0": "member"}, "Ready",
+			[]string{"phase Ready=1", "db-0 member=1"}},
+		{map[string]string{"db-0": "unreachable"}, "Degraded",
+			[]string{"phase Degraded=1", "db-0 unreachable=1"}},
 	}
-	for _, c := range cases {
-		if got := testutil.ToFloat64(r.nodeState.WithLabelValues("ns", "c", c.pod, c.state)); got != c.want {
-			t.Errorf("%s %s = %v, want %v", c.pod, c.state, got, c.want)
+	for i, st := range steps {
+		r.SetNodeStates("ns", "c", st.states)
+		r.SetClusterPhase("ns", "c", st.phase)
+		got := series(t, r.clusterPhase, "phase")
+		got = append(got, series(t, r.nodeState, "pod")...)
+		if diff := cmp.Diff(st.want, got); diff != "" {
+			t.Errorf("step %d (-want +got):\n%s", i, diff)
 		}
 	}
-	// A pod that disappears loses its series.
-	r.SetNodeStates("ns", "c", map[string]string{"db-0": "member"})
-	if n := testutil.CollectAndCount(r.nodeState); n != len(NodeStates) {
-		t.Errorf("series after db-1 left = %d, want %d", n, len(NodeStates))
+}
+
+// series lists a vector's series as "<first label> <last label>=<value>", sorted after the phase.
+func series(t *testing.T, col prometheus.Collector, first string) []string {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 100)
+	col.Collect(ch)
+	close(ch)
+	var out []string
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		labels := map[string]string{}
+		for _, l := range d.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		key := labels[first]
+		if first == "phase" {
+			key = "phase"
+		}
+		last := labels["state"]
+		if first == "phase" {
+			last = labels["phase"]
+		}
+		out = append(out, fmt.Sprintf("%s %s=%g", key, last, d.GetGauge().GetValue()))
 	}
-	r.SetClusterPhase("ns", "c", "Forming")
-	r.SetClusterPhase("ns", "c", "Ready")
-	if got := testutil.ToFloat64(r.clusterPhase.WithLabelValues("ns", "c", "Forming")); got != 0 {
-		t.Errorf("old phase still 1")
-	}
+	sort.Strings(out)
+	return out
 }
 
 func TestForgetClusterRemovesOnlyThatCluster(t *testing.T) {
