@@ -1,9 +1,13 @@
 package couchtest
 
 import (
+	"crypto/md5"
+	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -13,9 +17,11 @@ import (
 
 // shardCopy is one node-local shard file.
 type shardCopy struct {
-	uuid string
-	seq  int
-	docs map[string]*docRec
+	uuid    string
+	seq     int
+	created time.Time // when the file was opened: its instance_start_time
+	docs    map[string]*docRec
+	local   map[string]obj // _local docs: mem3's shard-sync checkpoints
 }
 
 type docRec struct {
@@ -23,10 +29,35 @@ type docRec struct {
 	Deleted bool
 	Body    map[string]any
 	Seq     int
+	Size    int // the body's encoded JSON size: what sizes.external sums
 }
 
 func newCopy(nw *Network) *shardCopy {
-	return &shardCopy{uuid: randomHex(16), docs: map[string]*docRec{}}
+	return &shardCopy{uuid: randomHex(16), created: nw.opts.Clock(), docs: map[string]*docRec{}, local: map[string]obj{}}
+}
+
+func newDocRec(rev string, deleted bool, body map[string]any) *docRec {
+	b, _ := json.Marshal(body)
+	return &docRec{Rev: rev, Deleted: deleted, Body: body, Size: len(b)}
+}
+
+// put stores a new revision of id in the copy under the copy's next update sequence.
+func (c *shardCopy) put(id string, d *docRec) {
+	c.seq++
+	nd := *d
+	nd.Seq = c.seq
+	c.docs[id] = &nd
+}
+
+// external sums the encoded size of the live bodies, as couch_bt_engine's external size does.
+func (c *shardCopy) external() int {
+	n := 0
+	for _, d := range c.docs {
+		if !d.Deleted {
+			n += d.Size
+		}
+	}
+	return n
 }
 
 func (c *shardCopy) counts() (docs, deleted int64) {
@@ -48,10 +79,7 @@ func (c *shardCopy) merge(src *shardCopy) bool {
 		if ok && !newer(d.Rev, cur.Rev) {
 			continue
 		}
-		c.seq++
-		nd := *d
-		nd.Seq = c.seq
-		c.docs[id] = &nd
+		c.put(id, d)
 		changed = true
 	}
 	return changed
@@ -92,8 +120,10 @@ func rangeOf(m couch.ShardMap, id string) string {
 	return ""
 }
 
-// createDB places q ranges with n copies on the coordinator's members (skipping decommissioned ones),
-// rotated by the name so placement differs between databases, and writes the shard map.
+// createDB places q ranges with n copies on the coordinator's members (skipping decommissioned ones)
+// and writes the shard map. mem3 rotates the member list by a random offset and deals the copies out
+// round-robin; the emulator rotates by a hash of the name instead, so that placement differs between
+// databases but not between runs, unless NetworkOptions.Placement decides.
 func (nw *Network) createDB(coord *Node, name string, q, n int) {
 	var members []string
 	for _, id := range coord.members() {
@@ -105,23 +135,33 @@ func (nw *Network) createDB(coord *Node, name string, q, n int) {
 	if n > len(members) {
 		n = len(members) // mem3 clamps n to the members it has (and logs an error)
 	}
-	off := int(docHash(name) % uint32(max(len(members), 1)))
-	suffix := "." + strconv.FormatInt(time.Now().Unix(), 10)
+	// mem3:generate_shard_suffix: "." and the creation time in seconds.
+	suffix := "." + strconv.FormatInt(nw.opts.Clock().Unix(), 10)
 	m := couch.ShardMap{ID: name, ByNode: map[string][]string{}, ByRange: map[string][]string{}, Props: map[string]any{}}
 	for _, r := range suffix {
 		m.ShardSuffix = append(m.ShardSuffix, int(r))
 	}
-	for i, r := range ranges(q) {
-		var nodes []string
-		for k := 0; k < n; k++ {
-			nodes = append(nodes, members[(off+i*n+k)%len(members)])
+	rngs := ranges(q)
+	var placed map[string][]string
+	if nw.opts.Placement != nil {
+		placed = nw.opts.Placement(name, rngs, n, slices.Clone(members))
+	} else {
+		placed = map[string][]string{}
+		off := int(docHash(name) % uint32(max(len(members), 1)))
+		for i, r := range rngs {
+			for k := 0; k < n; k++ {
+				placed[r] = append(placed[r], members[(off+i*n+k)%len(members)])
+			}
 		}
-		sort.Strings(nodes)
+	}
+	for _, r := range rngs {
+		nodes := slices.Clone(placed[r])
+		sort.Strings(nodes) // the map lists each range's nodes sorted, whatever order mem3 drew
 		for _, node := range nodes {
 			m.AddCopy(r, node)
 		}
 	}
-	coord.dbsDB[name] = &mapDoc{Rev: revision(1, "", false, m), Map: m}
+	coord.putMapDoc(name, &mapDoc{Rev: revision(1, "", false, m), Map: m})
 	nw.propagate()
 }
 
@@ -190,26 +230,54 @@ func (nw *Network) syncDB(db string) {
 					dc = newCopy(nw)
 					dst.copies[d.Map.ShardName(rng)] = dc
 				}
-				dc.merge(sc)
+				nw.push(src, sc, dst, dc)
 			}
 		}
 	}
 }
 
-// dbCounts sums, range by range, the best live copy's counts (what GET /{db} reports).
-func (nw *Network) dbCounts(coord *Node, m couch.ShardMap) (docs, deleted int64) {
-	for _, rng := range m.Ranges() {
-		var bd, bdel int64
-		for _, c := range nw.liveCopies(coord, m, rng) {
-			d, del := c.counts()
-			if d+del > bd+bdel {
-				bd, bdel = d, del
-			}
-		}
-		docs += bd
-		deleted += bdel
+// push is one mem3_rep run from copy sc on src to copy dc on dst. Like mem3_rep it starts from the
+// sequence its checkpoint recorded and does nothing, not even rewrite the checkpoint, when the source
+// has no change since; otherwise it copies what is newer and saves the checkpoint on both copies.
+func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy) {
+	id := checkpointID(sc.uuid, dc.uuid)
+	since := 0
+	if cp, ok := sc.local[id]; ok {
+		since, _ = cp["seq"].(int)
 	}
-	return docs, deleted
+	if sc.seq <= since {
+		return
+	}
+	dc.merge(sc)
+	entry := obj{"target_node": dst.name, "target_uuid": dc.uuid, "target_seq": dc.seq, "source_node": src.name,
+		"source_uuid": sc.uuid, "source_seq": sc.seq, "timestamp": nw.opts.Clock().UTC().Format("2006-01-02T15:04:05.000000Z")}
+	var history []any
+	if cp, ok := sc.local[id]; ok {
+		if h, ok := cp["history"].(obj); ok {
+			history, _ = h[src.name].([]any)
+		}
+	}
+	history = append([]any{entry}, history...) // newest first, as find_source_seq expects
+	if len(history) > 10 {
+		history = history[:10]
+	}
+	doc := obj{"_id": id, "_rev": "0-1", "seq": sc.seq, "target_uuid": dc.uuid, "history": obj{src.name: history}}
+	sc.local[id] = doc
+	dc.local[id] = doc
+}
+
+// checkpointID is mem3_rep:make_local_id(SourceUUID, TargetUUID): each copy's uuid, as an Erlang
+// binary term, md5-hashed and base64url-encoded. It reproduces CouchDB's ids byte for byte.
+func checkpointID(srcUUID, dstUUID string) string {
+	return "_local/shard-sync-" + termHash(srcUUID) + "-" + termHash(dstUUID)
+}
+
+func termHash(s string) string {
+	b := make([]byte, 6, 6+len(s))
+	b[0], b[1] = 131, 109 // term_to_binary of a binary: version tag, BINARY_EXT, 4-byte length
+	binary.BigEndian.PutUint32(b[2:], uint32(len(s)))
+	sum := md5.Sum(append(b, s...))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 func copiesPerRange(m couch.ShardMap) int {

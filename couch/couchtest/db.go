@@ -1,9 +1,9 @@
 package couchtest
 
 import (
-	"encoding/json"
 	"net/http"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -22,6 +22,10 @@ func (n *Node) shardMap(db string) (couch.ShardMap, bool) {
 
 func noDB() (int, any) { return http.StatusNotFound, errBody("not_found", "Database does not exist.") }
 
+func onlyMethods(allowed string) (int, any) {
+	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only "+allowed+" allowed")
+}
+
 // dbRoute serves /{db}[/...] on the clustered API.
 func (n *Node) dbRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	db := seg[0]
@@ -35,24 +39,50 @@ func (n *Node) dbRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	switch seg[1] {
 	case "_shards":
 		if r.Method != http.MethodGet {
-			return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET allowed")
+			return onlyMethods("GET")
 		}
 		if len(seg) == 3 {
 			rng := rangeOf(m, seg[2])
-			return http.StatusOK, obj{"range": rng, "nodes": m.ByRange[rng]}
+			return http.StatusOK, obj{"range": rng, "nodes": shardNodes(m, rng)}
 		}
-		return http.StatusOK, obj{"shards": m.ByRange}
+		out := obj{}
+		for rng := range m.ByRange {
+			out[rng] = shardNodes(m, rng)
+		}
+		return http.StatusOK, obj{"shards": out}
 	case "_sync_shards":
 		if r.Method != http.MethodPost {
-			return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only POST allowed")
+			return onlyMethods("POST")
 		}
 		n.net.scheduleSync(db, 5e6) // 5 ms: _sync_shards queues the pushes and returns at once
 		return http.StatusAccepted, obj{"ok": true}
 	case "_all_docs":
-		docs, _ := n.net.dbCounts(n, m)
-		return http.StatusOK, obj{"total_rows": docs, "offset": 0, "rows": []any{}}
+		return n.allDocs(r, m)
+	case "_bulk_docs":
+		if r.Method != http.MethodPost {
+			return onlyMethods("POST")
+		}
+		return n.bulkDocs(r, m, body)
+	case "_changes":
+		return n.changes(r, m)
+	case "_revs_diff":
+		if r.Method != http.MethodPost {
+			return onlyMethods("POST")
+		}
+		return n.revsDiff(m, body)
+	}
+	if seg[1] == "_local" && len(seg) == 3 {
+		return n.localDoc(r, db, "_local/"+seg[2], body)
 	}
 	return n.docRoute(r, db, m, seg[1], body)
+}
+
+// shardNodes lists rng's nodes the way /{db}/_shards does: mem3:shards/1 reads them from an ordered
+// ets table and accumulates, so they come out in descending name order, not in by_range's order.
+func shardNodes(m couch.ShardMap, rng string) []string {
+	out := append([]string{}, m.ByRange[rng]...)
+	sort.Sort(sort.Reverse(sort.StringSlice(out)))
+	return out
 }
 
 func (n *Node) dbItself(r *http.Request, db string) (int, any) {
@@ -62,14 +92,7 @@ func (n *Node) dbItself(r *http.Request, db string) (int, any) {
 		if !ok {
 			return noDB()
 		}
-		docs, del := n.net.dbCounts(n, m)
-		nv := copiesPerRange(m)
-		return http.StatusOK, obj{
-			"instance_start_time": "0", "db_name": db, "purge_seq": "0-emulated", "update_seq": strconv.Itoa(n.net.seq) + "-emulated",
-			"sizes": obj{"file": 16696, "external": 0, "active": 0}, "props": m.Props, "doc_del_count": del, "doc_count": docs,
-			"disk_format_version": 8, "compact_running": false,
-			"cluster": obj{"q": len(m.ByRange), "n": nv, "w": nv/2 + 1, "r": nv/2 + 1},
-		}
+		return http.StatusOK, n.dbInfo(db, m)
 	case http.MethodPut:
 		if !dbNameRE.MatchString(db) && !strings.HasPrefix(db, "_") || strings.HasPrefix(db, "_") && db != "_users" && db != "_replicator" && db != "_global_changes" {
 			return http.StatusBadRequest, errBody("illegal_database_name", "Name: '"+db+"'. Only lowercase characters (a-z), digits (0-9), and any of the characters _, $, (, ), +, -, and / are allowed. Must begin with a letter.")
@@ -88,89 +111,51 @@ func (n *Node) dbItself(r *http.Request, db string) (int, any) {
 		n.net.createDB(n, db, q, nv)
 		return http.StatusCreated, obj{"ok": true}
 	}
-	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only DELETE,GET,HEAD,POST,PUT allowed")
+	return onlyMethods("DELETE,GET,HEAD,POST,PUT")
 }
 
-func (n *Node) docRoute(r *http.Request, db string, m couch.ShardMap, id string, body []byte) (int, any) {
-	cur := n.net.readDoc(n, m, id)
-	switch r.Method {
-	case http.MethodGet:
-		if cur == nil {
-			return getDoc(id, "", false, false, nil)
+// dbInfo is GET /{db}: per range, the answering copy with the highest update sequence supplies the
+// counts, sizes and its part of the (opaque) update_seq. instance_start_time is the creation time
+// the shard suffix holds.
+func (n *Node) dbInfo(db string, m couch.ShardMap) obj {
+	var docs, del int64
+	ext, active, file := 0, 0, 0
+	pos := n.net.positions(n, m)
+	for _, rng := range m.Ranges() {
+		_, c := n.net.bestCopy(n, m, rng)
+		if c == nil {
+			continue
 		}
-		return getDoc(id, cur.Rev, true, cur.Deleted, cur.Body)
-	case http.MethodPut, http.MethodDelete:
-		var doc map[string]any
-		rev := r.URL.Query().Get("rev")
-		if r.Method == http.MethodPut {
-			if err := json.Unmarshal(body, &doc); err != nil || doc == nil {
-				return http.StatusBadRequest, errBody("bad_request", "Document must be a JSON object")
-			}
-			if v, ok := doc["_rev"].(string); ok {
-				rev = v
-			}
-			delete(doc, "_rev")
-			delete(doc, "_id")
-		}
-		if cur != nil && !cur.Deleted && rev != cur.Rev {
-			return http.StatusConflict, errBody("conflict", "Document update conflict.")
-		}
-		if r.Method == http.MethodDelete && (cur == nil || cur.Deleted) {
-			return http.StatusNotFound, errBody("not_found", "missing")
-		}
-		gen, parent := 1, ""
-		if cur != nil {
-			gen, parent = revGen(cur.Rev)+1, cur.Rev
-		}
-		deleted := r.Method == http.MethodDelete
-		if doc == nil {
-			doc = map[string]any{}
-		}
-		rec := &docRec{Rev: revision(gen, parent, deleted, doc), Deleted: deleted, Body: doc}
-		rng := rangeOf(m, id)
-		live := n.net.liveCopies(n, m, rng)
-		if len(live) == 0 {
-			return http.StatusInternalServerError, errBody("error", "all_workers_died")
-		}
-		for _, c := range live {
-			c.seq++
-			d := *rec
-			d.Seq = c.seq
-			c.docs[id] = &d
-		}
-		n.net.seq++
-		n.net.scheduleSync(db, n.net.opts.SyncDelay)
-		w := len(m.ByRange[rng])/2 + 1
-		if v, err := strconv.Atoi(r.URL.Query().Get("w")); err == nil && v > 0 {
-			w = v
-		}
-		code := http.StatusCreated
-		if len(live) < w {
-			code = http.StatusAccepted
-		}
-		if deleted {
-			code = http.StatusOK
-			if len(live) < w {
-				code = http.StatusAccepted
-			}
-		}
-		return code, obj{"ok": true, "id": id, "rev": rec.Rev}
+		d, dd := c.counts()
+		docs, del = docs+d, del+dd
+		sz := c.sizes()
+		ext, active, file = ext+sz["external"].(int), active+sz["active"].(int), file+sz["file"].(int)
 	}
-	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only DELETE,GET,HEAD,POST,PUT,COPY allowed")
+	nv := copiesPerRange(m)
+	return obj{
+		"instance_start_time": strings.TrimPrefix(m.Suffix(), "."), "db_name": db,
+		"purge_seq": encodeSeq(purgePositions(pos)), "update_seq": encodeSeq(pos),
+		"sizes": obj{"file": file, "external": ext, "active": active}, "props": m.Props, "doc_del_count": del, "doc_count": docs,
+		"disk_format_version": 8, "compact_running": false,
+		"cluster": obj{"q": len(m.ByRange), "n": nv, "w": nv/2 + 1, "r": nv/2 + 1},
+	}
 }
 
-// getDoc answers a document GET the way couch_httpd_db does: 404 missing or deleted, else the body
-// with _id and _rev.
-func getDoc(id, rev string, exists, deleted bool, body map[string]any) (int, any) {
-	if !exists {
-		return http.StatusNotFound, errBody("not_found", "missing")
+// dbsInfo is GET /_dbs on the clustered port: mem3 presents the node-local shard map database as a
+// database of one range and one copy, so its info (and _all_docs) work there and nothing else does.
+func (n *Node) dbsInfo() obj {
+	ext := 0
+	docs := 0
+	for _, d := range n.dbsDB {
+		if !d.Deleted {
+			docs++
+			ext += jsonSize(d.Map)
+		}
 	}
-	if deleted {
-		return http.StatusNotFound, errBody("not_found", "deleted")
+	pos := []seqPos{{Node: n.name, Range: "00000000-ffffffff", Seq: n.dbsSeq}}
+	return obj{
+		"instance_start_time": "0", "db_name": "_dbs", "purge_seq": encodeSeq(purgePositions(pos)), "update_seq": encodeSeq(pos),
+		"sizes": obj{"file": 8348 + 1200*n.dbsSeq, "external": ext, "active": ext}, "props": obj{}, "doc_del_count": 0,
+		"doc_count": docs, "disk_format_version": 8, "compact_running": false, "cluster": obj{"q": 1, "n": 1, "w": 1, "r": 1},
 	}
-	out := obj{"_id": id, "_rev": rev}
-	for k, v := range body {
-		out[k] = v
-	}
-	return http.StatusOK, out
 }

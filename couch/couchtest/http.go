@@ -66,6 +66,12 @@ func (n *Node) Handler() http.Handler {
 			hijackClose(w)
 			return
 		}
+		if t, ok := resp.(prometheusText); ok {
+			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+			w.WriteHeader(code)
+			_, _ = io.WriteString(w, string(t))
+			return
+		}
 		writeJSON(w, code, resp)
 	})
 }
@@ -95,6 +101,7 @@ func (n *Node) countRequest(r *http.Request) {
 		n.requests.ByPath = map[string]int{}
 	}
 	n.requests.ByMethod[r.Method]++
+	n.stats.requests++ // chttpd logs every request at notice level
 	n.requests.ByPath[r.Method+" "+r.URL.EscapedPath()]++
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		n.requests.Writes++
@@ -153,6 +160,9 @@ func (n *Node) serve(r *http.Request, body []byte) (int, any) {
 	if seg[0] == "_up" && len(seg) == 1 {
 		return n.up()
 	}
+	if seg[0] == "_session" && r.Method == http.MethodPost {
+		return n.session(r, body) // credentials come in the body
+	}
 	if code, resp, ok := n.authenticate(r); !ok {
 		return code, resp
 	}
@@ -169,11 +179,18 @@ func (n *Node) serve(r *http.Request, body []byte) (int, any) {
 	case "_all_dbs":
 		return http.StatusOK, nonNilStrings(n.clusteredDBs())
 	case "_dbs":
-		if len(seg) == 1 || seg[1] == "_all_docs" {
+		switch {
+		case len(seg) == 1:
+			return http.StatusOK, n.dbsInfo()
+		case seg[1] == "_all_docs":
 			return http.StatusOK, n.dbsAllDocs()
 		}
-		return http.StatusNotFound, errBody("not_found", "Database does not exist.")
-	case "_scheduler", "_replicator", "_reshard", "_session", "_uuids", "_active_tasks", "_replicate":
+		return noDB()
+	case "_scheduler":
+		return n.scheduler(r, seg[1:])
+	case "_session":
+		return n.session(r, body)
+	case "_reshard", "_uuids", "_active_tasks", "_replicate":
 		return n.misc(r, seg)
 	}
 	return n.dbRoute(r, seg, body)
@@ -272,16 +289,39 @@ func (n *Node) dbsAllDocs() obj {
 	return obj{"total_rows": len(rows), "offset": 0, "rows": rows}
 }
 
+// session is POST /_session (cookie login), which the replicator uses to check its credentials. A
+// failed login counts towards the lockout like any other.
+func (n *Node) session(r *http.Request, body []byte) (int, any) {
+	if r.Method == http.MethodGet {
+		user, _, _ := r.BasicAuth()
+		return http.StatusOK, obj{"ok": true, "userCtx": obj{"name": user, "roles": []string{"_admin"}}}
+	}
+	if r.Method != http.MethodPost {
+		return onlyMethods("GET,POST,DELETE")
+	}
+	var req struct{ Name, Password string }
+	if err := json.Unmarshal(body, &req); err != nil {
+		if v, err := url.ParseQuery(string(body)); err == nil {
+			req.Name, req.Password = v.Get("name"), v.Get("password")
+		}
+	}
+	if want, ok := n.admins[req.Name]; !ok || want != req.Password {
+		key := hostOf(r) + "|" + req.Name
+		n.failures[key] = append(n.failures[key], n.net.opts.Clock())
+		n.requests.Failures++
+		return http.StatusUnauthorized, errBody("unauthorized", "Name or password is incorrect.")
+	}
+	return http.StatusOK, obj{"ok": true, "name": req.Name, "roles": []string{"_admin"}}
+}
+
 func (n *Node) misc(r *http.Request, seg []string) (int, any) {
 	switch {
 	case seg[0] == "_reshard" && len(seg) == 1:
 		return http.StatusOK, obj{"state": "running", "state_reason": nil, "completed": 0, "failed": 0, "running": 0, "stopped": 0, "total": 0}
 	case seg[0] == "_reshard" && len(seg) == 2 && seg[1] == "state":
 		return http.StatusOK, obj{"state": "running", "reason": nil}
-	case seg[0] == "_scheduler" && len(seg) >= 2 && seg[1] == "jobs":
+	case seg[0] == "_reshard" && len(seg) == 2 && seg[1] == "jobs":
 		return http.StatusOK, obj{"total_rows": 0, "offset": 0, "jobs": []any{}}
-	case seg[0] == "_scheduler" && len(seg) == 4 && seg[1] == "docs":
-		return http.StatusNotFound, errBody("not_found", "missing")
 	}
 	return http.StatusNotFound, errBody("not_found", fmt.Sprintf("%s is not modelled by couchtest", seg[0]))
 }

@@ -17,15 +17,34 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
-// NetworkOptions configure a Network.
+// NetworkOptions configure a Network. Zero fields take real CouchDB 3.4's defaults, so tests that
+// want speed shorten the delays explicitly.
 type NetworkOptions struct {
 	// SyncDelay is mem3's sync_delay: how long after a write a changed shard copy is pushed to its
-	// peers (real CouchDB: 5s). Default 100ms.
+	// peers. Default 5s, as in CouchDB (the recording saw 5.26 s).
 	SyncDelay time.Duration
+	// DBsPushDelay is how long an edit of a node-local _dbs document takes to reach the other
+	// nodes' _dbs. The recording saw every node at the new revision within 0.02 s, but not at once.
+	// Zero pushes synchronously, within the request (the emulator's historical behaviour, which
+	// callers that read a map from another node right after writing it rely on).
+	DBsPushDelay time.Duration
 	// LockoutWindow is how long failed logins count (real CouchDB: 5 minutes). Default 5m.
 	LockoutWindow time.Duration
-	// Clock, if set, replaces time.Now (for lockout expiry).
+	// Clock, if set, replaces time.Now for lockout expiry and for the creation time that names new
+	// shard files (the shard suffix) and dates databases.
 	Clock func() time.Time
+	// Replicator times the _replicator scheduler; zero fields take CouchDB's defaults.
+	Replicator ReplicatorOptions
+
+	// Placement, if set, replaces mem3's initial placement of a new database's copies, which CouchDB
+	// randomises (it rotates the member list by a random offset). It gets the database, its ranges,
+	// n and the members it may use, and returns range -> nodes. TEST-ONLY: the conformance replay uses
+	// it to place databases where the recorded cluster happened to place them.
+	Placement func(db string, ranges []string, n int, members []string) map[string][]string
+	// ReplicationOwner, if set, picks the node that runs the job of _replicator document docID among
+	// the live nodes holding its copies. TEST-ONLY: the conformance replay uses it to put jobs where
+	// the recorded cluster put them.
+	ReplicationOwner func(docID string, nodes []string) string
 }
 
 // Network is the Erlang distribution the emulated nodes share. All state of all its nodes is guarded
@@ -36,20 +55,25 @@ type Network struct {
 	nodes map[string]*Node // by Erlang name
 	order []*Node
 	seq   int // global counter for update sequences
+
+	jobs      map[string]*repJob // the replicator's jobs, by _replicator doc id
+	pidSeq    int                // makes up Erlang pids for running jobs
+	localDocs map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
 }
 
 // NewNetwork returns an empty network.
 func NewNetwork(opts NetworkOptions) *Network {
 	if opts.SyncDelay <= 0 {
-		opts.SyncDelay = 100 * time.Millisecond
+		opts.SyncDelay = 5 * time.Second
 	}
+	opts.Replicator = opts.Replicator.withDefaults()
 	if opts.LockoutWindow <= 0 {
 		opts.LockoutWindow = 5 * time.Minute
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Network{opts: opts, nodes: map[string]*Node{}}
+	return &Network{opts: opts, nodes: map[string]*Node{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).
@@ -201,6 +225,19 @@ func (nw *Network) propagate() {
 	}
 }
 
+// propagateAfter propagates after delay, or at once when delay is zero.
+func (nw *Network) propagateAfter(delay time.Duration) {
+	if delay <= 0 {
+		nw.propagate()
+		return
+	}
+	time.AfterFunc(delay, func() {
+		nw.mu.Lock()
+		defer nw.mu.Unlock()
+		nw.propagate()
+	})
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -246,10 +283,12 @@ type Node struct {
 	nodesDB  map[string]*rawDoc
 	dbsDB    map[string]*mapDoc
 	copies   map[string]*shardCopy // by shard name "shards/<range>/<db><suffix>"
+	dbsSeq   int                   // update sequence of the node-local _dbs
 	seeded   bool
 	failures map[string][]time.Time // "ip|user" -> failed login times
 	fault    Fault
 	requests RequestCounts
+	stats    nodeStats
 }
 
 // rawDoc is a document of a node-local database (_nodes).
@@ -264,6 +303,14 @@ type mapDoc struct {
 	Rev     string
 	Deleted bool
 	Map     couch.ShardMap
+	Seq     int // the node-local _dbs sequence of its last change (for _changes)
+}
+
+// putMapDoc stores a shard map doc in the node's _dbs under the next sequence.
+func (n *Node) putMapDoc(id string, d *mapDoc) {
+	n.dbsSeq++
+	d.Seq = n.dbsSeq
+	n.dbsDB[id] = d
 }
 
 func (n *Node) isMember(name string) bool {
@@ -300,7 +347,7 @@ func (n *Node) mergeDBs(src map[string]*mapDoc) bool {
 	for id, d := range src {
 		cur, ok := n.dbsDB[id]
 		if !ok || newer(d.Rev, cur.Rev) {
-			n.dbsDB[id] = &mapDoc{Rev: d.Rev, Deleted: d.Deleted, Map: d.Map.Clone()}
+			n.putMapDoc(id, &mapDoc{Rev: d.Rev, Deleted: d.Deleted, Map: d.Map.Clone()})
 			changed = true
 		}
 	}

@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
-	"time"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -37,8 +37,9 @@ func (n *Node) nodeRoute(r *http.Request, seg []string, body []byte) (int, any) 
 	case "_config":
 		return target.configRoute(r, rest[1:], body)
 	case "_system":
-		return http.StatusOK, obj{"uptime": int64(time.Since(target.started).Seconds()), "internal_replication_jobs": 0,
-			"memory": obj{}, "run_queue": 0, "message_queues": obj{}}
+		return http.StatusOK, target.system()
+	case "_prometheus":
+		return http.StatusOK, prometheusTextOf(target.prometheus())
 	case "_all_dbs":
 		dbs := []string{"_dbs", "_nodes"}
 		for name := range target.copies {
@@ -51,17 +52,58 @@ func (n *Node) nodeRoute(r *http.Request, seg []string, body []byte) (int, any) 
 	case "_dbs":
 		return target.dbsRoute(r, rest[1:], body)
 	}
-	if len(rest) == 1 && strings.HasPrefix(rest[0], "shards/") {
+	// A shard copy is named with its slashes %2F-encoded, so it is one segment; with literal slashes
+	// it is not found, as in CouchDB.
+	if strings.HasPrefix(rest[0], "shards/") {
 		c, ok := target.copies[rest[0]]
 		if !ok {
 			return http.StatusNotFound, errBody("not_found", "no_db_file")
 		}
-		docs, del := c.counts()
-		return http.StatusOK, obj{"db_name": rest[0], "doc_count": docs, "doc_del_count": del, "update_seq": c.seq,
-			"purge_seq": 0, "uuid": c.uuid, "compact_running": false, "disk_format_version": 8,
-			"sizes": obj{"file": 16696, "external": 0, "active": 0}, "props": obj{}, "instance_start_time": "0"}
+		switch {
+		case len(rest) == 1:
+			return http.StatusOK, c.info(rest[0])
+		case len(rest) == 2 && rest[1] == "_local_docs":
+			return http.StatusOK, c.localDocs(r.URL.Query().Get("include_docs") == "true")
+		case len(rest) == 2 && rest[1] == "_changes":
+			return http.StatusOK, c.changes(r)
+		}
 	}
 	return http.StatusNotFound, errBody("not_found", "no_db_file")
+}
+
+// info is a shard copy's node-local db info. sizes.external is the encoded size of the live bodies,
+// as in CouchDB; file and active depend on couch_file's on-disk layout and are only plausible.
+func (c *shardCopy) info(name string) obj {
+	docs, del := c.counts()
+	return obj{"db_name": name, "engine": "couch_bt_engine", "doc_count": docs, "doc_del_count": del, "update_seq": c.seq,
+		"purge_seq": 0, "compact_running": false, "sizes": c.sizes(), "instance_start_time": strconv.FormatInt(c.created.UnixMicro(), 10),
+		"disk_format_version": 8, "committed_update_seq": c.seq, "compacted_seq": 0, "props": obj{}, "uuid": c.uuid}
+}
+
+// sizes makes up file and active sizes that grow with the data the way a couch_bt_engine file does:
+// an 8348-byte empty file, appended to by every update.
+func (c *shardCopy) sizes() obj {
+	ext := c.external()
+	return obj{"active": ext + 140*len(c.docs), "external": ext, "file": 8348 + 330*c.seq}
+}
+
+// localDocs lists the copy's _local docs (mem3's checkpoints); CouchDB reports no totals for them.
+func (c *shardCopy) localDocs(includeDocs bool) obj {
+	ids := make([]string, 0, len(c.local))
+	for id := range c.local {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	rows := []obj{}
+	for _, id := range ids {
+		d := c.local[id]
+		row := obj{"id": id, "key": id, "value": obj{"rev": d["_rev"]}}
+		if includeDocs {
+			row["doc"] = d
+		}
+		rows = append(rows, row)
+	}
+	return obj{"total_rows": nil, "offset": nil, "rows": rows}
 }
 
 func (n *Node) configRoute(r *http.Request, seg []string, body []byte) (int, any) {
@@ -84,8 +126,12 @@ func (n *Node) configRoute(r *http.Request, seg []string, body []byte) (int, any
 		}
 		return http.StatusOK, old
 	case http.MethodPut:
-		var v string
-		if err := json.Unmarshal(body, &v); err != nil {
+		var raw any
+		if err := json.Unmarshal(body, &raw); err != nil {
+			return http.StatusBadRequest, errBody("bad_request", "invalid UTF-8 JSON")
+		}
+		v, ok := raw.(string)
+		if !ok {
 			return http.StatusBadRequest, errBody("bad_request", "a JSON string expected")
 		}
 		if n.config[section] == nil {
@@ -165,8 +211,11 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		return http.StatusOK, obj{"db_name": "_dbs", "doc_count": len(n.clusteredDBs())}
 	}
 	id := seg[0]
-	if id == "_all_docs" {
+	switch id {
+	case "_all_docs":
 		return http.StatusOK, n.dbsAllDocs()
+	case "_changes":
+		return http.StatusOK, n.dbsChanges()
 	}
 	cur := n.dbsDB[id]
 	switch r.Method {
@@ -198,11 +247,33 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		m.ID = id
 		m.Rev = ""
 		d := &mapDoc{Rev: revision(gen, parent, false, m), Map: m}
-		n.dbsDB[id] = d
-		n.net.propagate()
+		n.putMapDoc(id, d)
+		n.net.propagateAfter(n.net.opts.DBsPushDelay)
+		// mem3 on this node sees the new map at once, creating any copy it now holds.
+		n.ensureCopies()
 		return http.StatusCreated, obj{"ok": true, "id": id, "rev": d.Rev}
 	}
 	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,HEAD,PUT,DELETE allowed")
+}
+
+// dbsChanges is the node-local _dbs changes feed: one row per doc, at the sequence of its last
+// change, integer sequences as node-local databases have.
+func (n *Node) dbsChanges() obj {
+	ids := make([]string, 0, len(n.dbsDB))
+	for id := range n.dbsDB {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return n.dbsDB[ids[i]].Seq < n.dbsDB[ids[j]].Seq })
+	rows := []obj{}
+	for _, id := range ids {
+		d := n.dbsDB[id]
+		row := obj{"seq": d.Seq, "id": id, "changes": []obj{{"rev": d.Rev}}}
+		if d.Deleted {
+			row["deleted"] = true
+		}
+		rows = append(rows, row)
+	}
+	return obj{"results": rows, "last_seq": n.dbsSeq}
 }
 
 // validateMap applies mem3_bdu's checks to the raw body: by_node and by_range are objects that agree.
