@@ -71,10 +71,14 @@ func (c *shardCopy) counts() (docs, deleted int64) {
 	return docs, deleted
 }
 
-// merge copies every newer revision of src into c, as a mem3 push does. It reports whether c changed.
-func (c *shardCopy) merge(src *shardCopy) bool {
+// merge copies every newer revision of src (up to its sequence upto) into c, as a mem3 push does. It
+// reports whether c changed.
+func (c *shardCopy) merge(src *shardCopy, upto int) bool {
 	changed := false
 	for id, d := range src.docs {
+		if d.Seq > upto {
+			continue
+		}
 		cur, ok := c.docs[id]
 		if ok && !newer(d.Rev, cur.Rev) {
 			continue
@@ -124,7 +128,10 @@ func rangeOf(m couch.ShardMap, id string) string {
 // and writes the shard map. mem3 rotates the member list by a random offset and deals the copies out
 // round-robin; the emulator rotates by a hash of the name instead, so that placement differs between
 // databases but not between runs, unless NetworkOptions.Placement decides.
-func (nw *Network) createDB(coord *Node, name string, q, n int) {
+//
+// Databases _cluster_setup creates get no "props" in their map (CouchDB writes props only for
+// databases created over HTTP); the recorded _dbs sizes show it.
+func (nw *Network) createDB(coord *Node, name string, q, n int, props bool) {
 	var members []string
 	for _, id := range coord.members() {
 		if d := coord.nodesDB[id]; d.Body["decom"] == true || d.Body["decom"] == "true" {
@@ -161,7 +168,10 @@ func (nw *Network) createDB(coord *Node, name string, q, n int) {
 			m.AddCopy(r, node)
 		}
 	}
-	coord.putMapDoc(name, &mapDoc{Rev: revision(1, "", false, m), Map: m})
+	if !props {
+		m.Props = nil
+	}
+	coord.putMapDoc(name, &mapDoc{Rev: revision(1, "", false, mapBody(m)), Map: m})
 	nw.propagate()
 }
 
@@ -195,23 +205,47 @@ func (nw *Network) readDoc(coord *Node, m couch.ShardMap, id string) *docRec {
 	return best
 }
 
-// scheduleSync pushes every copy of db to its peers after delay, like mem3_sync after a change.
-func (nw *Network) scheduleSync(db string, delay time.Duration) {
+// scheduleSync pushes every copy of db to its peers after delay, like mem3_sync after a change. With
+// a coordinator (POST /{db}/_sync_shards) the pairs come from the coordinator's shard map, which it
+// hands to each source; otherwise each source pushes to the copies its own map lists.
+// Like mem3_sync, which keeps one pending push per shard, a sync already scheduled for db absorbs
+// later requests: it pushes everything the copies hold when it runs.
+func (nw *Network) scheduleSync(db string, delay time.Duration, coord *Node) {
+	key := db
+	if coord != nil {
+		key += "\x00" + coord.name
+	}
+	if nw.pendingSync[key] {
+		return
+	}
+	nw.pendingSync[key] = true
 	time.AfterFunc(delay, func() {
 		nw.mu.Lock()
 		defer nw.mu.Unlock()
-		nw.syncDB(db)
+		delete(nw.pendingSync, key)
+		nw.syncDB(db, coord)
 	})
 }
 
 // syncDB plays one round of internal replication for db: each running node pushes each copy it holds
-// (by its own shard map) to the other copies of that range it can reach. Only live copies are sources.
-func (nw *Network) syncDB(db string) {
+// to the other copies of that range it can reach. The round pushes what the sources held when it
+// started: a copy filled during the round pushes nothing on, as mem3_sync's pushes run concurrently.
+func (nw *Network) syncDB(db string, coord *Node) {
+	type task struct {
+		src, dst *Node
+		sc, dc   *shardCopy
+		upto     int
+	}
+	var tasks []task
 	for _, src := range nw.order {
 		if !src.running {
 			continue
 		}
-		d, ok := src.dbsDB[db]
+		view := src
+		if coord != nil && coord.running {
+			view = coord
+		}
+		d, ok := view.dbsDB[db]
 		if !ok || d.Deleted {
 			continue
 		}
@@ -230,27 +264,30 @@ func (nw *Network) syncDB(db string) {
 					dc = newCopy(nw)
 					dst.copies[d.Map.ShardName(rng)] = dc
 				}
-				nw.push(src, sc, dst, dc)
+				tasks = append(tasks, task{src, dst, sc, dc, sc.seq})
 			}
 		}
+	}
+	for _, t := range tasks {
+		nw.push(t.src, t.sc, t.dst, t.dc, t.upto)
 	}
 }
 
 // push is one mem3_rep run from copy sc on src to copy dc on dst. Like mem3_rep it starts from the
 // sequence its checkpoint recorded and does nothing, not even rewrite the checkpoint, when the source
 // has no change since; otherwise it copies what is newer and saves the checkpoint on both copies.
-func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy) {
+func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy, upto int) {
 	id := checkpointID(sc.uuid, dc.uuid)
 	since := 0
 	if cp, ok := sc.local[id]; ok {
 		since, _ = cp["seq"].(int)
 	}
-	if sc.seq <= since {
+	if upto <= since {
 		return
 	}
-	dc.merge(sc)
+	dc.merge(sc, upto)
 	entry := obj{"target_node": dst.name, "target_uuid": dc.uuid, "target_seq": dc.seq, "source_node": src.name,
-		"source_uuid": sc.uuid, "source_seq": sc.seq, "timestamp": nw.opts.Clock().UTC().Format("2006-01-02T15:04:05.000000Z")}
+		"source_uuid": sc.uuid, "source_seq": upto, "timestamp": nw.opts.Clock().UTC().Format("2006-01-02T15:04:05.000000Z")}
 	var history []any
 	if cp, ok := sc.local[id]; ok {
 		if h, ok := cp["history"].(obj); ok {
@@ -261,7 +298,7 @@ func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy) {
 	if len(history) > 10 {
 		history = history[:10]
 	}
-	doc := obj{"_id": id, "_rev": "0-1", "seq": sc.seq, "target_uuid": dc.uuid, "history": obj{src.name: history}}
+	doc := obj{"_id": id, "_rev": "0-1", "seq": upto, "target_uuid": dc.uuid, "history": obj{src.name: history}}
 	sc.local[id] = doc
 	dc.local[id] = doc
 }

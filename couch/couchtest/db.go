@@ -1,9 +1,10 @@
 package couchtest
 
 import (
+	"encoding/json"
 	"net/http"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -54,7 +55,7 @@ func (n *Node) dbRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		if r.Method != http.MethodPost {
 			return onlyMethods("POST")
 		}
-		n.net.scheduleSync(db, 5e6) // 5 ms: _sync_shards queues the pushes and returns at once
+		n.net.scheduleSync(db, 5e6, n) // 5 ms: _sync_shards queues the pushes and returns at once
 		return http.StatusAccepted, obj{"ok": true}
 	case "_all_docs":
 		return n.allDocs(r, m)
@@ -77,11 +78,11 @@ func (n *Node) dbRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	return n.docRoute(r, db, m, seg[1], body)
 }
 
-// shardNodes lists rng's nodes the way /{db}/_shards does: mem3:shards/1 reads them from an ordered
-// ets table and accumulates, so they come out in descending name order, not in by_range's order.
+// shardNodes lists rng's nodes the way /{db}/_shards does: mem3_util builds the shard list by
+// accumulating by_range, so each range's nodes come out in reverse.
 func shardNodes(m couch.ShardMap, rng string) []string {
-	out := append([]string{}, m.ByRange[rng]...)
-	sort.Sort(sort.Reverse(sort.StringSlice(out)))
+	out := slices.Clone(m.ByRange[rng])
+	slices.Reverse(out)
 	return out
 }
 
@@ -108,7 +109,7 @@ func (n *Node) dbItself(r *http.Request, db string) (int, any) {
 		if v, err := strconv.Atoi(r.URL.Query().Get("n")); err == nil && v > 0 {
 			nv = v
 		}
-		n.net.createDB(n, db, q, nv)
+		n.net.createDB(n, db, q, nv, true)
 		return http.StatusCreated, obj{"ok": true}
 	}
 	return onlyMethods("DELETE,GET,HEAD,POST,PUT")
@@ -135,10 +136,24 @@ func (n *Node) dbInfo(db string, m couch.ShardMap) obj {
 	return obj{
 		"instance_start_time": strings.TrimPrefix(m.Suffix(), "."), "db_name": db,
 		"purge_seq": encodeSeq(purgePositions(pos)), "update_seq": encodeSeq(pos),
-		"sizes": obj{"file": file, "external": ext, "active": active}, "props": m.Props, "doc_del_count": del, "doc_count": docs,
+		"sizes": obj{"file": file, "external": ext, "active": active}, "props": nonNilProps(m.Props), "doc_del_count": del, "doc_count": docs,
 		"disk_format_version": 8, "compact_running": false,
 		"cluster": obj{"q": len(m.ByRange), "n": nv, "w": nv/2 + 1, "r": nv/2 + 1},
 	}
+}
+
+// mapBody is a shard map document's body as stored: without _id and _rev, and without props when the
+// database was created without them.
+func mapBody(m couch.ShardMap) obj {
+	var out obj
+	b, _ := json.Marshal(m)
+	_ = json.Unmarshal(b, &out)
+	delete(out, "_id")
+	delete(out, "_rev")
+	if m.Props == nil {
+		delete(out, "props")
+	}
+	return out
 }
 
 // dbsInfo is GET /_dbs on the clustered port: mem3 presents the node-local shard map database as a
@@ -149,7 +164,7 @@ func (n *Node) dbsInfo() obj {
 	for _, d := range n.dbsDB {
 		if !d.Deleted {
 			docs++
-			ext += jsonSize(d.Map)
+			ext += jsonSize(mapBody(d.Map))
 		}
 	}
 	pos := []seqPos{{Node: n.name, Range: "00000000-ffffffff", Seq: n.dbsSeq}}
@@ -158,4 +173,11 @@ func (n *Node) dbsInfo() obj {
 		"sizes": obj{"file": 8348 + 1200*n.dbsSeq, "external": ext, "active": ext}, "props": obj{}, "doc_del_count": 0,
 		"doc_count": docs, "disk_format_version": 8, "compact_running": false, "cluster": obj{"q": 1, "n": 1, "w": 1, "r": 1},
 	}
+}
+
+func nonNilProps(p map[string]any) map[string]any {
+	if p == nil {
+		return map[string]any{}
+	}
+	return p
 }

@@ -42,9 +42,9 @@ type NetworkOptions struct {
 	// it to place databases where the recorded cluster happened to place them.
 	Placement func(db string, ranges []string, n int, members []string) map[string][]string
 	// ReplicationOwner, if set, picks the node that runs the job of _replicator document docID among
-	// the live nodes holding its copies. TEST-ONLY: the conformance replay uses it to put jobs where
-	// the recorded cluster put them.
-	ReplicationOwner func(docID string, nodes []string) string
+	// the live nodes. TEST-ONLY: the recorded cluster's choice matched neither mem3:owner over the
+	// document's copies nor over all nodes, so the conformance replay puts jobs where it saw them.
+	ReplicationOwner func(docID string, live []string) string
 }
 
 // Network is the Erlang distribution the emulated nodes share. All state of all its nodes is guarded
@@ -56,9 +56,10 @@ type Network struct {
 	order []*Node
 	seq   int // global counter for update sequences
 
-	jobs      map[string]*repJob // the replicator's jobs, by _replicator doc id
-	pidSeq    int                // makes up Erlang pids for running jobs
-	localDocs map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
+	pendingSync map[string]bool    // internal replication rounds scheduled, by db (and coordinator)
+	jobs        map[string]*repJob // the replicator's jobs, by _replicator doc id
+	pidSeq      int                // makes up Erlang pids for running jobs
+	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
 }
 
 // NewNetwork returns an empty network.
@@ -73,7 +74,7 @@ func NewNetwork(opts NetworkOptions) *Network {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Network{opts: opts, nodes: map[string]*Node{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{}}
+	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).

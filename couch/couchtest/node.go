@@ -71,7 +71,7 @@ func (n *Node) Start() error {
 	// A restarted node's copies catch up with what it missed once mem3 resumes syncing.
 	for _, d := range n.dbsDB {
 		if !d.Deleted {
-			nw.scheduleSync(d.Map.ID, nw.opts.SyncDelay)
+			nw.scheduleSync(d.Map.ID, nw.opts.SyncDelay, nil)
 		}
 	}
 	return nil

@@ -41,7 +41,7 @@ func (n *Node) nodeRoute(r *http.Request, seg []string, body []byte) (int, any) 
 	case "_prometheus":
 		return http.StatusOK, prometheusTextOf(target.prometheus())
 	case "_all_dbs":
-		dbs := []string{"_dbs", "_nodes"}
+		dbs := []string{"_dbs", "_nodes", "_users"} // every node has a node-local _users too
 		for name := range target.copies {
 			dbs = append(dbs, name)
 		}
@@ -226,9 +226,9 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		if cur.Deleted {
 			return http.StatusNotFound, errBody("not_found", "deleted")
 		}
-		m := cur.Map.Clone()
-		m.Rev = cur.Rev
-		return http.StatusOK, m
+		out := mapBody(cur.Map)
+		out["_id"], out["_rev"] = id, cur.Rev
+		return http.StatusOK, out
 	case http.MethodPut:
 		var m couch.ShardMap
 		if err := json.Unmarshal(body, &m); err != nil {
@@ -246,7 +246,10 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		}
 		m.ID = id
 		m.Rev = ""
-		d := &mapDoc{Rev: revision(gen, parent, false, m), Map: m}
+		if !strings.Contains(string(body), `"props"`) {
+			m.Props = nil // kept absent, as CouchDB stores the body it was given
+		}
+		d := &mapDoc{Rev: revision(gen, parent, false, mapBody(m)), Map: m}
 		n.putMapDoc(id, d)
 		n.net.propagateAfter(n.net.opts.DBsPushDelay)
 		// mem3 on this node sees the new map at once, creating any copy it now holds.

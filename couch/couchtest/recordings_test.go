@@ -13,6 +13,7 @@ import (
 type recordedCase struct {
 	File    string
 	Section string
+	Sub     string // the "### " heading within the section, if any
 	Title   string
 	Method  string
 	Port    string
@@ -71,7 +72,7 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 	}
 	defer f.Close()
 	var out []recordedCase
-	var section, title string
+	var section, sub, title string
 	var cur *recordedCase
 	inBlock, afterCode := false, false
 	sc := bufio.NewScanner(f)
@@ -87,7 +88,9 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 			inBlock, cur, afterCode = !inBlock, nil, false
 			continue
 		case !inBlock && strings.HasPrefix(line, "## "):
-			section = strings.TrimPrefix(line, "## ")
+			section, sub = strings.TrimPrefix(line, "## "), ""
+		case !inBlock && strings.HasPrefix(line, "### "):
+			sub = strings.TrimPrefix(line, "### ")
 		case !inBlock && strings.HasPrefix(line, "**") && strings.HasSuffix(line, "**"):
 			title = strings.Trim(line, "*")
 		}
@@ -95,7 +98,7 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 			continue
 		}
 		if m := reqLine.FindStringSubmatch(line); m != nil && cur == nil {
-			cur = &recordedCase{File: filepath.Base(file), Section: section, Title: title, Method: m[1], Port: m[2], Path: m[3], CType: m[4], Auth: m[5]}
+			cur = &recordedCase{File: filepath.Base(file), Section: section, Sub: sub, Title: title, Method: m[1], Port: m[2], Path: m[3], CType: m[4], Auth: m[5]}
 			continue
 		}
 		if cur == nil {

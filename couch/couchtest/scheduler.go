@@ -95,16 +95,21 @@ func (nw *Network) initializeJob(j *repJob) {
 // holding the document's copies after rotating them by crc32 of term_to_binary({<<"_replicator">>,
 // DocId}), unless a test decides.
 func (nw *Network) replicationOwner(docID string) string {
-	var nodes []string
+	var nodes, live []string
 	var any *Node
 	for _, n := range nw.order {
 		if n.running {
-			any = n
-			break
+			live = append(live, n.name)
+			if any == nil {
+				any = n
+			}
 		}
 	}
 	if any == nil {
 		return ""
+	}
+	if nw.opts.ReplicationOwner != nil {
+		return nw.opts.ReplicationOwner(docID, sortStrings(live))
 	}
 	if m, ok := any.shardMap("_replicator"); ok {
 		for _, name := range m.ByRange[rangeOf(m, docID)] {
@@ -117,9 +122,6 @@ func (nw *Network) replicationOwner(docID string) string {
 		nodes = []string{any.name}
 	}
 	sort.Strings(nodes)
-	if nw.opts.ReplicationOwner != nil {
-		return nw.opts.ReplicationOwner(docID, nodes)
-	}
 	key := []byte{131, 104, 2}
 	for _, s := range []string{"_replicator", docID} {
 		b := []byte{109, 0, 0, 0, 0}

@@ -202,7 +202,7 @@ func (n *Node) enableSingleNode(req map[string]any) (int, any) {
 	}
 	for _, db := range ensureList(req) {
 		if _, ok := n.dbsDB[db]; !ok {
-			n.net.createDB(n, db, 1, 1)
+			n.net.createDB(n, db, 1, 1, false)
 		}
 	}
 	return http.StatusCreated, obj{"ok": true}
@@ -298,7 +298,7 @@ func (n *Node) finishCluster(req map[string]any) (int, any) {
 	q, _ := strconv.Atoi(n.config["cluster"]["q"])
 	nn, _ := strconv.Atoi(n.config["cluster"]["n"])
 	for _, db := range missing {
-		n.net.createDB(n, db, q, nn)
+		n.net.createDB(n, db, q, nn, false)
 	}
 	return http.StatusCreated, obj{"ok": true}
 }

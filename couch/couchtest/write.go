@@ -92,7 +92,7 @@ func (nw *Network) writeDoc(coord *Node, m couch.ShardMap, id string, rec *docRe
 		c.put(id, rec)
 	}
 	nw.seq++
-	nw.scheduleSync(m.ID, nw.opts.SyncDelay)
+	nw.scheduleSync(m.ID, nw.opts.SyncDelay, nil)
 	nw.docWritten(m.ID, id, rec)
 	return len(live), true
 }
