@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -79,8 +80,10 @@ type shardReplayer struct {
 	nodes    map[string]*Node // recorded port -> node
 	placeErr []string
 	tokens   *tokenMap
-	skipped  map[string]int // field -> times it was not compared
-	mapEdit  string         // a _dbs doc edited by the last case, not yet seen on every node
+	skipped  map[string]int    // field -> times it was not compared
+	mapEdit  string            // a _dbs doc edited by the last case, not yet seen on every node
+	polled   map[string]string // "doc state" -> the first body the recording's scheduler polls printed
+	pollSeen int               // how many of those the replay saw and compared
 }
 
 func newShardReplayer(t *testing.T) *shardReplayer {
@@ -395,20 +398,57 @@ func (r *shardReplayer) narrateAfter(c recordedCase) {
 }
 
 // pollStates polls scheduler docs until done, checking that each goes through its recorded states in
-// order (a poll may miss short ones, as the recording's 0.5 s polls missed "initializing").
+// order (a poll may miss short ones, as the recording's 0.5 s polls missed "initializing"). The first
+// body seen in a state is compared with the one the recording printed for that state, if any.
 func (r *shardReplayer) pollStates(want map[string][]any, done func() bool) {
 	pos := map[string]int{}
+	seen := map[string]bool{}
 	r.waitFor("replication states", func() bool {
 		for doc, states := range want {
-			_, st, _ := r.schedState(doc)
+			_, body := r.send(http.MethodGet, "15984", "/_scheduler/docs/_replicator/"+doc, "", true)
+			var m map[string]any
+			_ = json.Unmarshal([]byte(body), &m)
+			st := m["state"]
 			i := slices.Index(states[pos[doc]:], st)
 			if i < 0 {
 				r.t.Fatalf("%s went to state %v after %v; recorded sequence %v", doc, st, states[pos[doc]], states)
 			}
 			pos[doc] += i
+			key := fmt.Sprintf("%s %v", doc, st)
+			if rec, ok := r.polled[key]; ok && !seen[key] {
+				seen[key] = true
+				r.pollSeen++
+				if diffs := r.compare(recordedCase{Path: "/_scheduler/docs/_replicator/" + doc, Resp: rec}, body); len(diffs) > 0 {
+					r.t.Errorf("polled %s: body differs from the recording's first one in that state:\n  %s", key, strings.Join(diffs, "\n  "))
+				}
+			}
 		}
 		return done()
 	})
+}
+
+var pollLine = regexp.MustCompile(`^t=[\d.]+ s  GET 127\.0\.0\.1:\d+/_scheduler/docs/_replicator/(\S+)  -> HTTP 200$`)
+
+// parsePolled reads the "first verbatim body seen for each state" blocks of the recording's polls,
+// which are not request/response cases of their own.
+func parsePolled(t *testing.T, file string) map[string]string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	lines := strings.Split(string(b), "\n")
+	for i, l := range lines {
+		m := pollLine.FindStringSubmatch(l)
+		if m == nil || i+1 >= len(lines) {
+			continue
+		}
+		var body map[string]any
+		if json.Unmarshal([]byte(lines[i+1]), &body) == nil {
+			out[fmt.Sprintf("%s %v", m[1], body["state"])] = lines[i+1]
+		}
+	}
+	return out
 }
 
 // expandTrimmed rebuilds the request bodies the recording shortened.
@@ -447,6 +487,7 @@ func requestBody(c recordedCase) string {
 func TestConformanceShards(t *testing.T) {
 	cases := parseRecordings(t, filepath.Join(sharedDir(t), "couchdb-real-shards.md"))
 	r := newShardReplayer(t)
+	r.polled = parsePolled(t, filepath.Join(sharedDir(t), "couchdb-real-shards.md"))
 	r.setup()
 	compared := 0
 	var prev recordedCase
@@ -482,5 +523,6 @@ func TestConformanceShards(t *testing.T) {
 		total += n
 	}
 	sort.Strings(skipped)
-	t.Logf("couchdb-real-shards.md: %d/%d cases compared, %d fields skipped (%s)", compared, len(cases), total, strings.Join(skipped, ", "))
+	t.Logf("couchdb-real-shards.md: %d/%d cases compared, %d fields skipped (%s); %d of the %d polled scheduler bodies seen and compared",
+		compared, len(cases), total, strings.Join(skipped, ", "), r.pollSeen, len(r.polled))
 }

@@ -15,8 +15,9 @@ import (
 type ReplicatorOptions struct {
 	// DocDelay is how long the doc processor takes to notice a new document: until then its
 	// scheduler doc has state null. Then it is "initializing" for another DocDelay while the
-	// replication id is computed, then the job starts. Default 300ms (the recording saw null at
-	// 0.08 s and running at 0.61 s).
+	// replication id is computed, then the job starts, and connects for a third DocDelay before it
+	// reports progress or fails. Default 300ms (the recording saw null at 0.08 s and running at
+	// 0.61 s).
 	DocDelay time.Duration
 	// CheckpointInterval is how often a continuous job checkpoints (checkpoint_interval). Default 30s.
 	CheckpointInterval time.Duration

@@ -17,6 +17,9 @@ import (
 // as soon as the document changed or went away.
 func (nw *Network) runJob(j *repJob, gen int) {
 	c := &http.Client{Transport: nw.opts.Replicator.Transport, Timeout: 10 * time.Second}
+	// A started job is "running" with info null while it connects and opens its changes feed; the
+	// recording saw that for 2.5 s, and its errors ~3 s after the start.
+	time.Sleep(nw.opts.Replicator.DocDelay)
 	for _, e := range []endpoint{j.src, j.tgt} {
 		if reason := checkSession(c, e); reason != "" {
 			nw.withJob(j, gen, func() { nw.crash(j, reason) })
