@@ -17,12 +17,22 @@
 //   - clustered databases split into q ranges with n copies, documents placed by mem3's hash
 //     (crc32 of the term_to_binary of the id), quorum writes (201, 202 when fewer copies answered),
 //     internal replication after the sync delay or _sync_shards, node-local shard info;
+//   - mem3_rep's shard-sync checkpoints (_local docs on both copies, CouchDB's ids), _bulk_docs,
+//     _all_docs, _changes, _revs_diff, _local_docs, /{db}/_shards/{docid}, node-local _dbs _changes,
+//     GET /_dbs, /_node/{node}/_system and _prometheus (with its leading empty line and bare CRs);
+//   - the _replicator database and scheduler: documents go null -> initializing -> running, then
+//     crashing (auth errors, unreachable endpoints, duplicates) or completed (one-shot, document
+//     rewritten); jobs copy documents over HTTP, so replications between emulated nodes work;
 //   - maintenance mode and its effect on /_up and on writes; basic auth, 401 bodies and lockout;
 //   - fault injection per node: stop/start, hang, latency, 5xx, dropped connections, bad JSON.
 //
-// What it deliberately does not model: views, Mango, _changes feeds, attachments, conflicts between
-// document revisions (the highest revision wins), compaction, resharding, the _replicator database,
-// disk persistence (a stopped node keeps its data in memory, like a PersistentVolumeClaim), real
-// Erlang distribution, cookie sessions, and revision hashes (they are deterministic MD5s over
-// the revision's content, but not CouchDB's term_to_binary encoding).
+// Its delays (internal replication's sync delay, the scheduler's steps, checkpoint intervals) default
+// to CouchDB's and are NetworkOptions, so tests shorten them; two test-only hooks force what CouchDB
+// draws at random or decides by rules the recordings do not pin down (initial placement, job owners).
+//
+// What it deliberately does not model: views, Mango, continuous _changes feeds, attachments,
+// conflicts between document revisions (the highest revision wins), compaction, resharding jobs,
+// filtered replications, disk persistence (a stopped node keeps its data in memory, like a
+// PersistentVolumeClaim), real Erlang distribution, cookie sessions, on-disk file sizes, and revision
+// hashes (deterministic MD5s over the revision's content, but not CouchDB's term_to_binary encoding).
 package couchtest
