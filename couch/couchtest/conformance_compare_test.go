@@ -130,8 +130,8 @@ func (c *comparison) learnUUIDs(w, g any) {
 func (c *comparison) order(path string, w, g []any) ([]any, []any) {
 	key := func(e any) string {
 		m, _ := e.(map[string]any)
-		if id, _ := m["doc_id"].(string); id != "" && m["pid"] != nil || m["history"] != nil && m["doc_id"] != nil {
-			return id // /_scheduler/jobs: sorted by replication id
+		if _, job := m["history"]; job && m["doc_id"] != nil {
+			return fmt.Sprint(m["doc_id"]) // /_scheduler/jobs, which CouchDB sorts by replication id
 		}
 		if doc, ok := m["doc"].(map[string]any); ok && strings.HasPrefix(fmt.Sprint(m["id"]), "_local/shard-sync-") {
 			for src, h := range doc["history"].(map[string]any) {

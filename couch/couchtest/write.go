@@ -50,7 +50,8 @@ func (n *Node) docRoute(r *http.Request, db string, m couch.ShardMap, id string,
 			if code, reason := validateReplicatorDoc(doc); code != 0 {
 				return code, errBody("forbidden", reason)
 			}
-			doc["owner"] = "admin" // couch_replicator_docs:before_doc_update records who wrote it
+			user, _, _ := r.BasicAuth()
+			doc["owner"] = user // couch_replicator_docs:before_doc_update records who wrote it
 		}
 		gen, parent := 1, ""
 		if cur != nil {
