@@ -43,7 +43,7 @@ demo: controlplane build
 	COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) run ./test/demo
 
 bench: controlplane build
-	COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) run ./test/bench -out BENCHMARKS.md
+	COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) run ./test/bench -out test/bench/BENCHMARKS.md
 
 vet:
 	$(GO) vet ./...

@@ -3,7 +3,7 @@
 // formation time, join latency, and at N clusters the time to form all, the controller's RSS and CPU,
 // and CouchDB and API requests per steady-state resync; then a couchdiscover-style 5 s poller joins
 // nodes through the same harness for a side-by-side comparison. It prints a Markdown report and writes
-// it to BENCHMARKS.md (-out).
+// it to test/bench/BENCHMARKS.md (make bench passes -out).
 package main
 
 import (
@@ -121,7 +121,9 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (
 	// Default flags for everything that shapes the numbers (resync, workers, QPS); pprof on.
 	cmd := exec.Command(bin, "--kubeconfig="+cp.Kubeconfig(), "--metrics-bind-address="+metricsAddr,
 		"--health-probe-bind-address="+freeAddr(), "--profiling")
-	cmd.Env = append(os.Environ(), "HTTP_PROXY="+proxy.URL())
+	// Every pod IP must go through the harness proxy: an inherited NO_PROXY (or another proxy) could
+	// make the controller dial the fake 10.244/16 pod addresses directly.
+	cmd.Env = append(withoutProxyEnv(os.Environ()), "HTTP_PROXY="+proxy.URL())
 	logf, _ := os.Create(filepath.Join(cp.RunDir(), "controller.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -478,6 +480,20 @@ func (w *world) pprofTop(name, path string) string {
 		keep = append(keep, l)
 	}
 	return strings.Join(keep, "\n")
+}
+
+// withoutProxyEnv drops every proxy setting (any case) from env.
+func withoutProxyEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(k) {
+		case "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 func freeAddr() string {
