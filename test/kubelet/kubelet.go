@@ -54,7 +54,7 @@ type Options struct {
 	// FailureThreshold is how many probes in a row must fail before a ready pod turns NotReady; the
 	// kubelet's default is 3, so one slow answer on a loaded machine does not flap the pod.
 	FailureThreshold int
-	Workers      int           // pods synced in parallel, default 4
+	Workers          int // pods synced in parallel, default 4
 }
 
 // Kubelet is the fake kubelet. Create it with New, then call Run.

@@ -2,8 +2,9 @@ package kubelet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,29 +249,48 @@ func (w *flakyWorkload) Stop()                   {}
 
 type scriptBackend struct{ w *flakyWorkload }
 
-func (b scriptBackend) StartPod(context.Context, *corev1.Pod, string) (Workload, error) { return b.w, nil }
+func (b scriptBackend) StartPod(context.Context, *corev1.Pod, string) (Workload, error) {
+	return b.w, nil
+}
 
 // TestProbeFailureThreshold: like the kubelet's default failureThreshold of 3, two failed probes in a
-// row leave a ready pod Ready; the third makes it NotReady.
+// row leave a ready pod Ready; the third makes it NotReady. Each script ends on the state it leaves
+// the pod in, so the test waits for that report instead of racing a one-probe flap.
 func TestProbeFailureThreshold(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		script    []bool
-		wantFlaps bool
+		name   string
+		script []bool
+		want   []string // ContainersReady as reported after the first ready report, repeats folded
 	}{
-		{"two failures", []bool{true, true, false, false, true}, false},
-		{"three failures", []bool{true, true, false, false, false, true}, true},
+		{"two failures", []bool{true, true, false, false, true}, []string{"True"}},
+		{"three failures", []bool{true, true, false, false, false}, []string{"True", "False"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "ns", UID: "u"},
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "couchdb"}}}}
 			kube := fake.NewClientset(p)
 			kube.PrependReactor("create", "pods", bindReactor(kube))
-			var notReady atomic.Int32
+			var mu sync.Mutex
+			var reports []string
 			kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
-				if pa, ok := a.(k8stesting.PatchAction); ok && a.GetSubresource() == "status" &&
-					strings.Contains(string(pa.GetPatch()), `"type":"ContainersReady"`) && strings.Contains(string(pa.GetPatch()), `"status":"False"`) {
-					notReady.Add(1)
+				pa, ok := a.(k8stesting.PatchAction)
+				if !ok || a.GetSubresource() != "status" {
+					return false, nil, nil
+				}
+				var patch struct {
+					Status corev1.PodStatus `json:"status"`
+				}
+				if err := json.Unmarshal(pa.GetPatch(), &patch); err != nil {
+					t.Errorf("status patch: %v", err)
+				}
+				for _, c := range patch.Status.Conditions {
+					if c.Type == corev1.ContainersReady {
+						mu.Lock()
+						if len(reports) == 0 || reports[len(reports)-1] != string(c.Status) {
+							reports = append(reports, string(c.Status))
+						}
+						mu.Unlock()
+					}
 				}
 				return false, nil, nil
 			})
@@ -279,21 +299,34 @@ func TestProbeFailureThreshold(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- k.Run(ctx) }()
-			if err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+			final := string(condStatus(tc.script[len(tc.script)-1]))
+			if err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
 				w.mu.Lock()
-				defer w.mu.Unlock()
-				return w.probes > len(tc.script)+3, nil
+				probes := w.probes
+				w.mu.Unlock()
+				got, err := kube.CoreV1().Pods("ns").Get(ctx, "db-0", metav1.GetOptions{})
+				if err != nil {
+					return false, err
+				}
+				c := findCondition(got.Status.Conditions, corev1.ContainersReady)
+				return probes > len(tc.script)+3 && c != nil && string(c.Status) == final && k.queue.Len() == 0, nil
 			}); err != nil {
-				t.Fatal(err)
+				mu.Lock()
+				t.Fatalf("ContainersReady never settled at %s (reports %v): %v", final, reports, err)
 			}
-			time.Sleep(50 * time.Millisecond) // let the last status patch land
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
-			// The first status report of a starting pod is not ready (before any probe passed).
-			if flapped := notReady.Load() > 1; flapped != tc.wantFlaps {
-				t.Errorf("not-ready reports %d; want a flap: %t", notReady.Load(), tc.wantFlaps)
+			mu.Lock()
+			defer mu.Unlock()
+			got := reports
+			// The first report of a starting pod may come before any probe passed.
+			if len(got) > 0 && got[0] == "False" {
+				got = got[1:]
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("ContainersReady reports %v, want %v after the first ready one", reports, tc.want)
 			}
 		})
 	}
