@@ -92,7 +92,9 @@ func run(ctx context.Context, exitAfter bool) error {
 	defer logFile.Close()
 	ctrl := exec.Command(bin, "--kubeconfig="+cp.Kubeconfig(), "--metrics-bind-address="+metricsAddr,
 		"--health-probe-bind-address="+freeAddr(), "-v=2")
-	ctrl.Env = append(os.Environ(), "HTTP_PROXY="+proxy.URL())
+	// Pods are reached only through the harness proxy: inherited proxy settings (a NO_PROXY covering the
+	// fake pod IPs) are dropped so the controller never dials a pod address directly.
+	ctrl.Env = proxy.Env(os.Environ())
 	ctrl.Stdout, ctrl.Stderr = logFile, logFile
 	if err := ctrl.Start(); err != nil {
 		return err

@@ -49,15 +49,17 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startProxy serves the harness address map as an HTTP forward proxy for a controller process.
-func startProxy(t *testing.T) string {
+// startProxy serves the harness address map as an HTTP forward proxy for a controller process, and
+// returns the environment for that process: this one's, less every proxy setting (an inherited
+// NO_PROXY covering the fake pod IPs would make the binary dial them directly), plus the proxy.
+func startProxy(t *testing.T) []string {
 	t.Helper()
 	p, err := env.addrs.ServeProxy()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	return p.URL()
+	return p.Env(os.Environ())
 }
 
 // syncBuffer collects a process's output safely.
@@ -106,7 +108,7 @@ func TestBinaryWithShippedRBAC(t *testing.T) {
 	cmd := exec.Command(controllerBinary(t), "--kubeconfig="+cfgPath, "--namespace="+ns, "--leader-elect",
 		"--leader-elect-namespace=couchdb-controller", "--metrics-bind-address="+metricsAddr,
 		"--health-probe-bind-address="+probeAddr, "--resync=2s", "-v=2")
-	cmd.Env = append(os.Environ(), "HTTP_PROXY="+startProxy(t), "POD_NAME=e2e-controller", "POD_NAMESPACE=couchdb-controller")
+	cmd.Env = append(startProxy(t), "POD_NAME=e2e-controller", "POD_NAMESPACE=couchdb-controller")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +17,7 @@ import (
 func TestLeaderFailover(t *testing.T) {
 	ns := newNamespace(t)
 	bin := controllerBinary(t)
-	proxy := startProxy(t)
+	procEnv := startProxy(t)
 	lease := "failover-" + ns
 	type replica struct {
 		cmd     *exec.Cmd
@@ -29,7 +29,7 @@ func TestLeaderFailover(t *testing.T) {
 		r.cmd = exec.Command(bin, "--kubeconfig="+env.cp.Kubeconfig(), "--namespace="+ns, "--leader-elect",
 			"--leader-elect-namespace="+ns, "--leader-elect-id="+lease, "--metrics-bind-address="+r.metrics,
 			"--health-probe-bind-address="+freeAddr(t), "--resync=2s")
-		r.cmd.Env = append(os.Environ(), "HTTP_PROXY="+proxy, "POD_NAME="+id)
+		r.cmd.Env = append(slices.Clone(procEnv), "POD_NAME="+id)
 		r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
 		if err := r.cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"time"
 )
@@ -46,6 +47,24 @@ func (a *AddressMap) ServeProxy() (*Proxy, error) {
 
 // URL is the value for HTTP_PROXY, e.g. "http://127.0.0.1:41234".
 func (p *Proxy) URL() string { return "http://" + p.ln.Addr().String() }
+
+// Env returns environ for a child process (the controller binary) that must reach pods only through
+// this proxy: every inherited proxy setting is dropped, in either case (a NO_PROXY covering
+// 10.244.0.0/16, or another HTTP(S)_PROXY or ALL_PROXY, would make it dial the fake pod addresses
+// directly or elsewhere), and HTTP_PROXY and HTTPS_PROXY (CONNECT, for https clusters) name the proxy.
+// Loopback hosts, such as the harness's API server, are never proxied by Go.
+func (p *Proxy) Env(environ []string) []string {
+	out := make([]string, 0, len(environ)+2)
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		switch strings.ToUpper(k) {
+		case "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "REQUEST_METHOD":
+			continue // REQUEST_METHOD: Go ignores HTTP_PROXY when it looks like a CGI request
+		}
+		out = append(out, kv)
+	}
+	return append(out, "HTTP_PROXY="+p.URL(), "HTTPS_PROXY="+p.URL())
+}
 
 // Close stops the proxy and cuts every open tunnel.
 func (p *Proxy) Close() error {

@@ -56,8 +56,10 @@ func TestProxy(t *testing.T) {
 	}
 }
 
-// TestProxyFromEnvironment runs a child process that knows nothing but HTTP_PROXY, as the controller
-// binary does in the e2e tests, and checks it reaches a pod through the proxy.
+// TestProxyFromEnvironment runs a child process that knows nothing but its environment, as the
+// controller binary does in the e2e tests, from a parent whose own proxy settings would send the
+// child elsewhere (NO_PROXY covering the pod network, another proxy); Proxy.Env must drop them so the
+// child reaches a pod through the harness proxy.
 func TestProxyFromEnvironment(t *testing.T) {
 	if target := os.Getenv("KUBELET_PROXY_CHILD_GET"); target != "" {
 		got, err := get(t, http.DefaultClient, target)
@@ -75,7 +77,17 @@ func TestProxyFromEnvironment(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = p.Close() })
 	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestProxyFromEnvironment$", "-test.v")
-	cmd.Env = append(os.Environ(), "HTTP_PROXY="+p.URL(), "http_proxy="+p.URL(), "NO_PROXY=", "no_proxy=", "KUBELET_PROXY_CHILD_GET=http://10.244.0.30:5984/_up")
+	for k, v := range map[string]string{"NO_PROXY": "10.244.0.0/16", "no_proxy": "10.244.0.30", "HTTP_PROXY": "http://127.0.0.1:1",
+		"http_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1", "ALL_PROXY": "socks5://127.0.0.1:1"} {
+		t.Setenv(k, v)
+	}
+	env := p.Env(os.Environ())
+	for _, kv := range env {
+		if k, v, _ := strings.Cut(kv, "="); strings.EqualFold(k, "no_proxy") || strings.Contains(v, "127.0.0.1:1") {
+			t.Fatalf("Env kept %s (the child would not be started: it could dial a pod address directly)", kv)
+		}
+	}
+	cmd.Env = append(env, "KUBELET_PROXY_CHILD_GET=http://10.244.0.30:5984/_up")
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `child got "db-2 /_up"`) {
 		t.Fatalf("child: %v\n%s", err, out)
