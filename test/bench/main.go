@@ -15,10 +15,12 @@ import (
 	"math"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // -harness-pprof
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -44,7 +46,11 @@ func main() {
 	sizes := flag.String("clusters", "10,100,1000", "cluster counts to measure, in increasing order")
 	steady := flag.Duration("steady", 5*time.Minute, "steady-state window at each size, at the controller's default resync")
 	pollers := flag.Int("poll-clusters", 50, "clusters joined by a couchdiscover-style 5 s poller, for comparison (0: skip)")
+	pprofAddr := flag.String("harness-pprof", "", "serve the harness's own pprof on this loopback address (the harness shares the cores with the controller)")
 	flag.Parse()
+	if *pprofAddr != "" {
+		go func() { _ = http.ListenAndServe(*pprofAddr, nil) }() //nolint:gosec // loopback, profiling only
+	}
 	res, err := run(context.Background(), *sizes, *steady, *pollers)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -99,6 +105,10 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	addrs := kubelet.NewAddressMap()
 	backend := couchpods.NewPerNamespace(kube, couchtest.NetworkOptions{SyncDelay: time.Second})
+	backend.KeepAliveProbes()
+	// The harness (every emulated node, the kubelet and the proxy) lives in this process; fewer GC
+	// cycles leave more of the shared cores to the controller being measured.
+	debug.SetGCPercent(400)
 	kctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// A 1 s probe period (a real kubelet's default is 10 s) keeps 3,000 emulated pods affordable on a

@@ -7,6 +7,7 @@ package couchpods
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -30,6 +31,8 @@ type Backend struct {
 	network *couchtest.Network       // shared by every pod, or nil: one per namespace
 	netOpts couchtest.NetworkOptions // for per-namespace networks
 
+	probes *http.Client // the readiness prober's client
+
 	mu       sync.Mutex
 	nodes    map[string]*couchtest.Node    // namespace/pod -> node
 	networks map[string]*couchtest.Network // namespace -> network, when not shared
@@ -37,7 +40,7 @@ type Backend struct {
 
 // New returns a Backend whose nodes share one emulated Erlang network.
 func New(kube kubernetes.Interface, network *couchtest.Network) *Backend {
-	return &Backend{kube: kube, network: network, nodes: map[string]*couchtest.Node{}}
+	return &Backend{kube: kube, network: network, probes: probeClient, nodes: map[string]*couchtest.Node{}}
 }
 
 // NewPerNamespace returns a Backend that gives each namespace its own emulated Erlang network, as
@@ -45,7 +48,18 @@ func New(kube kubernetes.Interface, network *couchtest.Network) *Backend {
 // network, so with hundreds of clusters on one network the emulator, not the controller, would be
 // what a benchmark measures.
 func NewPerNamespace(kube kubernetes.Interface, opts couchtest.NetworkOptions) *Backend {
-	return &Backend{kube: kube, netOpts: opts, nodes: map[string]*couchtest.Node{}, networks: map[string]*couchtest.Network{}}
+	return &Backend{kube: kube, netOpts: opts, probes: probeClient, nodes: map[string]*couchtest.Node{}, networks: map[string]*couchtest.Network{}}
+}
+
+// KeepAliveProbes makes the readiness prober reuse one connection per pod instead of connecting
+// afresh each time. The answer is the same (GET /_up on the node's listener, which drops its
+// connections when the node stops); what changes is cost: with thousands of pods in one process a
+// fresh TCP connection per probe (dial, accept, close on both ends) is most of the harness's CPU, and
+// that CPU is taken from the controller a benchmark measures. It holds two file descriptors per
+// running pod. Call it before the kubelet starts pods.
+func (b *Backend) KeepAliveProbes() {
+	b.probes = &http.Client{Timeout: time.Second, Transport: &http.Transport{
+		MaxIdleConns: 0, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute, DisableCompression: true}}
 }
 
 func (b *Backend) networkOf(namespace string) *couchtest.Network {
@@ -102,7 +116,7 @@ func (b *Backend) StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (
 	if err := node.Start(); err != nil {
 		return nil, fmt.Errorf("start emulated node for pod %s: %w", key, err)
 	}
-	return &Workload{node: node}, nil
+	return &Workload{node: node, probes: b.probes}, nil
 }
 
 func (b *Backend) nodeConfig(ctx context.Context, pod *corev1.Pod) (couchtest.NodeConfig, error) {
@@ -163,7 +177,8 @@ func couchContainer(pod *corev1.Pod) *corev1.Container {
 
 // Workload is one running node as the kubelet sees it.
 type Workload struct {
-	node *couchtest.Node
+	node   *couchtest.Node
+	probes *http.Client
 }
 
 // probeClient connects afresh for every probe, as the kubelet's HTTP prober does: idle connections
@@ -179,10 +194,11 @@ func (w *Workload) Ready(ctx context.Context) bool {
 	if err != nil {
 		return false
 	}
-	resp, err := probeClient.Do(req)
+	resp, err := w.probes.Do(req)
 	if err != nil {
 		return false
 	}
+	_, _ = io.Copy(io.Discard, resp.Body) // a drained body lets a kept-alive connection be reused
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }
