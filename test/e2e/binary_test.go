@@ -127,7 +127,7 @@ func TestBinaryWithShippedRBAC(t *testing.T) {
 	})
 
 	// kubectl scale --replicas=4: the scale subresource, as the admin.
-	kubectlScale(t, ns, "bin", 4)
+	scaleTo(t, ns, "bin", 4)
 	waitMembers(t, s, ns, 4, 60*time.Second)
 	poll(t, 30*time.Second, "a NodeJoined event for bin-3", func(context.Context) (bool, error) {
 		for _, e := range events(t, ns, controller.ReasonNodeJoined) {
@@ -258,21 +258,6 @@ func renderBase(t *testing.T) []*unstructured.Unstructured {
 		}
 	}
 	return objs
-}
-
-// kubectlScale does what `kubectl scale statefulset/NAME --replicas=N` does: read and update the
-// scale subresource.
-func kubectlScale(t *testing.T, ns, name string, replicas int32) {
-	t.Helper()
-	ctx := context.Background()
-	sc, err := env.kube.AppsV1().StatefulSets(ns).GetScale(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc.Spec.Replicas = replicas
-	if _, err := env.kube.AppsV1().StatefulSets(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // annotateTarget sets couchdb.io/target-replicas to value (a JSON string).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
 	"github.com/couchdb-controller/couchdb-controller/couch"
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
 )
 
 func TestFormsThreeNodeClusterAndJoinsScaleUp(t *testing.T) {
@@ -35,11 +36,8 @@ func TestFormsThreeNodeClusterAndJoinsScaleUp(t *testing.T) {
 		return metricValue(t, rc, "couchdb_controller_cluster_formed", map[string]string{"namespace": ns, "cluster": "db"}) == 1, nil
 	})
 
-	// kubectl scale --replicas=5
-	patch := []byte(`{"spec":{"replicas":5}}`)
-	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "db", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// kubectl scale --replicas=5 (the scale subresource)
+	scaleTo(t, ns, "db", 5)
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	poll(t, 20*time.Second, "two NodeJoined events and join observations", func(context.Context) (bool, error) {
 		return len(events(t, ns, "NodeJoined")) >= 2 && histogramCount(t, rc, "couchdb_controller_node_join_duration_seconds") >= 2, nil
@@ -73,18 +71,33 @@ func TestSingleReplicaIsFinishedWithoutSingleNodeMode(t *testing.T) {
 	}
 }
 
+// TestPodRestartRejoinsAsSameNode deletes a member's pod: the StatefulSet recreates it with the same
+// name and (like a PVC) the same data; it must come back as the same CouchDB node without the
+// controller rewriting its _nodes document, and with its documents intact.
 func TestPodRestartRejoinsAsSameNode(t *testing.T) {
+	ctx := context.Background()
 	ns := newNamespace(t)
 	s := newSpec("rs", 3)
 	s.parallel = true
 	startController(t, ns)
 	s.create(t, ns)
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	pod, err := env.kube.CoreV1().Pods(ns).Get(context.Background(), "rs-1", metav1.GetOptions{})
+	const docs = 20
+	loadData(t, s, ns, docs)
+	poll(t, 20*time.Second, "db1 fully on every member", func(ctx context.Context) (bool, error) {
+		m, err := couchdb(t, ns, podName(s, 0), s.password).GetShardMap(ctx, "db1")
+		return err == nil && fullCopies(ns, s, m, 3), nil
+	})
+	node := s.nodeName(ns, 1)
+	before, err := couchdb(t, ns, podName(s, 0), s.password).GetNodeDoc(ctx, node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := env.kube.CoreV1().Pods(ns).Delete(context.Background(), "rs-1", metav1.DeleteOptions{}); err != nil {
+	pod, err := env.kube.CoreV1().Pods(ns).Get(ctx, "rs-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.kube.CoreV1().Pods(ns).Delete(ctx, "rs-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	poll(t, 60*time.Second, "rs-1 recreated and ready", func(ctx context.Context) (bool, error) {
@@ -100,6 +113,26 @@ func TestPodRestartRejoinsAsSameNode(t *testing.T) {
 		return false, nil
 	})
 	waitMembers(t, s, ns, 3, 30*time.Second)
+	// Same node, not re-added: its _nodes document is the one it had, as every member sees it.
+	for i := 0; i < 3; i++ {
+		after, err := couchdb(t, ns, podName(s, i), s.password).GetNodeDoc(ctx, node)
+		if err != nil || after.Rev != before.Rev {
+			t.Errorf("%s's _nodes doc for %s: rev %q (%v), want %q unchanged", podName(s, i), node, after.Rev, err, before.Rev)
+		}
+	}
+	// Its data survived: every document is readable through rs-1 itself, and its copies are full.
+	for i := 0; i < docs; i++ {
+		if code, body := rawDo(t, ns, "rs-1", s.password, "GET", fmt.Sprintf("/db1/doc%03d", i), ""); code != 200 {
+			t.Errorf("doc%03d through the restarted rs-1: %d %s", i, code, body)
+		}
+	}
+	poll(t, 20*time.Second, "rs-1's copies as full as the others", func(ctx context.Context) (bool, error) {
+		m, err := couchdb(t, ns, "rs-1", s.password).GetShardMap(ctx, "db1")
+		return err == nil && fullCopies(ns, s, m, 3), nil
+	})
+	if n := len(events(t, ns, controller.ReasonNodeRemoved)); n != 0 {
+		t.Errorf("%d NodeRemoved events: a restarted pod is not a removed node", n)
+	}
 }
 
 func TestReadinessGateKeepsNonMemberOutOfService(t *testing.T) {
@@ -128,7 +161,13 @@ func TestReadinessGateKeepsNonMemberOutOfService(t *testing.T) {
 	}
 }
 
+// TestHelmChartStyleStatefulSet runs the apache/couchdb-helm chart's shape: Parallel pods, node names
+// from ERL_FLAGS "-name couchdb" plus the pod FQDN, a seedlist, credentials only in the container env,
+// and a headless Service with publishNotReadyAddresses. With that, the Endpoints list every pod as
+// ready whatever its state, so the controller must go by the pods' own conditions: a member whose
+// CouchDB stops answering its probe is reported as not a member, and nothing of it is removed.
 func TestHelmChartStyleStatefulSet(t *testing.T) {
+	ctx := context.Background()
 	ns := newNamespace(t)
 	s := newSpec("couchdb", 3)
 	s.helm = true
@@ -138,7 +177,65 @@ func TestHelmChartStyleStatefulSet(t *testing.T) {
 	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
 		return setupState(t, ns, "couchdb-0") == couch.StateClusterFinished, nil
 	})
-	_ = rc
+	nodeState := func(pod, state string) float64 {
+		return metricValue(t, rc, "couchdb_controller_node_state", map[string]string{"namespace": ns, "cluster": "couchdb", "pod": pod, "state": state})
+	}
+	poll(t, 20*time.Second, "cluster_formed 1 and every pod a member in the metrics", func(context.Context) (bool, error) {
+		if metricValue(t, rc, "couchdb_controller_cluster_formed", map[string]string{"namespace": ns, "cluster": "couchdb"}) != 1 {
+			return false, nil
+		}
+		for i := 0; i < 3; i++ {
+			if nodeState(podName(s, i), "member") != 1 {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	waitEvent(t, ns, controller.ReasonClusterFormed)
+	if n := len(events(t, ns, controller.ReasonClusterFormed)); n != 1 {
+		t.Errorf("ClusterFormed events = %d, want 1", n)
+	}
+	before, err := couchdb(t, ns, "couchdb-0", s.password).GetNodeDoc(ctx, s.nodeName(ns, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// couchdb-1's CouchDB stops answering (its probe too): the pod turns NotReady, but the Service
+	// publishes not-ready addresses, so the Endpoints still count it ready.
+	victim := env.backend.Node(ns, "couchdb-1")
+	victim.SetFault(couchtest.Fault{Status: 500})
+	poll(t, 30*time.Second, "couchdb-1 NotReady while the Endpoints still list 3 ready addresses", func(ctx context.Context) (bool, error) {
+		p, err := env.kube.CoreV1().Pods(ns).Get(ctx, "couchdb-1", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ready, notReady := addresses(ctx, ns, "couchdb")
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.ContainersReady && c.Status == corev1.ConditionFalse {
+				if ready != 3 || notReady != 0 {
+					return false, fmt.Errorf("Endpoints have %d ready and %d not-ready addresses: publishNotReadyAddresses should keep all 3 ready", ready, notReady)
+				}
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	poll(t, 30*time.Second, "the controller to report couchdb-1 as not a member", func(context.Context) (bool, error) {
+		st, ok := rc.ctrl.Cluster(ns, "couchdb")
+		return ok && nodeState("couchdb-1", "member") < 1 && len(st.Nodes) == 3 && st.Nodes[1].State != "member" && st.Phase != controller.PhaseReady, nil
+	})
+	victim.SetFault(couchtest.Fault{})
+	poll(t, 30*time.Second, "couchdb-1 a member again", func(context.Context) (bool, error) {
+		st, ok := rc.ctrl.Cluster(ns, "couchdb")
+		return ok && nodeState("couchdb-1", "member") == 1 && st.Phase == controller.PhaseReady, nil
+	})
+	after, err := couchdb(t, ns, "couchdb-0", s.password).GetNodeDoc(ctx, s.nodeName(ns, 1))
+	if err != nil || after.Rev != before.Rev {
+		t.Errorf("couchdb-1's _nodes doc: rev %q (%v), want %q: nothing of a NotReady member is removed or re-added", after.Rev, err, before.Rev)
+	}
+	if n := len(events(t, ns, controller.ReasonNodeRemoved)); n != 0 {
+		t.Errorf("%d NodeRemoved events", n)
+	}
 }
 
 func metricValue(t *testing.T, rc *runningController, name string, labels map[string]string) float64 {
@@ -171,6 +268,24 @@ func metricValue(t *testing.T, rc *runningController, name string, labels map[st
 		}
 	}
 	return -1
+}
+
+// counterSum adds up every series of the counter name (all label values).
+func counterSum(t *testing.T, rc *runningController, name string) float64 {
+	t.Helper()
+	mfs, err := rc.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 func histogramCount(t *testing.T, rc *runningController, name string) uint64 {

@@ -199,7 +199,7 @@ func TestControllerKilledAtEachDrainStep(t *testing.T) {
 			if m := readAll(t, s, ns, docs); m != 0 {
 				t.Errorf("%d documents unreadable right after the kill", m)
 			}
-			startController(t, ns)
+			rc = startController(t, ns)
 			poll(t, 90*time.Second, "spec.replicas to reach 3", func(ctx context.Context) (bool, error) {
 				sts, err := env.kube.AppsV1().StatefulSets(ns).Get(ctx, s.name, metav1.GetOptions{})
 				return err == nil && *sts.Spec.Replicas == 3, nil
@@ -211,7 +211,11 @@ func TestControllerKilledAtEachDrainStep(t *testing.T) {
 			if m := readAll(t, s, ns, docs); m != 0 {
 				t.Errorf("%d documents missing after the drain", m)
 			}
-			time.Sleep(2 * time.Second) // a duplicate ScaleDown would show within a resync
+			// A duplicate ScaleDown would come from a later sync: let two more complete.
+			base := counterSum(t, rc, "couchdb_controller_syncs_total")
+			poll(t, 30*time.Second, "two more syncs", func(context.Context) (bool, error) {
+				return counterSum(t, rc, "couchdb_controller_syncs_total") >= base+2, nil
+			})
 			sts, err := env.kube.AppsV1().StatefulSets(ns).Get(context.Background(), s.name, metav1.GetOptions{})
 			if err != nil || *sts.Spec.Replicas != 3 {
 				t.Errorf("spec.replicas %v after the drain settled (%v), want 3", sts.Spec.Replicas, err)

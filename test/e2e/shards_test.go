@@ -12,6 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -95,11 +96,22 @@ func onlyOrdinalsBelow(nodes []string, s clusterSpec, ns string, n int) bool {
 	return len(nodes) > 0
 }
 
+// scaleTo does what `kubectl scale statefulset/NAME --replicas=N` does: read the scale subresource
+// and update it (retrying on a conflict, as the controller may be writing the StatefulSet).
 func scaleTo(t *testing.T, ns, name string, replicas int) {
 	t.Helper()
-	patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas))
-	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		sc, err := env.kube.AppsV1().StatefulSets(ns).GetScale(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		sc.Spec.Replicas = int32(replicas)
+		_, err = env.kube.AppsV1().StatefulSets(ns).UpdateScale(ctx, name, sc, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scale %s/%s to %d: %v", ns, name, replicas, err)
 	}
 }
 
