@@ -48,6 +48,9 @@ func startControllerWith(t *testing.T, ns string, hook func(context.Context, cac
 	return startControllerOpts(t, ns, controllerOpts{hook: hook})
 }
 
+// inProcessResync is the in-process controller's resync period.
+const inProcessResync = 2 * time.Second
+
 type controllerOpts struct {
 	hook        func(context.Context, cache.ObjectName, controller.Action) error
 	timeout     time.Duration // one CouchDB request; default 2s
@@ -70,7 +73,7 @@ func startControllerOpts(t *testing.T, ns string, opts controllerOpts) *runningC
 	rec := metrics.New(reg)
 	hc := &http.Client{Transport: rec.InstrumentRoundTripper(env.addrs.Transport())}
 	ctrl, err := controller.NewController(ctx, controller.Config{
-		KubeClient: kubernetes.NewForConfigOrDie(env.cfg), Namespace: ns, Resync: 2 * time.Second, Metrics: rec,
+		KubeClient: kubernetes.NewForConfigOrDie(env.cfg), Namespace: ns, Resync: inProcessResync, Metrics: rec,
 		CredentialBackoff: opts.credBackoff, UnreachableAfter: 2 * time.Second, BeforeAction: hook,
 		CouchFactory: func(ep controller.Endpoint, creds controller.Credentials) (controller.CouchAPI, error) {
 			return couch.New(couch.Options{BaseURL: ep.URL, Username: creds.Username, Password: creds.Password, HTTPClient: hc, Timeout: opts.timeout})

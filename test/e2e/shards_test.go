@@ -5,15 +5,18 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/couchdb-controller/couchdb-controller/controller"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -115,6 +118,38 @@ func scaleTo(t *testing.T, ns, name string, replicas int) {
 	}
 }
 
+// readThroughout reads every document through pod 0 over and over until the returned stop is
+// called, which reports the most documents that were unreadable in one pass.
+func readThroughout(t *testing.T, s clusterSpec, ns string, docs int) (stop func() int32) {
+	var unreadable atomic.Int32
+	done := make(chan struct{})
+	quit := make(chan struct{})
+	passes := 0
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			if m := readAll(t, s, ns, docs); int32(m) > unreadable.Load() {
+				unreadable.Store(int32(m))
+			}
+			passes++
+			time.Sleep(20 * time.Millisecond) // pacing between passes, not a wait
+		}
+	}()
+	return func() int32 {
+		close(quit)
+		<-done
+		if passes == 0 {
+			t.Error("the reader never completed a pass")
+		}
+		return unreadable.Load()
+	}
+}
+
 func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 	ns := newNamespace(t)
 	s := newSpec("drain", 5)
@@ -124,24 +159,8 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	const docs = 60
 	loadData(t, s, ns, docs)
-	// Readers check every document stays readable throughout the drain.
-	var unreadable atomic.Int32
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if m := readAll(t, s, ns, docs); m > 0 {
-				unreadable.Store(int32(m))
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	// A reader checks every document stays readable throughout the drain.
+	stopReading := readThroughout(t, s, ns, docs)
 	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`)
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "drain", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
@@ -151,9 +170,7 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 		return err == nil && *sts.Spec.Replicas == 3, nil
 	})
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	close(stop)
-	<-done
-	if n := unreadable.Load(); n > 0 {
+	if n := stopReading(); n > 0 {
 		t.Errorf("%d documents were unreadable at some point during the drain", n)
 	}
 	if nodes := mapNodes(t, s, ns); !onlyOrdinalsBelow(nodes, s, ns, 3) {
@@ -180,27 +197,42 @@ func TestPlainScaleDownHeals(t *testing.T) {
 
 	// kubectl scale --replicas=3: nodes 3 and 4 are lost; their copies are re-created from survivors.
 	scaleTo(t, ns, "heal", 3)
-	poll(t, 120*time.Second, "db1's map to reference only live members", func(context.Context) (bool, error) {
-		return onlyOrdinalsBelow(mapNodes(t, s, ns), s, ns, 3), nil
+	var m couch.ShardMap
+	poll(t, 120*time.Second, "every range of db1 back to n=3 full copies, on live members only", func(ctx context.Context) (bool, error) {
+		var err error
+		if m, err = couchdb(t, ns, podName(s, 0), s.password).GetShardMap(ctx, "db1"); err != nil {
+			return false, nil
+		}
+		for _, rng := range m.Ranges() {
+			if nodes := m.ByRange[rng]; len(nodes) != 3 || !onlyOrdinalsBelow(nodes, s, ns, 3) {
+				return false, nil
+			}
+		}
+		return len(m.Ranges()) == 2 && fullCopies(ns, s, m, 3), nil
 	})
+	t.Logf("healed map: %v", m.ByRange)
 	waitMembers(t, s, ns, 3, 60*time.Second)
 	if m := readAll(t, s, ns, docs); m != 0 {
 		t.Errorf("%d documents missing after healing", m)
 	}
-
 }
 
 func TestScaleToOneRaisesDataAtRiskAndScaleUpRecovers(t *testing.T) {
+	ctx := context.Background()
 	ns := newNamespace(t)
 	s := newSpec("risk", 5)
 	s.parallel = true
-	startController(t, ns)
+	rc := startController(t, ns)
 	s.create(t, ns)
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	const docs = 40
 	loadDataQ(t, s, ns, docs, 8)
 	poll(t, 10*time.Second, "internal replication to settle", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
-	before := mapNodes(t, s, ns)
+	c0 := couchdb(t, ns, podName(s, 0), s.password)
+	before, err := c0.GetShardMap(ctx, "db1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	// kubectl scale --replicas=1 with n=3: ranges whose three copies are all on nodes 1-4 have no live
 	// copy left. Nothing of db1 may change; DataAtRisk names it.
 	scaleTo(t, ns, "risk", 1)
@@ -209,13 +241,50 @@ func TestScaleToOneRaisesDataAtRiskAndScaleUpRecovers(t *testing.T) {
 	if !strings.Contains(ev[0].Message, "db1") {
 		t.Errorf("DataAtRisk does not name db1: %s", ev[0].Message)
 	}
-	if after := mapNodes(t, s, ns); strings.Join(after, ",") != strings.Join(before, ",") {
-		t.Errorf("map changed while data was at risk: %v -> %v", before, after)
+	// Several resyncs later, still nothing removed: the same map, range by range, at the same
+	// revision, and every departed node still in _nodes (the controller may mark it decom, so new
+	// databases are not placed on it, but never deletes it while it holds the last copies).
+	base, since := counterSum(t, rc, "couchdb_controller_syncs_total"), time.Now()
+	poll(t, 60*time.Second, "two resync periods and three more syncs that change nothing", func(ctx context.Context) (bool, error) {
+		now, err := c0.GetShardMap(ctx, "db1")
+		if err != nil {
+			return false, fmt.Errorf("db1's map: %w", err)
+		}
+		if now.Rev != before.Rev {
+			return false, fmt.Errorf("db1's map was rewritten (%s -> %s) while data was at risk:\n%s", before.Rev, now.Rev, cmp.Diff(before.ByRange, now.ByRange))
+		}
+		for _, rng := range before.Ranges() {
+			if d := cmp.Diff(sorted(before.ByRange[rng]), sorted(now.ByRange[rng])); d != "" {
+				return false, fmt.Errorf("range %s changed while data was at risk (-before +after):\n%s", rng, d)
+			}
+		}
+		for i := 1; i < 5; i++ {
+			if _, err := c0.GetNodeDoc(ctx, s.nodeName(ns, i)); err != nil {
+				return false, fmt.Errorf("departed node %s's _nodes doc: %w", s.nodeName(ns, i), err)
+			}
+		}
+		return time.Since(since) >= 2*inProcessResync && counterSum(t, rc, "couchdb_controller_syncs_total") >= base+3, nil
+	})
+	// Databases with a live copy left are healed meanwhile (their lost references go); db1 and the
+	// departed nodes are not touched.
+	for _, e := range events(t, ns, controller.ReasonNodeRemoved) {
+		t.Errorf("NodeRemoved while data was at risk: %s", e.Message)
+	}
+	for _, e := range events(t, ns, controller.ReasonShardCopyRemoved) {
+		if strings.Contains(e.Message, " db1 ") {
+			t.Errorf("a copy of db1 was removed while its data was at risk: %s", e.Message)
+		}
 	}
 	// Scaling back up brings the copies back; every document is readable again.
 	scaleTo(t, ns, "risk", 5)
 	waitMembers(t, s, ns, 5, 90*time.Second)
 	poll(t, 60*time.Second, "every document readable again", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
+}
+
+func sorted(in []string) []string {
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return out
 }
 
 func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
@@ -226,7 +295,11 @@ func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
 	startController(t, ns)
 	s.create(t, ns)
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	loadData(t, s, ns, 30)
+	const docs = 30
+	loadData(t, s, ns, docs)
+	poll(t, 10*time.Second, "internal replication to settle", func(context.Context) (bool, error) { return readAll(t, s, ns, docs) == 0, nil })
+	// A reader checks every document stays readable while copies move.
+	stopReading := readThroughout(t, s, ns, docs)
 	scaleTo(t, ns, "rebal", 5)
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	// Every member ends up with an even share of all copies (system databases included).
@@ -254,8 +327,14 @@ func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
 		}
 		return hi-lo <= 1 && lo > 0, nil
 	})
+	if n := stopReading(); n > 0 {
+		t.Errorf("%d documents were unreadable at some point during the rebalance", n)
+	}
 	t.Logf("copies per node: %v", load)
-	if m := readAll(t, s, ns, 30); m != 0 {
+	if m := readAll(t, s, ns, docs); m != 0 {
 		t.Errorf("%d documents missing after rebalancing", m)
+	}
+	if n := len(events(t, ns, controller.ReasonShardCopyRemoved)); n == 0 {
+		t.Error("no ShardCopyRemoved event: copies were added but none moved")
 	}
 }
