@@ -2,6 +2,7 @@ package couch
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -319,5 +320,290 @@ func TestShardMapRoundTripKeepsUnknownFields(t *testing.T) {
 	}
 	if m.Validate() != nil {
 		t.Error("Clone shares memory with the original")
+	}
+}
+
+// newTestClientWith is newTestClient with options changed by set.
+func newTestClientWith(t *testing.T, h http.Handler, set func(*Options)) *Client {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	opts := Options{BaseURL: srv.URL, Username: "admin", Password: secretPassword, Timeout: 300 * time.Millisecond,
+		RetryWaitMin: time.Millisecond, RetryWaitMax: 2 * time.Millisecond}
+	set(&opts)
+	c, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// hold never answers: it reads the request (so the server notices the client going away) and waits
+// until the client gives up or the test releases it.
+func hold(_ *testing.T, _ http.ResponseWriter, r *http.Request, release <-chan struct{}) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	select {
+	case <-r.Context().Done():
+	case <-release:
+	}
+}
+
+// dropConn closes the connection without an answer, after the request was read.
+func dropConn(t *testing.T, w http.ResponseWriter) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	_ = conn.Close()
+}
+
+// TestNoRetryOnTransportFailure: a POST whose connection dropped or timed out may have been applied
+// by CouchDB, so it is never sent again (finish_cluster, add_node and enable_cluster must not run
+// twice); the idempotent methods are retried.
+func TestNoRetryOnTransportFailure(t *testing.T) {
+	failures := map[string]func(t *testing.T, w http.ResponseWriter, r *http.Request, release <-chan struct{}){
+		"dropped connection": func(t *testing.T, w http.ResponseWriter, _ *http.Request, _ <-chan struct{}) { dropConn(t, w) },
+		"timeout":            hold,
+	}
+	calls := []struct {
+		name     string
+		call     func(c *Client) error
+		wantHits int32
+	}{
+		{"POST finish_cluster", func(c *Client) error { return c.FinishCluster(context.Background()) }, 1},
+		{"POST add_node", func(c *Client) error {
+			return c.AddNode(context.Background(), AddNodeRequest{Host: "h", Port: 5984, Username: "admin", Password: "p"})
+		}, 1},
+		{"POST enable_cluster", func(c *Client) error { return c.EnableCluster(context.Background(), EnableClusterRequest{}) }, 1},
+		{"POST _sync_shards", func(c *Client) error { return c.SyncShards(context.Background(), "db1") }, 1},
+		{"GET is retried", func(c *Client) error { _, err := c.Membership(context.Background()); return err }, 3},
+		{"PUT is retried", func(c *Client) error { return c.AddNodeDoc(context.Background(), "n@h") }, 3},
+	}
+	for fname, fail := range failures {
+		for _, tc := range calls {
+			t.Run(fname+"/"+tc.name, func(t *testing.T) {
+				t.Parallel()
+				var hits atomic.Int32
+				release := make(chan struct{})
+				c := newTestClientWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					hits.Add(1)
+					fail(t, w, r, release)
+				}), func(o *Options) { o.Timeout = 150 * time.Millisecond })
+				t.Cleanup(func() { close(release) }) // before the server's Close, which waits for handlers
+				if err := tc.call(c); err == nil {
+					t.Error("no error")
+				} else if strings.Contains(err.Error(), secretPassword) {
+					t.Errorf("error leaks the password: %v", err)
+				}
+				if got := hits.Load(); got != tc.wantHits {
+					t.Errorf("sent %d times, want %d", got, tc.wantHits)
+				}
+			})
+		}
+	}
+}
+
+// TestCancel: cancelling the context ends a request at once, whether it is waiting for an answer or
+// for its next retry, and nothing is sent after that.
+func TestCancel(t *testing.T) {
+	cases := []struct {
+		name  string
+		serve func(w http.ResponseWriter, r *http.Request, release <-chan struct{})
+	}{
+		{"during a request", func(w http.ResponseWriter, r *http.Request, release <-chan struct{}) { hold(t, w, r, release) }},
+		{"during a retry wait", func(w http.ResponseWriter, _ *http.Request, _ <-chan struct{}) {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":"service_unavailable","reason":"r"}`)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var hits atomic.Int32
+			arrived := make(chan struct{}, 10)
+			release := make(chan struct{})
+			c := newTestClientWith(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				arrived <- struct{}{}
+				tc.serve(w, r, release)
+			}), func(o *Options) {
+				// Long enough that only the cancel can end the call quickly.
+				o.Timeout, o.RetryWaitMin, o.RetryWaitMax = 30*time.Second, 30*time.Second, 30*time.Second
+			})
+			t.Cleanup(func() { close(release) })
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() { _, err := c.Membership(ctx); done <- err }()
+			<-arrived
+			time.Sleep(20 * time.Millisecond) // into the wait (for the answer, or for the retry)
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("err = %v, want context.Canceled", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the call did not end when its context was cancelled")
+			}
+			if elapsed := time.Since(start); elapsed > 5*time.Second {
+				t.Errorf("took %s", elapsed)
+			}
+			if got := hits.Load(); got != 1 {
+				t.Errorf("sent %d times, want 1", got)
+			}
+		})
+	}
+}
+
+// TestMalformedBodiesEveryDecoder: every decoder turns a body that is not the JSON CouchDB documents
+// into a *DecodeError naming the call, and never into a zero value with a nil error.
+func TestMalformedBodiesEveryDecoder(t *testing.T) {
+	ctx := context.Background()
+	calls := []struct {
+		name, method, path string
+		wrongType          string // well-formed JSON of the wrong shape
+		call               func(c *Client) error
+	}{
+		{"Welcome", "GET", "/", `{"couchdb":7}`, func(c *Client) error { _, err := c.Welcome(ctx); return err }},
+		{"Up", "GET", "/_up", `{"status":["ok"]}`, func(c *Client) error { _, err := c.Up(ctx); return err }},
+		{"SetupState", "GET", "/_cluster_setup", `{"state":1}`, func(c *Client) error { _, err := c.SetupState(ctx); return err }},
+		{"Membership", "GET", "/_membership", `{"all_nodes":"a","cluster_nodes":[]}`, func(c *Client) error { _, err := c.Membership(ctx); return err }},
+		{"GetNodeDoc", "GET", "/_node/_local/_nodes/n@h", `{"_id":["n@h"]}`, func(c *Client) error { _, err := c.GetNodeDoc(ctx, "n@h"); return err }},
+		{"PutNodeDoc", "PUT", "/_node/_local/_nodes/n@h", `{"ok":"yes"}`, func(c *Client) error { _, err := c.PutNodeDoc(ctx, NodeDoc{ID: "n@h"}); return err }},
+		{"System", "GET", "/_node/n@h/_system", `{"uptime":"long"}`, func(c *Client) error { _, err := c.System(ctx, "n@h"); return err }},
+		{"DBInfo", "GET", "/db1", `{"doc_count":"many"}`, func(c *Client) error { _, err := c.DBInfo(ctx, "db1"); return err }},
+		{"ShardCopyInfo", "GET", "/_node/n@h/shards%2F00000000-ffffffff%2Fdb1.1", `{"doc_count":[]}`, func(c *Client) error {
+			_, err := c.ShardCopyInfo(ctx, "n@h", "shards/00000000-ffffffff/db1.1")
+			return err
+		}},
+		{"Shards", "GET", "/db1/_shards", `{"shards":{"00000000-ffffffff":"n@h"}}`, func(c *Client) error { _, err := c.Shards(ctx, "db1"); return err }},
+		{"GetShardMap", "GET", "/_node/_local/_dbs/db1", `{"by_range":[]}`, func(c *Client) error { _, err := c.GetShardMap(ctx, "db1"); return err }},
+		{"PutShardMap", "PUT", "/_node/_local/_dbs/db1", `{"rev":1}`, func(c *Client) error {
+			_, err := c.PutShardMap(ctx, ShardMap{ID: "db1", ByNode: map[string][]string{}, ByRange: map[string][]string{}})
+			return err
+		}},
+		{"AllDBs", "GET", "/_all_dbs", `{"dbs":[]}`, func(c *Client) error { _, err := c.AllDBs(ctx); return err }},
+		{"NodeAllDBs", "GET", "/_node/n@h/_all_dbs", `"db1"`, func(c *Client) error { _, err := c.NodeAllDBs(ctx, "n@h"); return err }},
+		{"MaintenanceMode", "GET", "/_node/n@h/_config/couchdb/maintenance_mode", `true`, func(c *Client) error { _, err := c.MaintenanceMode(ctx, "n@h"); return err }},
+		{"SetMaintenanceMode", "PUT", "/_node/n@h/_config/couchdb/maintenance_mode", `{"old":""}`, func(c *Client) error {
+			_, err := c.SetMaintenanceMode(ctx, "n@h", "true")
+			return err
+		}},
+	}
+	for _, tc := range calls {
+		bodies := map[string]string{
+			"html":       `<html><body>502 Bad Gateway</body></html>`,
+			"truncated":  `{"all_nodes":["couchdb@`,
+			"empty":      ``,
+			"wrong type": tc.wrongType,
+			// A body that echoes the password: the error must not.
+			"echo": `{"reason":"` + secretPassword,
+		}
+		for bname, body := range bodies {
+			t.Run(tc.name+"/"+bname, func(t *testing.T) {
+				code := http.StatusOK
+				if tc.method == http.MethodPut {
+					code = http.StatusCreated
+				}
+				c, _ := newTestClient(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method != tc.method || r.URL.EscapedPath() != tc.path {
+						t.Errorf("sent %s %s, want %s %s", r.Method, r.URL.EscapedPath(), tc.method, tc.path)
+					}
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(code)
+					_, _ = io.WriteString(w, body)
+				}))
+				err := tc.call(c)
+				var de *DecodeError
+				if !errors.As(err, &de) {
+					t.Fatalf("want *DecodeError, got %v", err)
+				}
+				if de.Method != tc.method || de.Path != tc.path || de.Code != code {
+					t.Errorf("DecodeError names %s %s %d, want %s %s %d", de.Method, de.Path, de.Code, tc.method, tc.path, code)
+				}
+				if s := fmt.Sprintf("%v %+v", err, err); strings.Contains(s, secretPassword) {
+					t.Errorf("error leaks the password: %s", s)
+				}
+			})
+		}
+	}
+}
+
+// TestForbiddenIsNotALockout: only CouchDB's lockout 403 is a lockout; other 403s are not auth
+// errors, so a caller does not back off its credentials for them.
+func TestForbiddenIsNotALockout(t *testing.T) {
+	cases := []struct {
+		body   string
+		locked bool
+	}{
+		{`{"error":"forbidden","reason":"Account is temporarily locked due to multiple authentication failures"}`, true},
+		{`{"error":"forbidden","reason":"Config section blacklisted for modification over HTTP API."}`, false},
+		{`{"error":"forbidden","reason":"Missing replicator database"}`, false},
+		{`{"error":"forbidden","reason":"You are not allowed to access this db."}`, false},
+		{`{"error":"forbidden","reason":"Write blocked by validate_doc_update: deadlock guard"}`, false},
+		{`{"error":"forbidden","reason":"by_node is mandatory"}`, false},
+		{`<html>403 Forbidden by a proxy</html>`, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.body, func(t *testing.T) {
+			c, _ := newTestClient(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(http.StatusForbidden)
+				_, _ = io.WriteString(w, tc.body)
+			}))
+			_, err := c.Membership(context.Background())
+			if !IsForbidden(err) || IsUnauthorized(err) {
+				t.Errorf("IsForbidden %v IsUnauthorized %v for %v", IsForbidden(err), IsUnauthorized(err), err)
+			}
+			if IsLocked(err) != tc.locked || IsAuthError(err) != tc.locked {
+				t.Errorf("IsLocked %v IsAuthError %v, want %v", IsLocked(err), IsAuthError(err), tc.locked)
+			}
+		})
+	}
+}
+
+// TestCredentialsNotInTransportErrors: timeouts, refused and dropped connections, decode errors:
+// none of their texts carries the password or the Authorization header.
+func TestCredentialsNotInTransportErrors(t *testing.T) {
+	header := base64.StdEncoding.EncodeToString([]byte("admin:" + secretPassword))
+	release := make(chan struct{})
+	defer close(release)
+	cases := []struct {
+		name  string
+		serve http.HandlerFunc
+	}{
+		{"timeout", func(w http.ResponseWriter, r *http.Request) { hold(t, w, r, release) }},
+		{"dropped", func(w http.ResponseWriter, _ *http.Request) { dropConn(t, w) }},
+		{"decode", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, secretPassword+header) }},
+		{"401", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"unauthorized","reason":"Name or password is incorrect."}`)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTestClientWith(t, tc.serve, func(o *Options) { o.Timeout = 100 * time.Millisecond; o.RetryMax = -1 })
+			var errs []error
+			_, err := c.Membership(context.Background())
+			errs = append(errs, err, c.FinishCluster(context.Background()),
+				c.EnableCluster(context.Background(), EnableClusterRequest{Username: "admin", Password: secretPassword}))
+			for i, err := range errs {
+				if err == nil && tc.name == "decode" && i > 0 {
+					continue // a setup action reads no body: a 200 is success whatever it says
+				}
+				if err == nil {
+					t.Fatalf("call %d: no error", i)
+				}
+				for _, s := range []string{err.Error(), fmt.Sprintf("%+v", err), fmt.Sprintf("%#v", err)} {
+					if strings.Contains(s, secretPassword) || strings.Contains(s, header) {
+						t.Errorf("error leaks credentials: %s", s)
+					}
+				}
+			}
+			if tc.name == "timeout" && !strings.Contains(errs[0].Error(), "Timeout") {
+				t.Errorf("a timeout should say so: %v", errs[0])
+			}
+		})
 	}
 }

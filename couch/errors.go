@@ -59,16 +59,17 @@ func IsUnauthorized(err error) bool { c, _ := statusCode(err); return c == http.
 // IsForbidden reports any 403.
 func IsForbidden(err error) bool { c, _ := statusCode(err); return c == http.StatusForbidden }
 
+// LockoutReason is the reason of the 403 CouchDB 3.4+ answers for a locked-out account
+// (couch_httpd_auth.erl ?LOCKOUT_MSG).
+const LockoutReason = "Account is temporarily locked due to multiple authentication failures"
+
 // IsLocked reports the 403 CouchDB 3.4+ answers once an account is locked out after repeated failed
-// logins from one client. Any further attempt, even with the right password, extends nothing but
-// must not be made: callers back off.
+// logins from one client. Any further attempt, even with the right password, is refused until the
+// lockout expires (it neither counts nor extends it), so callers back off. Other 403s (a forbidden
+// config section, a validate_doc_update refusal that happens to say "blocked") are not lockouts.
 func IsLocked(err error) bool {
 	c, se := statusCode(err)
-	if c != http.StatusForbidden {
-		return false
-	}
-	r := strings.ToLower(se.Reason)
-	return strings.Contains(r, "lock") || strings.Contains(r, "too many")
+	return c == http.StatusForbidden && se.Err == "forbidden" && strings.HasPrefix(se.Reason, "Account is temporarily locked")
 }
 
 // IsNodeDown reports a 412 nodedown from a request proxied through /_node/{node}/ to a node that is

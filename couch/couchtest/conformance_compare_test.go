@@ -52,6 +52,12 @@ var (
 
 // compare checks the emulator's body against the recorded one and returns the differences.
 func (r *shardReplayer) compare(c recordedCase, got string) []string {
+	return compareBody(&comparison{tokens: r.tokens, skipped: r.skipped}, c, got)
+}
+
+// compareBody checks the emulator's body against the recorded one of c with cmp (whose token pairs
+// carry over from case to case) and returns the differences.
+func compareBody(cmp *comparison, c recordedCase, got string) []string {
 	if strings.HasSuffix(c.Path, "/_prometheus") {
 		return comparePrometheus(c.Resp, got)
 	}
@@ -85,14 +91,18 @@ func (r *shardReplayer) compare(c recordedCase, got string) []string {
 			g = ga[:len(w.([]any))]
 		}
 	}
-	cmp := comparison{r: r, system: strings.HasSuffix(c.Path, "/_system")}
+	cmp.system = strings.HasSuffix(c.Path, "/_system")
+	cmp.diffs = nil
 	cmp.learnUUIDs(w, g)
 	cmp.walk("", w, g)
 	return append(diffs, cmp.diffs...)
 }
 
 type comparison struct {
-	r      *shardReplayer
+	tokens  *tokenMap
+	skipped map[string]int // field -> times it was not compared
+	// shards, if set, compares the "shards" member of a /{db}/_shards answer instead of walk.
+	shards func(c *comparison, path string, w, g any)
 	system bool // a /_system answer: VM statistics are measurements of the run, compared by type
 	diffs  []string
 }
@@ -109,7 +119,7 @@ func (c *comparison) learnUUIDs(w, g any) {
 			for k, v := range x {
 				if s, ok := v.(string); ok && (k == "uuid" || strings.HasSuffix(k, "_uuid")) && hex32RE.MatchString(s) {
 					if gs, ok := y[k].(string); ok && hex32RE.MatchString(gs) {
-						c.r.tokens.pair("hex:", s, gs)
+						c.tokens.pair("hex:", s, gs)
 					}
 				}
 				c.learnUUIDs(v, y[k])
@@ -180,6 +190,10 @@ func (c *comparison) walk(path string, w, g any) {
 				c.errorf(path, "missing field %q", k)
 				continue
 			}
+			if k == "shards" && path == "" && c.shards != nil {
+				c.shards(c, path+"/"+k, v, gv)
+				continue
+			}
 			c.field(path+"/"+k, k, v, gv)
 		}
 	case []any:
@@ -219,7 +233,7 @@ func (c *comparison) field(path, key string, w, g any) {
 		if _, ok := g.(float64); !ok {
 			c.errorf(path, "recorded a number, got %v", g)
 		}
-		c.r.skipped["sizes."+key]++
+		c.skipped["sizes."+key]++
 		return
 	}
 	c.walk(path, w, g)
@@ -231,7 +245,7 @@ func (c *comparison) str(path, w string, g any) {
 		c.errorf(path, "recorded %q, got %v", w, g)
 		return
 	}
-	tokens := c.r.tokens
+	tokens := c.tokens
 	switch {
 	case revHashRE.MatchString(w):
 		wm, gm := revHashRE.FindStringSubmatch(w), revHashRE.FindStringSubmatch(gs)

@@ -23,7 +23,11 @@
 //   - the _replicator database and scheduler: documents go null -> initializing -> running, then
 //     crashing (auth errors, unreachable endpoints, duplicates) or completed (one-shot, document
 //     rewritten); jobs copy documents over HTTP, so replications between emulated nodes work;
-//   - maintenance mode and its effect on /_up and on writes; basic auth, 401 bodies and lockout;
+//   - maintenance mode and its effect on /_up and on writes; basic auth, 401 bodies and 3.4's
+//     lockout as couch_auth_lockout keeps it: failures counted per (client address, user, password
+//     salt), 403 from the 5th on even for the right password, attempts while locked not counted, the
+//     count dropped 5 minutes after its first failure, a password change (new salt) or a restart
+//     starting afresh; Requests counts failed, locked and all authentication attempts;
 //   - fault injection per node: stop/start, hang, latency, 5xx, dropped connections, bad JSON.
 //
 // Its delays (internal replication's sync delay, the scheduler's steps, checkpoint intervals) default
@@ -33,6 +37,8 @@
 // What it deliberately does not model: views, Mango, continuous _changes feeds, attachments,
 // conflicts between document revisions (the highest revision wins), compaction, resharding jobs,
 // filtered replications, disk persistence (a stopped node keeps its data in memory, like a
-// PersistentVolumeClaim), real Erlang distribution, cookie sessions, on-disk file sizes, and revision
+// PersistentVolumeClaim), real Erlang distribution, cookie sessions, the lockout's warn and off
+// modes, its max_objects bound and client_ip_header (the peer is always the socket's), on-disk file
+// sizes, and revision
 // hashes (deterministic MD5s over the revision's content, but not CouchDB's term_to_binary encoding).
 package couchtest

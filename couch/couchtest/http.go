@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -37,7 +36,18 @@ func (n *Node) Handler() http.Handler {
 		}
 		if f.Hang {
 			n.hang(r)
-			return
+			if r.Context().Err() != nil {
+				return // the client gave up
+			}
+			// Cleared, like a paused VM resumed: the request is answered now, with the fault set now.
+			// A node stopped meanwhile drops the connection.
+			nw.mu.Lock()
+			f, running = n.fault, n.running
+			nw.mu.Unlock()
+			if !running || f.Hang {
+				hijackClose(w)
+				return
+			}
 		}
 		w.Header().Set("X-Couch-Request-ID", randomHex(5))
 		w.Header().Set("Server", "CouchDB/3.4.3 (Erlang OTP/25)")
@@ -76,7 +86,7 @@ func (n *Node) Handler() http.Handler {
 	})
 }
 
-// hang holds the request until the client gives up or the fault is cleared.
+// hang holds the request until the client gives up, the fault is cleared or the node stops.
 func (n *Node) hang(r *http.Request) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -230,37 +240,6 @@ func (n *Node) up() (int, any) {
 	return http.StatusOK, obj{"status": "ok", "seeds": seeds}
 }
 
-// authenticate applies basic auth and the 3.4 lockout. Every path but / and /_up is admin-only
-// (3.x defaults databases to admin_only security).
-func (n *Node) authenticate(r *http.Request) (int, any, bool) {
-	user, pass, ok := r.BasicAuth()
-	if !ok {
-		if strings.HasPrefix(r.Header.Get("Authorization"), "Basic ") {
-			return http.StatusBadRequest, errBody("bad_request", "Authorization header has invalid base64 value"), false
-		}
-		return http.StatusUnauthorized, errBody("unauthorized", "You are not a server admin."), false
-	}
-	host, _, _ := net.SplitHostPort(r.RemoteAddr)
-	key := host + "|" + user
-	now := n.net.opts.Clock()
-	var recent []time.Time
-	for _, t := range n.failures[key] {
-		if now.Sub(t) < n.net.opts.LockoutWindow {
-			recent = append(recent, t)
-		}
-	}
-	n.failures[key] = recent
-	if len(recent) >= 5 {
-		return http.StatusForbidden, errBody("forbidden", "Account is temporarily locked due to multiple authentication failures"), false
-	}
-	if want, ok := n.admins[user]; !ok || want != pass {
-		n.failures[key] = append(n.failures[key], now)
-		n.requests.Failures++
-		return http.StatusUnauthorized, errBody("unauthorized", "Name or password is incorrect."), false
-	}
-	return 0, nil, true
-}
-
 func (n *Node) allNodes() []string {
 	var out []string
 	for _, o := range n.net.order {
@@ -289,8 +268,8 @@ func (n *Node) dbsAllDocs() obj {
 	return obj{"total_rows": len(rows), "offset": 0, "rows": rows}
 }
 
-// session is POST /_session (cookie login), which the replicator uses to check its credentials. A
-// failed login counts towards the lockout like any other.
+// session is POST /_session (cookie login), which the replicator uses to check its credentials. It
+// is subject to the lockout like basic auth (see login).
 func (n *Node) session(r *http.Request, body []byte) (int, any) {
 	if r.Method == http.MethodGet {
 		user, _, _ := r.BasicAuth()
@@ -305,11 +284,8 @@ func (n *Node) session(r *http.Request, body []byte) (int, any) {
 			req.Name, req.Password = v.Get("name"), v.Get("password")
 		}
 	}
-	if want, ok := n.admins[req.Name]; !ok || want != req.Password {
-		key := hostOf(r) + "|" + req.Name
-		n.failures[key] = append(n.failures[key], n.net.opts.Clock())
-		n.requests.Failures++
-		return http.StatusUnauthorized, errBody("unauthorized", "Name or password is incorrect.")
+	if code, resp := n.login(hostOf(r), req.Name, req.Password, true); code != 0 {
+		return code, resp
 	}
 	return http.StatusOK, obj{"ok": true, "name": req.Name, "roles": []string{"_admin"}}
 }

@@ -28,7 +28,9 @@ type NetworkOptions struct {
 	// Zero pushes synchronously, within the request (the emulator's historical behaviour, which
 	// callers that read a map from another node right after writing it rely on).
 	DBsPushDelay time.Duration
-	// LockoutWindow is how long failed logins count (real CouchDB: 5 minutes). Default 5m.
+	// LockoutWindow is [chttpd_auth_lockout] max_lifetime: how long a client's failure count for a
+	// user lives after its first failure; 5 failures within it lock the user out for the rest of it.
+	// Default 5m, as in CouchDB.
 	LockoutWindow time.Duration
 	// Clock, if set, replaces time.Now for lockout expiry and for the creation time that names new
 	// shard files (the shard suffix) and dates databases.
@@ -135,13 +137,15 @@ func (nw *Network) AddNode(cfg NodeConfig) (*Node, error) {
 			"couchdb":     {"uuid": cfg.UUID},
 			"chttpd_auth": {"secret": cfg.Secret},
 		},
-		admins:   map[string]string{cfg.AdminUser: cfg.AdminPassword},
+		admins:   map[string]string{},
+		salts:    map[string]string{},
 		nodesDB:  map[string]*rawDoc{},
 		dbsDB:    map[string]*mapDoc{},
 		copies:   map[string]*shardCopy{},
-		failures: map[string][]time.Time{},
+		lockouts: map[lockoutKey]*lockoutEntry{},
 		addr:     cfg.Addr,
 	}
+	n.setAdmin(cfg.AdminUser, cfg.AdminPassword)
 	if len(cfg.Seedlist) > 0 {
 		n.config["cluster"]["seedlist"] = strings.Join(cfg.Seedlist, ",")
 	}
@@ -286,7 +290,8 @@ type Node struct {
 	copies   map[string]*shardCopy // by shard name "shards/<range>/<db><suffix>"
 	dbsSeq   int                   // update sequence of the node-local _dbs
 	seeded   bool
-	failures map[string][]time.Time // "ip|user" -> failed login times
+	salts    map[string]string // user -> salt of the stored password hash
+	lockouts map[lockoutKey]*lockoutEntry
 	fault    Fault
 	requests RequestCounts
 	stats    nodeStats

@@ -13,12 +13,14 @@ import (
 
 // Fault makes a node misbehave; the zero Fault clears it.
 type Fault struct {
-	Latency  time.Duration // added before every answer
-	Hang     bool          // read the request, never answer (until the client gives up or the fault is cleared)
-	Status   int           // answer every request with this status and a CouchDB-style error body
-	Drop     bool          // close the connection without an answer
-	NonJSON  bool          // answer 200 with a body that is not JSON
-	Truncate bool          // answer 200 with truncated JSON
+	Latency time.Duration // added before every answer
+	// Hang reads the request and holds it: no answer until the client gives up. Clearing the fault
+	// answers it (a paused VM resumed); stopping the node drops it.
+	Hang     bool
+	Status   int  // answer every request with this status and a CouchDB-style error body
+	Drop     bool // close the connection without an answer
+	NonJSON  bool // answer 200 with a body that is not JSON
+	Truncate bool // answer 200 with truncated JSON
 	// SpareUp leaves GET /_up healthy, so the pod's readiness probe passes while everything else
 	// fails: CouchDB's /_up is cheap and often still answers when the cluster layer does not.
 	SpareUp bool
@@ -29,7 +31,14 @@ type RequestCounts struct {
 	ByMethod map[string]int
 	ByPath   map[string]int // "METHOD /path" with ids kept, for precise assertions
 	Writes   int            // anything but GET and HEAD
-	Failures int            // failed logins
+	Failures int            // logins refused with 401 (wrong password, or unknown user)
+	// Locked counts the attempts refused with 403 because the account was locked out: CouchDB does
+	// not count them as failures, but each one is a client trying again.
+	Locked int
+	// AuthAttempts counts every authentication attempt: each request that presented a name and
+	// password (basic auth or POST /_session), and each remote login add_node or enable_cluster made
+	// here, whether it succeeded, failed or was refused as locked.
+	AuthAttempts int
 }
 
 // Name is the node's Erlang name.
@@ -59,6 +68,7 @@ func (n *Node) Start() error {
 	n.running = true
 	n.started = time.Now()
 	n.fault = Fault{}
+	n.lockouts = map[lockoutKey]*lockoutEntry{} // couch_lockout_lru lives in the VM's memory
 	// mem3_nodes:initialize_nodelist inserts this node and every seed with an empty body.
 	for _, id := range append([]string{n.name}, n.cfg.Seedlist...) {
 		if d, ok := n.nodesDB[id]; !ok || d.Deleted {
@@ -80,9 +90,9 @@ func (n *Node) Start() error {
 // Stop shuts the node down. Its data stays for the next Start, like a pod's persistent volume.
 func (n *Node) Stop() {
 	n.net.mu.Lock()
-	srv := n.server
+	srv, ln := n.server, n.listener
 	n.running = false
-	n.server = nil
+	n.server, n.listener = nil, nil
 	n.net.mu.Unlock()
 	if srv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -90,6 +100,12 @@ func (n *Node) Stop() {
 		if err := srv.Shutdown(ctx); err != nil {
 			_ = srv.Close()
 		}
+	}
+	if ln != nil {
+		// Closed here too: Shutdown closes only the listeners Serve tracks, and a Serve goroutine that
+		// has not started yet tracks its listener too late; connections would queue on it and then be
+		// reset instead of refused.
+		_ = ln.Close()
 	}
 }
 
@@ -117,18 +133,22 @@ func (n *Node) SetFault(f Fault) {
 	n.fault = f
 }
 
-// SetAdminPassword changes the admin's password, as an operator editing local.ini would.
+// SetAdminPassword changes the admin's password, as an operator editing local.ini (or PUT
+// /_node/_local/_config/admins/{user}) would. CouchDB hashes it with a new salt, and the salt is part
+// of the lockout key: failures counted against the old hash no longer lock the account, even when the
+// password set is the same.
 func (n *Node) SetAdminPassword(user, password string) {
 	n.net.mu.Lock()
 	defer n.net.mu.Unlock()
-	n.admins[user] = password
+	n.setAdmin(user, password)
 }
 
 // Requests returns a copy of the request counters.
 func (n *Node) Requests() RequestCounts {
 	n.net.mu.Lock()
 	defer n.net.mu.Unlock()
-	out := RequestCounts{ByMethod: map[string]int{}, ByPath: map[string]int{}, Writes: n.requests.Writes, Failures: n.requests.Failures}
+	out := n.requests
+	out.ByMethod, out.ByPath = map[string]int{}, map[string]int{}
 	for k, v := range n.requests.ByMethod {
 		out.ByMethod[k] = v
 	}

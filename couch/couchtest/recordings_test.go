@@ -2,10 +2,16 @@ package couchtest
 
 import (
 	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -22,13 +28,46 @@ type recordedCase struct {
 	Body    string
 	CType   string // a Content-Type other than JSON, when the line names one
 	Code    int
-	Resp    string
+	// NoResponse is a request that got no HTTP answer ("-> HTTP (no response)"); Resp then holds the
+	// client's error, e.g. "connection failed: [Errno 111] Connection refused".
+	NoResponse bool
+	Resp       string
 }
 
 var (
 	reqLine  = regexp.MustCompile(`^(GET|PUT|POST|DELETE|HEAD) 127\.0\.0\.1:(\d+)(\S*)(?:\s+with Content-Type: (\S+))?(?:\s+\(auth ([^:]+):\*\*\*\))?`)
 	codeLine = regexp.MustCompile(`^-> HTTP (\d+)`)
+	noResp   = regexp.MustCompile(`^-> HTTP \(no response\)$`)
 )
+
+// Every recorded answer starts with this marker, at the start of its line, whatever the parser makes
+// of it; the poll logs ("t=0.1 s  GET ...  -> HTTP 200") carry it mid-line and are not cases.
+const (
+	answerMarker = "-> HTTP "
+	requestHost  = " 127.0.0.1:"
+)
+
+// countRecorded counts the recorded cases of file without the parser: the lines that start with the
+// answer marker, and the request lines (a method, then the recorded host). The conformance tests
+// check their own coverage against these counts, so a case the parser drops cannot go unnoticed.
+func countRecorded(t *testing.T, file string) (answers, requests int) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, answerMarker) {
+			answers++
+		}
+		for _, m := range []string{"GET", "PUT", "POST", "DELETE", "HEAD"} {
+			if strings.HasPrefix(l, m+requestHost) {
+				requests++
+			}
+		}
+	}
+	return answers, requests
+}
 
 // sharedDir is where the recordings are read from: testdata/ holds copies of
 // ../shared/couchdb-real-*.md so the tests run from any checkout; TestRecordingsMatchShared keeps the
@@ -81,7 +120,7 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "```"):
-			if inBlock && cur != nil && cur.Code != 0 {
+			if inBlock && cur != nil && (cur.Code != 0 || cur.NoResponse) {
 				cur.Resp = strings.TrimSpace(cur.Resp)
 				out = append(out, *cur)
 			}
@@ -108,8 +147,13 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 			cur.Body = b
 			continue
 		}
-		if m := codeLine.FindStringSubmatch(line); m != nil {
+		if m := codeLine.FindStringSubmatch(line); m != nil && !afterCode {
 			cur.Code = atoi(m[1])
+			afterCode = true
+			continue
+		}
+		if noResp.MatchString(line) && !afterCode {
+			cur.NoResponse = true
 			afterCode = true
 			continue
 		}
@@ -128,18 +172,92 @@ func atoi(s string) int {
 	return n
 }
 
+// errnoRE reads the errno a recorded client error names (Python's "[Errno 111]").
+var errnoRE = regexp.MustCompile(`\[Errno (\d+)\]`)
+
+// sameFailure reports whether err is the transport failure the recorded case c shows: the same errno
+// (111 is ECONNREFUSED: nothing listened on the port).
+func sameFailure(c recordedCase, err error) (bool, string) {
+	m := errnoRE.FindStringSubmatch(c.Resp)
+	if m == nil {
+		return false, "the recording names no errno: " + c.Resp
+	}
+	want := syscall.Errno(atoi(m[1]))
+	if err == nil {
+		return false, fmt.Sprintf("got an answer, recorded %s (%v)", c.Resp, want)
+	}
+	if !errors.Is(err, want) {
+		return false, fmt.Sprintf("got %v, recorded %s (%v)", err, c.Resp, want)
+	}
+	return true, ""
+}
+
 func TestParseRecordings(t *testing.T) {
 	dir := sharedDir(t)
 	for _, f := range []string{"couchdb-real-responses.md", "couchdb-real-shards.md"} {
-		cases := parseRecordings(t, filepath.Join(dir, f))
-		if len(cases) < 50 {
-			t.Errorf("%s: only %d cases parsed", f, len(cases))
+		file := filepath.Join(dir, f)
+		cases := parseRecordings(t, file)
+		answers, requests := countRecorded(t, file)
+		if answers == 0 || answers != requests || len(cases) != answers {
+			t.Errorf("%s: %d cases parsed, but %d answer markers and %d request lines", f, len(cases), answers, requests)
 		}
+		noResponse := 0
 		for _, c := range cases {
-			if c.Code == 0 || c.Path == "" {
+			if c.Path == "" || (c.Code == 0) == !c.NoResponse || c.NoResponse && c.Resp == "" {
 				t.Errorf("%s %q: incomplete case %+v", f, c.Title, c)
 			}
+			if c.NoResponse {
+				noResponse++
+			}
 		}
-		t.Logf("%s: %d recorded cases", f, len(cases))
+		t.Logf("%s: %d recorded cases (%d without an HTTP answer), %d answer markers", f, len(cases), noResponse, answers)
+	}
+}
+
+// TestParseRecordingsNoResponse pins the cases without an answer: the shards recording has two,
+// both a stopped node3 refusing the connection.
+func TestParseRecordingsNoResponse(t *testing.T) {
+	var got []string
+	for _, c := range parseRecordings(t, filepath.Join(sharedDir(t), "couchdb-real-shards.md")) {
+		if c.NoResponse {
+			got = append(got, c.Method+" "+c.Port+c.Path+": "+c.Resp)
+		}
+	}
+	want := []string{
+		"GET 35984/_up: connection failed: [Errno 111] Connection refused",
+		"GET 35984/_membership: connection failed: [Errno 111] Connection refused",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("cases without an answer:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestSameFailure(t *testing.T) {
+	refused := recordedCase{NoResponse: true, Resp: "connection failed: [Errno 111] Connection refused"}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	_, dialErr := net.Dial("tcp", addr)
+	cases := []struct {
+		name string
+		c    recordedCase
+		err  error
+		want bool
+	}{
+		{"a closed port", refused, dialErr, true},
+		{"an answer", refused, nil, false},
+		{"a reset connection", refused, &net.OpError{Op: "read", Err: syscall.ECONNRESET}, false},
+		{"a timeout", refused, context.DeadlineExceeded, false},
+		{"a recording without an errno", recordedCase{NoResponse: true, Resp: "connection failed"}, dialErr, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, diff := sameFailure(tc.c, tc.err); got != tc.want {
+				t.Errorf("sameFailure(%v) = %v (%s), want %v", tc.err, got, diff, tc.want)
+			}
+		})
 	}
 }

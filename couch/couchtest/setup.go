@@ -118,7 +118,7 @@ func (n *Node) enableCluster(req map[string]any) (int, any) {
 		if target := n.net.nodeByAddr(remote, port); target != nil {
 			user, _ := str(req, "remote_current_user")
 			pass, _ := str(req, "remote_current_password")
-			if target.admins[user] == pass && !target.clusterEnabled() {
+			if code, _ := target.login(n.peerHost(), user, pass, false); code == 0 && !target.clusterEnabled() {
 				fwd := map[string]any{}
 				for k, v := range req {
 					if !strings.HasPrefix(k, "remote_") && k != "port" {
@@ -154,7 +154,7 @@ func (n *Node) enableCluster(req map[string]any) (int, any) {
 		if !hasPass {
 			return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": "badarg", "ref": 1}
 		}
-		n.admins[user] = pass
+		n.setAdmin(user, pass)
 	}
 	if hasBind {
 		n.config["chttpd"]["bind_address"] = bind
@@ -193,7 +193,7 @@ func (n *Node) enableSingleNode(req map[string]any) (int, any) {
 		return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": "ok", "ref": 1}
 	}
 	if user, ok := str(req, "username"); ok {
-		n.admins[user], _ = str(req, "password")
+		n.setAdmin(user, str0(req, "password"))
 	}
 	n.config["chttpd"]["bind_address"] = bind
 	n.config["cluster"]["n"] = "1"
@@ -243,8 +243,9 @@ func (n *Node) addNode(r *http.Request, req map[string]any) (int, any) {
 	if !hasPass {
 		return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": "function_clause", "ref": 1}
 	}
-	if want, ok := target.admins[user]; !ok || want != pass {
-		target.failures[hostOf(r)+"|"+user] = append(target.failures[hostOf(r)+"|"+user], n.net.opts.Clock())
+	// setup:add_node_int asks the remote over HTTP, from this node: the remote counts a failed login
+	// (or refuses a locked one) like any other, and whatever it answers, the reply here is 201.
+	if code, _ := target.login(n.peerHost(), user, pass, false); code != 0 {
 		return http.StatusCreated, obj{"ok": true}
 	}
 	target.cfg.Cookie = n.cfg.Cookie // receive_cookie
@@ -280,8 +281,9 @@ func (n *Node) finishCluster(req map[string]any) (int, any) {
 	// Admins, uuid and secret are copied to every member on every call.
 	for _, m := range n.members() {
 		if other := n.net.nodes[m]; other != nil && other != n {
+			// sync_admins copies the stored hashes, so the members share the salt too.
 			for u, p := range n.admins {
-				other.admins[u] = p
+				other.admins[u], other.salts[u] = p, n.salts[u]
 			}
 			other.config["couchdb"]["uuid"] = n.config["couchdb"]["uuid"]
 			other.config["chttpd_auth"]["secret"] = n.config["chttpd_auth"]["secret"]

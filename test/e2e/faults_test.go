@@ -173,45 +173,101 @@ func fullCopies(ns string, s clusterSpec, m couch.ShardMap, n int) bool {
 
 // TestWrongPasswordUntilLockout: after formation the admin password is changed in CouchDB but not in
 // the Secret. The controller asks a single node, backing off, until CouchDB 3.4 locks the account
-// (5 failed logins); the other nodes never see a failed login. The Secret is fixed while the account
-// is locked: CouchDB refuses even the right password, the controller says so and keeps backing off;
-// once the lockout expires (the emulator's clock is moved past it), the next attempt succeeds and a
-// new pod joins. The failed logins are counted: no hammering.
+// (5 failed logins); the other nodes never see a failed login. It keeps trying while locked, backing
+// off: those attempts are refused with 403 and are not failures. The Secret is fixed while the
+// account is locked: CouchDB refuses even the right password, the controller says so and keeps
+// backing off; once the lockout expires (the emulator's clock is moved past it), the next attempt
+// succeeds and a new pod joins.
+//
+// No hammering: every authentication attempt db-0 saw is counted, the locked ones too, and the total
+// must stay within what the controller's credential backoff allows (one attempt, then one after each
+// wait, the wait doubling from credBackoff) over the time each password was being refused.
 func TestWrongPasswordUntilLockout(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	s := newSpec("lock", 3)
 	s.parallel = true
-	startControllerOpts(t, ns, controllerOpts{credBackoff: 200 * time.Millisecond})
+	const credBackoff = 200 * time.Millisecond
+	startControllerOpts(t, ns, controllerOpts{credBackoff: credBackoff})
 	s.create(t, ns)
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	failures := func(i int) int { return env.backend.Node(ns, podName(s, i)).Requests().Failures }
+	node := func(i int) *couchtest.Node { return env.backend.Node(ns, podName(s, i)) }
+	// allowed is how many logins the backoff permits within d of the first: one at once, then one
+	// after credBackoff, 2·credBackoff, 4·credBackoff... (capped at 5 minutes, as the controller's is).
+	allowed := func(d time.Duration) int {
+		n, wait := 1, credBackoff
+		for at := wait; at <= d; at += wait {
+			n++
+			wait = min(2*wait, 5*time.Minute)
+		}
+		return n
+	}
+	// Counts before the password changes: formation logged in successfully, nothing failed.
+	before := make([]couchtest.RequestCounts, 3)
+	for i := range before {
+		before[i] = node(i).Requests()
+		if before[i].Failures != 0 || before[i].Locked != 0 {
+			t.Fatalf("db-%d had %d failed and %d locked logins before the password changed", i, before[i].Failures, before[i].Locked)
+		}
+	}
+	base := func(i int) couchtest.RequestCounts {
+		if i < len(before) {
+			return before[i]
+		}
+		return couchtest.RequestCounts{} // db-3 boots later
+	}
+	failures := func(i int) int { return node(i).Requests().Failures - base(i).Failures }
+	locked := func(i int) int { return node(i).Requests().Locked - base(i).Locked }
 
 	const rotated = "rotated-password-5521"
 	usePassword(rotated)
+	rotatedAt := time.Now()
 	for i := 0; i < 3; i++ {
-		env.backend.Node(ns, podName(s, i)).SetAdminPassword("admin", rotated)
+		node(i).SetAdminPassword("admin", rotated)
 	}
 	waitEvent(t, ns, controller.ReasonCredentialsInvalid)
-	poll(t, 60*time.Second, "CouchDB to lock the account", func(context.Context) (bool, error) {
-		code, _ := rawDo(t, ns, podName(s, 0), rotated, "GET", "/_membership", "")
-		return code == 403, nil
+	poll(t, 60*time.Second, "CouchDB to lock the account (5 failed logins on db-0)", func(context.Context) (bool, error) {
+		return failures(0) >= 5, nil
 	})
-	locked := time.Now()
-	time.Sleep(3 * time.Second) // the controller keeps trying, locked out: those are not failed logins
+	locked0 := time.Now()
+	// CouchDB's side of it: even the right password is refused now. This probe is the test's own
+	// attempt while locked; it is not the controller's.
+	if code, body := rawDo(t, ns, podName(s, 0), rotated, "GET", "/_membership", ""); code != 403 {
+		t.Fatalf("db-0 answered %d %s with the right password, want 403: the account should be locked", code, body)
+	}
+	const probes = 1
+	// The controller keeps trying while locked; each try is a 403, not a failure.
+	poll(t, 30*time.Second, "a controller attempt against the locked account", func(context.Context) (bool, error) {
+		return locked(0)-probes >= 1, nil
+	})
 	if f := failures(0); f != 5 {
 		t.Errorf("db-0 saw %d failed logins, want exactly the 5 that lock the account", f)
 	}
-	if f1, f2 := failures(1), failures(2); f1+f2 != 0 {
-		t.Errorf("the other nodes saw %d and %d failed logins; only one node should be asked", f1, f2)
+	for i := 1; i < 3; i++ {
+		if f, l := failures(i), locked(i); f+l != 0 {
+			t.Errorf("db-%d saw %d failed and %d locked logins; only one node should be asked", i, f, l)
+		}
 	}
 
 	setSecretPassword(t, ns, s, rotated)
+	fixedAt := time.Now()
+	lockedAtFix := locked(0)
+	// Every refused attempt with the old Secret, against what the backoff allows since the password
+	// changed (the first attempt came later than that, so the bound is loose, never tight).
+	oldSecret := failures(0) + lockedAtFix - probes
+	if limit := allowed(fixedAt.Sub(rotatedAt)); oldSecret > limit {
+		t.Errorf("the controller tried the old password %d times in %s (locked after %s); its backoff allows %d",
+			oldSecret, fixedAt.Sub(rotatedAt).Round(time.Millisecond), locked0.Sub(rotatedAt).Round(time.Millisecond), limit)
+	}
+	// A changed Secret is tried at once: against the locked account, that is a 403 too.
+	poll(t, 30*time.Second, "the fixed Secret to be tried against the locked account", func(context.Context) (bool, error) {
+		return locked(0) > lockedAtFix, nil
+	})
 	s.password = rotated
 	passwords.Store(ns, rotated)
 	poll(t, 30*time.Second, "a Warning that the account is locked", func(context.Context) (bool, error) {
 		for _, e := range events(t, ns, controller.ReasonCredentialsInvalid) {
-			if strings.Contains(e.Message, "locked") && !e.LastTimestamp.Time.Before(locked.Truncate(time.Second)) {
+			if strings.Contains(e.Message, "locked") && !e.LastTimestamp.Time.Before(locked0.Truncate(time.Second)) {
 				return true, nil
 			}
 		}
@@ -222,12 +278,27 @@ func TestWrongPasswordUntilLockout(t *testing.T) {
 	scaleTo(t, ns, s.name, 4)
 	couchClockSkew.Add(int64(6 * time.Minute))
 	waitMembers(t, s, ns, 4, 60*time.Second)
-	if f := failures(0) + failures(1) + failures(2) + failures(3); f != 5 {
-		t.Errorf("%d failed logins in all, want 5", f)
-	}
+	recoveredAt := time.Now()
 	if _, err := couchdb(t, ns, podName(s, 0), rotated).Membership(ctx); err != nil {
 		t.Errorf("the account is still refused: %v", err)
 	}
+	total := 0
+	for i := 0; i < 4; i++ {
+		total += failures(i)
+	}
+	if total != 5 {
+		t.Errorf("%d failed logins in all, want 5", total)
+	}
+	// The right password was refused only while db-0 was locked. The Secret's change reset the
+	// backoff, so the count starts again from one attempt at once; one more is allowed for an attempt
+	// with the old Secret that was under way when it changed.
+	newSecret := locked(0) - lockedAtFix
+	if limit := allowed(recoveredAt.Sub(fixedAt)) + 1; newSecret > limit {
+		t.Errorf("the controller tried the fixed Secret %d times against the locked account in %s; its backoff allows %d",
+			newSecret, recoveredAt.Sub(fixedAt).Round(time.Millisecond), limit)
+	}
+	t.Logf("db-0: %d failed logins and %d attempts while locked with the old Secret over %s; %d attempts while locked with the fixed one over %s",
+		5, oldSecret-5, fixedAt.Sub(rotatedAt).Round(time.Millisecond), newSecret, recoveredAt.Sub(fixedAt).Round(time.Millisecond))
 }
 
 func setSecretPassword(t *testing.T, ns string, s clusterSpec, pw string) {
