@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -18,13 +19,16 @@ import (
 )
 
 // TestFaultMatrix: one member's CouchDB misbehaves while its 3-node cluster (db1 with data, kept on
-// every member by couchdb.io/replicate) grows to 4. Each fault runs twice: seen by Kubernetes (the
-// readiness probe fails too, so the pod turns NotReady) and unseen (/_up stays healthy, so the pod
-// stays Ready and only the controller's requests fail). For every case:
+// every member by couchdb.io/replicate) grows to 4. The faulty member is db-1, or db-0 (the node the
+// controller asks first and writes through while it is healthy) for the faults that fail requests.
+// Each fault runs twice: seen by Kubernetes (the readiness probe fails too, so the pod turns NotReady)
+// and unseen (/_up stays healthy, so the pod stays Ready and only the controller's requests fail).
+// For every case:
 //   - the new node joins while the fault lasts (one bad node does not stop the cluster's others);
 //   - nothing of the faulty member is removed: its _nodes doc and every shard copy stay;
 //   - every document stays readable through a healthy node;
-//   - an unseen fault that fails requests raises a CouchDBUnreachable or CouchDBBadResponse Warning;
+//   - an unseen fault that fails requests raises a CouchDBUnreachable or CouchDBBadResponse Warning,
+//     and a slow node (slow, not down) raises no CouchDBUnreachable at all;
 //   - once the fault clears, all 4 nodes are members and hold a full copy of every range of db1.
 //
 // The controller runs with the production request timeout (5 s), so a 2 s slow node is slow, not
@@ -32,15 +36,19 @@ import (
 func TestFaultMatrix(t *testing.T) {
 	faults := []struct {
 		name    string
+		victim  int             // ordinal of the faulty member
 		fault   couchtest.Fault // zero: stop the node instead
 		warning string          // expected when Kubernetes does not see the fault
 	}{
-		{name: "down", warning: ""},
-		{name: "hung", fault: couchtest.Fault{Hang: true}, warning: controller.ReasonCouchDBUnreachable},
-		{name: "slow", fault: couchtest.Fault{Latency: 2 * time.Second}},
-		{name: "500", fault: couchtest.Fault{Status: 500}, warning: controller.ReasonCouchDBUnreachable},
-		{name: "drop", fault: couchtest.Fault{Drop: true}, warning: controller.ReasonCouchDBUnreachable},
-		{name: "nonjson", fault: couchtest.Fault{NonJSON: true}, warning: controller.ReasonCouchDBBadResponse},
+		{name: "down", victim: 1},
+		{name: "hung", victim: 1, fault: couchtest.Fault{Hang: true}, warning: controller.ReasonCouchDBUnreachable},
+		{name: "slow", victim: 1, fault: couchtest.Fault{Latency: 2 * time.Second}},
+		{name: "500", victim: 1, fault: couchtest.Fault{Status: 500}, warning: controller.ReasonCouchDBUnreachable},
+		{name: "drop", victim: 1, fault: couchtest.Fault{Drop: true}, warning: controller.ReasonCouchDBUnreachable},
+		{name: "nonjson", victim: 1, fault: couchtest.Fault{NonJSON: true}, warning: controller.ReasonCouchDBBadResponse},
+		{name: "hung-db0", victim: 0, fault: couchtest.Fault{Hang: true}, warning: controller.ReasonCouchDBUnreachable},
+		{name: "500-db0", victim: 0, fault: couchtest.Fault{Status: 500}, warning: controller.ReasonCouchDBUnreachable},
+		{name: "drop-db0", victim: 0, fault: couchtest.Fault{Drop: true}, warning: controller.ReasonCouchDBUnreachable},
 	}
 	for _, fc := range faults {
 		for _, seen := range []bool{true, false} {
@@ -53,16 +61,16 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				t.Parallel()
-				runFault(t, fc.name, fc.fault, seen, fc.warning)
+				runFault(t, strings.TrimSuffix(fc.name, "-db0"), fc.victim, fc.fault, seen, fc.warning)
 			})
 		}
 	}
 }
 
-func runFault(t *testing.T, name string, fault couchtest.Fault, seen bool, warning string) {
+func runFault(t *testing.T, name string, victimOrd int, fault couchtest.Fault, seen bool, warning string) {
 	ctx := context.Background()
 	ns := newNamespace(t)
-	s := newSpec("f"+name, 3)
+	s := newSpec(fmt.Sprintf("f%s%d", name, victimOrd), 3)
 	s.parallel = true
 	s.annotations = map[string]string{"couchdb.io/replicate": "db1"}
 	startControllerOpts(t, ns, controllerOpts{timeout: 5 * time.Second})
@@ -70,38 +78,47 @@ func runFault(t *testing.T, name string, fault couchtest.Fault, seen bool, warni
 	waitMembers(t, s, ns, 3, 60*time.Second)
 	const docs = 40
 	loadData(t, s, ns, docs)
-	before := copies(t, s, ns)
+	healthy := podName(s, 0) // where the test reads while the victim is faulty
+	if victimOrd == 0 {
+		healthy = podName(s, 2)
+	}
+	before := copiesVia(t, ns, healthy, s.password)
 	if len(before) == 0 {
 		t.Fatal("db1 has no shard map")
 	}
 
-	victim := env.backend.Node(ns, podName(s, 1))
+	victim := env.backend.Node(ns, podName(s, victimOrd))
 	if fault == (couchtest.Fault{}) {
 		victim.Stop()
 	} else {
 		fault.SpareUp = !seen
 		victim.SetFault(fault)
 	}
-	faultyName := s.nodeName(ns, 1)
+	faultyName := s.nodeName(ns, victimOrd)
 	scaleTo(t, ns, s.name, 4)
-	poll(t, 60*time.Second, "db-3 to join while db-1 is faulty", func(context.Context) (bool, error) {
-		return slices.Contains(clusterNodesOf(ns, podName(s, 0)), s.nodeName(ns, 3)), nil
+	poll(t, 60*time.Second, fmt.Sprintf("db-3 to join while db-%d is faulty", victimOrd), func(context.Context) (bool, error) {
+		return slices.Contains(clusterNodesOf(ns, healthy), s.nodeName(ns, 3)), nil
 	})
 	if warning != "" && !seen {
 		waitEvent(t, ns, warning)
 	}
+	if fault.Latency > 0 {
+		for _, e := range events(t, ns, controller.ReasonCouchDBUnreachable) {
+			t.Errorf("a slow node was reported unreachable: %s", e.Message)
+		}
+	}
 	// Nothing of the faulty member went while it was faulty.
-	now := copies(t, s, ns)
+	now := copiesVia(t, ns, healthy, s.password)
 	for c := range before {
 		if !now[c] {
 			t.Errorf("copy %s was removed while its node was faulty", c)
 		}
 	}
-	if _, err := couchdb(t, ns, podName(s, 0), s.password).GetNodeDoc(ctx, faultyName); err != nil {
+	if _, err := couchdb(t, ns, healthy, s.password).GetNodeDoc(ctx, faultyName); err != nil {
 		t.Errorf("the faulty member's _nodes doc: %v", err)
 	}
-	if m := readAll(t, s, ns, docs); m != 0 {
-		t.Errorf("%d documents unreadable through db-0 during the fault", m)
+	if m := readAllVia(t, s, ns, healthy, docs); m != 0 {
+		t.Errorf("%d documents unreadable through %s during the fault", m, healthy)
 	}
 
 	if fault == (couchtest.Fault{}) {
@@ -129,9 +146,9 @@ func runFault(t *testing.T, name string, fault couchtest.Fault, seen bool, warni
 	}
 }
 
-// copies lists db1's shard copies as "range@node", as pod 0 sees the map.
-func copies(t *testing.T, s clusterSpec, ns string) map[string]bool {
-	m, err := couchdb(t, ns, podName(s, 0), s.password).GetShardMap(context.Background(), "db1")
+// copiesVia lists db1's shard copies as "range@node", as pod sees the map.
+func copiesVia(t *testing.T, ns, pod, password string) map[string]bool {
+	m, err := couchdb(t, ns, pod, password).GetShardMap(context.Background(), "db1")
 	if err != nil {
 		t.Fatalf("db1's shard map: %v", err)
 	}
