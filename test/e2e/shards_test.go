@@ -66,9 +66,14 @@ func loadDataQ(t *testing.T, s clusterSpec, ns string, docs, q int) {
 
 // readAll reads every document through pod 0 and reports how many could not be read.
 func readAll(t *testing.T, s clusterSpec, ns string, docs int) int {
+	return readAllVia(t, s, ns, podName(s, 0), docs)
+}
+
+// readAllVia reads every document through pod and reports how many could not be read.
+func readAllVia(t *testing.T, s clusterSpec, ns, pod string, docs int) int {
 	missing := 0
 	for i := 0; i < docs; i++ {
-		if code, _ := rawDo(t, ns, podName(s, 0), s.password, "GET", fmt.Sprintf("/db1/doc%03d", i), ""); code != 200 {
+		if code, _ := rawDo(t, ns, pod, s.password, "GET", fmt.Sprintf("/db1/doc%03d", i), ""); code != 200 {
 			missing++
 		}
 	}
