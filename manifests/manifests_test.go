@@ -6,7 +6,9 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -293,5 +295,75 @@ func TestAdmissionAndExamplesRender(t *testing.T) {
 	svc := find(ex, "Service")[0]
 	if svc["metadata"].(map[string]any)["labels"].(map[string]any)["couchdb.io/cluster"] != sts.Labels["couchdb.io/cluster"] {
 		t.Error("example Service not labelled like the StatefulSet")
+	}
+}
+
+// exemptUsers lists the usernames the admission policies' matchConditions let through.
+func exemptUsers(t *testing.T, objs []map[string]any) map[string][]string {
+	t.Helper()
+	re := regexp.MustCompile(`^request\.userInfo\.username != "([^"]+)"$`)
+	out := map[string][]string{}
+	for _, p := range find(objs, "ValidatingAdmissionPolicy") {
+		var vap struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Spec struct {
+				MatchConditions []struct {
+					Expression string `json:"expression"`
+				} `json:"matchConditions"`
+			} `json:"spec"`
+		}
+		convert(t, p, &vap)
+		for _, mc := range vap.Spec.MatchConditions {
+			if m := re.FindStringSubmatch(strings.TrimSpace(mc.Expression)); m != nil {
+				out[vap.Metadata.Name] = append(out[vap.Metadata.Name], m[1])
+			}
+		}
+	}
+	return out
+}
+
+// TestAdmissionExemptsTheShippedServiceAccount: the policies hard-code the controller's username
+// (CEL cannot look the ServiceAccount up), so it must be the base's ServiceAccount; and the overlay
+// patch README shows for a renamed namespace must reach both policies.
+func TestAdmissionExemptsTheShippedServiceAccount(t *testing.T) {
+	sa := find(build(t, "."), "ServiceAccount")[0]["metadata"].(map[string]any)
+	want := "system:serviceaccount:" + sa["namespace"].(string) + ":" + sa["name"].(string)
+	users := exemptUsers(t, build(t, "admission"))
+	if len(users) != 2 {
+		t.Fatalf("policies with an exempt user: %v, want both", users)
+	}
+	for name, u := range users {
+		if !slices.Equal(u, []string{want}) {
+			t.Errorf("policy %s exempts %v, want [%s] (the base's ServiceAccount)", name, u, want)
+		}
+	}
+
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)in an overlay of `manifests/admission/`:\n\n```yaml\n(.*?)```").FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README no longer shows the admission overlay patch")
+	}
+	admission, err := filepath.Abs("admission")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	rel, err := filepath.Rel(dir, admission) // kustomize takes bases by relative path only
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel + "\n" + string(m[1])
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, u := range exemptUsers(t, build(t, dir)) {
+		if !slices.Equal(u, []string{"system:serviceaccount:my-namespace:couchdb-controller"}) {
+			t.Errorf("README's overlay leaves policy %s exempting %v", name, u)
+		}
 	}
 }
