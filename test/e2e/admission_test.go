@@ -112,7 +112,7 @@ func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	}
 	// The controller's own ServiceAccount may scale down (its drains do).
 	installMonitoringCRDs(t)
-	applyAll(t, render(t, "."), "")
+	applyAll(t, renderBase(t), "") // the ServiceAccount; its Deployment at 0 replicas, as nothing here runs it
 	ctrlSA := clientAs(t, "couchdb-controller", "couchdb-controller")
 	if _, err := ctrlSA.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
 		ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 3}}, metav1.UpdateOptions{}); err != nil {
