@@ -46,12 +46,13 @@ func main() {
 	sizes := flag.String("clusters", "10,100,1000", "cluster counts to measure, in increasing order")
 	steady := flag.Duration("steady", 5*time.Minute, "steady-state window at each size, at the controller's default resync")
 	pollers := flag.Int("poll-clusters", 50, "clusters joined by a couchdiscover-style 5 s poller, for comparison (0: skip)")
+	formations := flag.Int("formations", 20, "3-node clusters formed one at a time on the idle harness, to time formation alone")
 	pprofAddr := flag.String("harness-pprof", "", "serve the harness's own pprof on this loopback address (the harness shares the cores with the controller)")
 	flag.Parse()
 	if *pprofAddr != "" {
 		go func() { _ = http.ListenAndServe(*pprofAddr, nil) }() //nolint:gosec // loopback, profiling only
 	}
-	res, err := run(context.Background(), *sizes, *steady, *pollers)
+	res, err := run(context.Background(), *sizes, *steady, *pollers, *formations)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -94,7 +95,7 @@ type stage struct {
 	profile     string    // pprof -top of a CPU profile taken while forming
 }
 
-func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (string, error) {
+func run(ctx context.Context, sizes string, steady time.Duration, pollers, formations int) (string, error) {
 	cp, err := harness.Start(ctx, harness.Options{})
 	if err != nil {
 		return "", err
@@ -141,6 +142,18 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	w := &world{kube: kube, backend: backend, metrics: "http://" + metricsAddr, proc: cmd.Process, bin: bin, runDir: cp.RunDir()}
+	// The first stage's CPU profile is requested at once: wait until the controller serves.
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return w.get("/metrics") != "", nil
+	}); err != nil {
+		return "", fmt.Errorf("controller did not serve metrics: %w", err)
+	}
+
+	form, err := w.formations(ctx, formations)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(os.Stderr, "bench: %d formations measured\n", len(form.outside))
 
 	counts := strings.Split(sizes, ",")
 	var stages []stage
@@ -166,7 +179,7 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers int) (
 	}
 	heap := w.pprofTop("heap", "/debug/pprof/heap")
 	joinHist := histogramOf(w.get("/metrics"), "couchdb_controller_node_join_duration_seconds")
-	return report(stages, polled, joinHist, heap, steady), nil
+	return report(form, stages, polled, joinHist, heap, steady), nil
 }
 
 func (w *world) get(path string) string {
@@ -278,6 +291,88 @@ func (w *world) scale(ctx context.Context, first, n int, steady time.Duration, p
 	st.getsPerNode = float64(gets) / float64(max(nodes, 1)) / resyncs
 	st.peakRSS, st.rss = procStatusMiB(w.proc.Pid, "VmHWM:"), procStatusMiB(w.proc.Pid, "VmRSS:")
 	return st, nil
+}
+
+// formation is what the one-at-a-time formations measured.
+type formation struct {
+	outside []float64 // seconds, last pod ContainersReady -> cluster_finished
+	metric  histogram // the controller's cluster_formation_duration_seconds over the same clusters
+}
+
+// formations creates n labelled 3-node clusters one after another, each only once the previous one
+// is finished, and times each from its last pod's ContainersReady to pod 0 reporting
+// cluster_finished. They stay (as form-<i>) through the later stages.
+func (w *world) formations(ctx context.Context, n int) (formation, error) {
+	var f formation
+	before := histogramOf(w.get("/metrics"), "couchdb_controller_cluster_formation_duration_seconds")
+	for i := 0; i < n; i++ {
+		ns := fmt.Sprintf("form-%d", i)
+		if err := harness.EnsureNamespace(ctx, w.kube, ns); err != nil {
+			return f, err
+		}
+		watch, err := w.kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			return f, err
+		}
+		if err := w.create(ctx, ns, "main"); err != nil {
+			watch.Stop()
+			return f, err
+		}
+		ready := map[string]bool{}
+		var last time.Time
+		timeout := time.After(2 * time.Minute)
+		for len(ready) < 3 {
+			select {
+			case ev, ok := <-watch.ResultChan():
+				if !ok {
+					return f, fmt.Errorf("%s: pod watch closed", ns)
+				}
+				if p, isPod := ev.Object.(*corev1.Pod); isPod && containersReady(p) && !ready[p.Name] {
+					ready[p.Name], last = true, time.Now()
+				}
+			case <-timeout:
+				watch.Stop()
+				return f, fmt.Errorf("%s: only %d pods ready", ns, len(ready))
+			}
+		}
+		watch.Stop()
+		node := w.backend.Node(ns, "db-0")
+		if node == nil {
+			return f, fmt.Errorf("%s: no node for db-0", ns)
+		}
+		err = wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+			return setupState(ctx, node.URL()) == "cluster_finished", nil
+		})
+		if err != nil {
+			return f, fmt.Errorf("%s: not finished: %w", ns, err)
+		}
+		f.outside = append(f.outside, time.Since(last).Seconds())
+	}
+	// The controller observes the finish after its POST returns; give the metric a moment.
+	_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		f.metric = histogramOf(w.get("/metrics"), "couchdb_controller_cluster_formation_duration_seconds").minus(before)
+		return int(f.metric.count) >= n, nil
+	})
+	return f, nil
+}
+
+// setupState is pod 0's GET /_cluster_setup state, as an admin ("" on any failure).
+func setupState(ctx context.Context, base string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/_cluster_setup", nil)
+	if err != nil {
+		return ""
+	}
+	req.SetBasicAuth("admin", "bench-password")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var body struct {
+		State string `json:"state"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return body.State
 }
 
 // joins scales clusters prefix<first>..prefix<n-1> to 4 and measures, from outside, pod
@@ -623,12 +718,12 @@ func (h histogram) summary() string {
 	return fmt.Sprintf("%.0f observed, mean %.0f ms, p50 %s, p99 %s", h.count, 1000*h.sum/h.count, h.bound(0.5), h.bound(0.99))
 }
 
-func report(stages []stage, polled []float64, joinHist histogram, heap string, steady time.Duration) string {
+func report(form formation, stages []stage, polled []float64, joinHist histogram, heap string, steady time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Benchmarks\n\n`make bench` on %s: %d cores, %s, Kubernetes %s control plane built from Go modules, emulated\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), harness.K8sVersion)
 	fmt.Fprintf(&b, "CouchDB 3.4 nodes (couch/couchtest, one emulated Erlang network per cluster), the controller binary as its own\n")
-	fmt.Fprintf(&b, "process with its default flags (`--resync=%s --workers=4 --kube-api-qps=50`, plus `--profiling`), reaching pods\n", defaultResync)
+	fmt.Fprintf(&b, "process with its default flags (`--resync=%s --workers=16 --kube-api-qps=50`, plus `--profiling`), reaching pods\n", defaultResync)
 	fmt.Fprintf(&b, "through the harness proxy. Everything (etcd, kube-apiserver, kube-controller-manager, the fake kubelet with a\n1 s probe period, every emulated CouchDB node and the controller) shares the same cores.\n\n")
 
 	var joins []float64
@@ -643,6 +738,12 @@ func report(stages []stage, polled []float64, joinHist histogram, heap string, s
 		fmt.Fprintf(&b, "\nMedian join: %s with the poller, %s with the controller.\n", ms(polled, .5), ms(joins, .5))
 	}
 	fmt.Fprintf(&b, "\nThe controller's own `node_join_duration_seconds` (formation and scale-up joins): %s.\n\n", joinHist.summary())
+
+	fmt.Fprintf(&b, "## Formation of one 3-node cluster\n\n%d clusters created one after another on the otherwise idle harness (Parallel pods, as the Helm chart makes them).\n\n", len(form.outside))
+	fmt.Fprintf(&b, "| measured as | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "| outside observer: last pod ContainersReady (seen by a watch) -> pod 0's `_cluster_setup` says `cluster_finished` (polled every 2 ms) | %s | %s | %s | %s |\n",
+		ms(form.outside, .5), ms(form.outside, .9), ms(form.outside, .99), ms(form.outside, 1))
+	fmt.Fprintf(&b, "| controller metric `cluster_formation_duration_seconds` | %s | | %s | |\n\n", form.metric.bound(.5), form.metric.bound(.99))
 
 	fmt.Fprintf(&b, "## Formation and scale\n\n| clusters x 3 nodes | all formed (objects created -> every cluster Ready) | per cluster p50 / p99 | last pod ready -> finished (controller metric) | controller CPU while forming | peak RSS | RSS after | steady CPU over %s | CouchDB GETs per node per resync | CouchDB writes in steady state | API requests per resync |\n|---|---|---|---|---|---|---|---|---|---|---|\n", steady)
 	for _, s := range stages {
@@ -661,7 +762,8 @@ func report(stages []stage, polled []float64, joinHist histogram, heap string, s
 	fmt.Fprintf(&b, "\n## Targets (issue 7)\n\n| target | measured | |\n|---|---|---|\n")
 	fmt.Fprintf(&b, "| join p50 <= 50 ms | %s | %s |\n", ms(joins, .5), verdict(quantile(joins, .5) <= .05))
 	fmt.Fprintf(&b, "| join p99 <= 250 ms | %s | %s |\n", ms(joins, .99), verdict(quantile(joins, .99) <= .25))
-	fmt.Fprintf(&b, "| 3-node formation <= 1 s after the last pod is ready | %s (%d clusters) | %s |\n", last.formation.bound(.99)+" at p99", last.clusters, verdict(last.formation.le(.99) <= 1))
+	fmt.Fprintf(&b, "| 3-node formation <= 1 s after the last pod is ready | one at a time: p99 %s (outside), %s (metric); %d forming at once: %s at p99 | %s |\n",
+		ms(form.outside, .99), form.metric.bound(.99), last.clusters, last.formation.bound(.99), verdict(quantile(form.outside, .99) <= 1))
 	fmt.Fprintf(&b, "| %d clusters formed <= 60 s | %.1f s | %s |\n", last.clusters, last.formAll.Seconds(), verdict(last.formAll <= time.Minute))
 	fmt.Fprintf(&b, "| %d clusters: RSS <= 150 MiB | peak %.0f MiB | %s |\n", last.clusters, last.peakRSS, verdict(last.peakRSS <= 150))
 	fmt.Fprintf(&b, "| %d clusters: steady CPU <= 2%% of one core | %.2f%% | %s |\n", last.clusters, 100*last.cpuSteady, verdict(last.cpuSteady <= .02))
