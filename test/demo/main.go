@@ -22,7 +22,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -118,7 +117,13 @@ func run(ctx context.Context, exitAfter bool) error {
 
 	say("kubectl scale statefulset/couchdb --replicas=5")
 	scaled := time.Now()
-	if _, err := kube.AppsV1().StatefulSets(ns).Patch(ctx, "couchdb", types.MergePatchType, []byte(`{"spec":{"replicas":5}}`), metav1.PatchOptions{}); err != nil {
+	// What kubectl scale does: read and update the scale subresource.
+	sc, err := kube.AppsV1().StatefulSets(ns).GetScale(ctx, "couchdb", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	sc.Spec.Replicas = 5
+	if _, err := kube.AppsV1().StatefulSets(ns).UpdateScale(ctx, "couchdb", sc, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, 120*time.Second, func() bool { return status(metricsAddr, ns) == "Ready/5" }); err != nil {
