@@ -24,16 +24,22 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/couchdb-controller
 	@echo "built $(BINARY)"
 
+# Per test binary, with -race on 2 cores: unit packages take 80 s in all (the slowest, placement's
+# property tests, 73 s) and the e2e suite 3 minutes; the timeouts leave 5x margin and keep a cold CI
+# run (about 10 minutes of control-plane build first) far inside its 90 minutes.
+UNIT_TIMEOUT ?= 10m
+E2E_TIMEOUT  ?= 15m
+
 ## test: everything CI runs: vet, unit tests (race), fuzz seed corpora, and the e2e suite on a real API server.
 test: vet controlplane build
-	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout 30m $(UNIT_PKGS)
-	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout 40m -v $(E2E_PKGS) 2>&1 | tee $(CACHE_DIR)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+--- )|_test.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
+	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout $(UNIT_TIMEOUT) $(UNIT_PKGS)
+	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v $(E2E_PKGS) 2>&1 | tee $(CACHE_DIR)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+--- )|_test.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 
 unit: vet
 	$(GO) test -race -count=1 $(UNIT_PKGS)
 
 e2e: controlplane build
-	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout 40m -v $(E2E_PKGS)
+	COUCHDB_CONTROLLER_E2E=1 COUCHDB_CONTROLLER_BINARY=$(BINARY) $(GO) test -race -count=1 -timeout $(E2E_TIMEOUT) -v $(E2E_PKGS)
 
 ## controlplane: build etcd, kube-apiserver and kube-controller-manager from Go modules (cached by version).
 controlplane:
