@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -121,6 +122,8 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 	case ActClearMaintenance:
 		_, err := api.SetMaintenanceMode(ctx, a.Node, "false")
 		return err
+	case ActSetDecom, ActClearDecom:
+		return setDecom(ctx, api, a.Node, a.Kind == ActSetDecom)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
 }
@@ -132,21 +135,44 @@ func derefInt(p *int) int {
 	return *p
 }
 
-// editShardMap re-reads the map and adds or removes one copy with the documented procedure, so a
-// repeat after a crash is a no-op; a concurrent edit answers 409 and the next sync re-plans.
+// setDecom sets or clears "decom" on a _nodes doc by read-modify-write with its _rev, keeping the
+// doc's other fields. It is a no-op when the doc already says so or is gone; a concurrent update
+// (409) is retried once with a fresh revision.
+func setDecom(ctx context.Context, api CouchAPI, node string, decom bool) error {
+	var err error
+	for range 2 {
+		var d couch.NodeDoc
+		d, err = api.GetNodeDoc(ctx, node)
+		if couch.IsNotFound(err) || err == nil && d.Decom == decom {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		d.Decom = decom
+		if _, err = api.PutNodeDoc(ctx, d); !couch.IsConflict(err) {
+			return err
+		}
+	}
+	return err
+}
+
+// editShardMap re-reads the map and adds or removes one copy with the documented procedure (and
+// records the database's n in a map that has none yet), so a repeat after a crash is a no-op; a
+// concurrent edit answers 409 and the next sync re-plans.
 func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, a Action) error {
 	m, err := api.GetShardMap(ctx, a.DB)
 	if err != nil {
 		return err
 	}
-	changed := false
-	if a.Kind == ActAddCopy {
-		changed = m.AddCopy(a.Range, a.Node)
-	} else {
-		if len(m.ByRange[a.Range]) <= 1 {
-			return fmt.Errorf("refusing to remove the last copy of %s/%s", a.DB, a.Range)
-		}
-		changed = m.RemoveCopy(a.Range, a.Node)
+	kind := placement.AddCopy
+	if a.Kind == ActRemoveCopy {
+		kind = placement.RemoveCopy
+	}
+	had := m.HasCopy(a.Range, a.Node)
+	changed, err := placement.Edit(&m, placement.Action{Kind: kind, DB: a.DB, Range: a.Range, Node: a.Node, N: a.NodeCount})
+	if err != nil {
+		return err
 	}
 	if !changed {
 		return nil
@@ -154,6 +180,9 @@ func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1
 	if _, err := api.PutShardMap(ctx, m); err != nil {
 		c.metrics.ShardMove("error")
 		return err
+	}
+	if had == (a.Kind == ActAddCopy) {
+		return nil // only n was recorded: the copy was already as planned
 	}
 	if a.Kind == ActAddCopy {
 		c.metrics.ShardMove("added")

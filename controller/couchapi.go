@@ -15,12 +15,15 @@ type CouchAPI interface {
 	EnableCluster(ctx context.Context, r couch.EnableClusterRequest) error
 	AddNodeDoc(ctx context.Context, name string) error
 	RemoveNodeDoc(ctx context.Context, name string) error
+	GetNodeDoc(ctx context.Context, name string) (couch.NodeDoc, error)
+	PutNodeDoc(ctx context.Context, doc couch.NodeDoc) (string, error)
 	FinishCluster(ctx context.Context, ensureDBs ...string) error
 	AllDBs(ctx context.Context) ([]string, error)
 	GetShardMap(ctx context.Context, db string) (couch.ShardMap, error)
 	PutShardMap(ctx context.Context, m couch.ShardMap) (string, error)
 	SyncShards(ctx context.Context, db string) error
 	ShardCopyInfo(ctx context.Context, node, shard string) (couch.DBInfo, error)
+	ShardCheckpoints(ctx context.Context, node, shard string) ([]couch.SyncCheckpoint, error)
 	CreateDB(ctx context.Context, name string, q, n int) error
 	MaintenanceMode(ctx context.Context, node string) (string, error)
 	SetMaintenanceMode(ctx context.Context, node, value string) (string, error)

@@ -321,13 +321,29 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	if err != nil {
 		return
 	}
-	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{}, Maintenance: map[string]bool{}}
+	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{},
+		Maintenance: map[string]bool{}, Decom: map[string]bool{}}
 	for _, db := range dbs {
 		m, err := api.GetShardMap(ctx, db)
 		if err != nil {
 			return
 		}
 		obs.Maps[db] = m
+	}
+	for _, name := range coord.Membership.ClusterNodes {
+		if _, ok := nodeOrdinal(name, o.StatefulSet); !ok {
+			continue // foreign entries are never touched
+		}
+		// The decom mark of every node of this StatefulSet, leaving or not: placement sets it on
+		// leaving nodes and clears it from nodes that stay after all.
+		d, err := api.GetNodeDoc(ctx, name)
+		switch {
+		case couch.IsNotFound(err):
+		case err != nil:
+			return
+		default:
+			obs.Decom[name] = d.Decom
+		}
 	}
 	for _, name := range coord.Membership.ClusterNodes {
 		if ord, ok := nodeOrdinal(name, o.StatefulSet); !ok || ord >= o.Replicas || !slices.Contains(coord.Membership.AllNodes, name) {
@@ -340,14 +356,41 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		obs.Maintenance[name] = v == "true"
 	}
 	o.Shards = obs
-	for _, k := range placement.StatsNeeded(placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)) {
+	in := placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)
+	for _, k := range placement.StatsNeeded(in) {
 		info, err := api.ShardCopyInfo(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
 		if err != nil {
 			continue // unknown counts: placement waits for this copy
 		}
-		obs.Stats[k] = placement.CopyStat{Docs: info.DocCount, Deleted: info.DocDelCount}
+		obs.Stats[k] = placement.CopyStat{Docs: info.DocCount, Deleted: info.DocDelCount, Seq: copySeq(info.UpdateSeq), UUID: info.UUID}
+	}
+	for _, k := range placement.SourcesNeeded(in) {
+		s, ok := obs.Stats[k]
+		if !ok {
+			continue
+		}
+		cps, err := api.ShardCheckpoints(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
+		if err != nil {
+			continue // unknown: placement keeps the copy and syncs again
+		}
+		s.Pushed = map[string]int64{}
+		for _, cp := range cps {
+			if cp.SourceUUID == s.UUID && cp.TargetUUID != "" {
+				s.Pushed[cp.TargetUUID] = max(s.Pushed[cp.TargetUUID], cp.Seq)
+			}
+		}
+		obs.Stats[k] = s
 	}
 	st.shardsRead = c.cfg.Now()
+}
+
+// copySeq reads a shard copy's update_seq, an integer in node-local info; anything else reads as
+// unknown (-1), which no checkpoint matches.
+func copySeq(v any) int64 {
+	if f, ok := v.(float64); ok && f >= 0 && f == float64(int64(f)) {
+		return int64(f)
+	}
+	return -1
 }
 
 func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, n *NodeObs) {

@@ -51,6 +51,7 @@ type ShardObs struct {
 	Maps        map[string]couch.ShardMap
 	Stats       map[placement.CopyKey]placement.CopyStat
 	Maintenance map[string]bool // node -> maintenance_mode "true"
+	Decom       map[string]bool // node of this StatefulSet in _nodes -> its doc carries "decom": true
 }
 
 // Problem is a condition a human must fix.

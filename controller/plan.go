@@ -29,6 +29,8 @@ const (
 	ActSetMaintenance     ActionKind = "SetMaintenance"
 	ActClearMaintenance   ActionKind = "ClearMaintenance"
 	ActScaleDown          ActionKind = "ScaleDown"
+	ActSetDecom           ActionKind = "SetDecom"
+	ActClearDecom         ActionKind = "ClearDecom"
 )
 
 // placementKinds maps the placement planner's steps to actions.
@@ -36,6 +38,7 @@ var placementKinds = map[placement.Kind]ActionKind{
 	placement.CreateDB: ActCreateDB, placement.AddCopy: ActAddCopy, placement.SyncShards: ActSyncShards,
 	placement.RemoveCopy: ActRemoveCopy, placement.SetMaintenance: ActSetMaintenance,
 	placement.ClearMaintenance: ActClearMaintenance, placement.RemoveNode: ActRemoveNode, placement.ScaleDown: ActScaleDown,
+	placement.SetDecom: ActSetDecom, placement.ClearDecom: ActClearDecom,
 }
 
 // Action is one idempotent step. Via is the ordinal of the node the request is sent to.
@@ -45,7 +48,7 @@ type Action struct {
 	Node      string // the CouchDB node the action concerns
 	Pod       string // the pod the action concerns
 	Value     bool   // SetMemberCondition
-	NodeCount int    // EnableCluster; CreateDB's n
+	NodeCount int    // EnableCluster; CreateDB's n; AddCopy and RemoveCopy: the database's n (placement.NKey)
 	DB        string // shard actions
 	Range     string // shard actions
 	Replicas  int    // ScaleDown: the new spec.replicas
@@ -61,7 +64,7 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s)", a.Kind, a.DB)
 	case ActAddCopy, ActRemoveCopy:
 		return fmt.Sprintf("%s(%s/%s on %s)", a.Kind, a.DB, a.Range, a.Node)
-	case ActSetMaintenance, ActClearMaintenance:
+	case ActSetMaintenance, ActClearMaintenance, ActSetDecom, ActClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case ActScaleDown:
 		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
@@ -295,7 +298,7 @@ func drainingOrdinal(o Observed) (int, bool) {
 func placementInput(o Observed, members, connected []string) placement.Input {
 	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance}
 	if o.Shards != nil {
-		in.DBs, in.Maps, in.Stats = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats
+		in.DBs, in.Maps, in.Stats, in.Decom = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom
 	}
 	reached := map[string]bool{}
 	for _, n := range o.Nodes {

@@ -104,6 +104,57 @@ func (c *Client) ShardCopyInfo(ctx context.Context, node, shard string) (DBInfo,
 	return info, err
 }
 
+// ShardCheckpoints lists the internal-replication checkpoints a shard copy holds (its
+// _local/shard-sync-* docs, from GET /_node/{node}/{shard}/_local_docs?include_docs=true): those of
+// pushes from it and of pushes to it. A checkpoint whose source is this copy and whose Seq equals the
+// copy's update_seq says the target copy holds everything this copy holds.
+func (c *Client) ShardCheckpoints(ctx context.Context, node, shard string) ([]SyncCheckpoint, error) {
+	var body struct {
+		Rows []struct {
+			ID  string          `json:"id"`
+			Doc json.RawMessage `json:"doc"`
+		} `json:"rows"`
+	}
+	path := "/_node/" + escape(node) + "/" + escape(shard) + "/_local_docs"
+	if err := c.getJSON(ctx, path, url.Values{"include_docs": {"true"}}, &body); err != nil {
+		return nil, err
+	}
+	var out []SyncCheckpoint
+	for _, r := range body.Rows {
+		if !strings.HasPrefix(r.ID, "_local/shard-sync-") {
+			continue // purge checkpoints and the like
+		}
+		var doc struct {
+			Seq        int64  `json:"seq"`
+			TargetUUID string `json:"target_uuid"`
+			History    map[string][]struct {
+				SourceNode string `json:"source_node"`
+				SourceUUID string `json:"source_uuid"`
+				TargetNode string `json:"target_node"`
+				TargetUUID string `json:"target_uuid"`
+			} `json:"history"`
+		}
+		if err := json.Unmarshal(r.Doc, &doc); err != nil {
+			return nil, &DecodeError{Method: http.MethodGet, Path: path, Code: http.StatusOK, Err: fmt.Errorf("checkpoint %s: %w", r.ID, err)}
+		}
+		cp := SyncCheckpoint{ID: r.ID, Seq: doc.Seq, TargetUUID: doc.TargetUUID}
+		for src, h := range doc.History { // one entry, keyed by the source node; newest first
+			if len(h) == 0 {
+				continue
+			}
+			cp.SourceNode, cp.SourceUUID, cp.TargetNode = src, h[0].SourceUUID, h[0].TargetNode
+			if h[0].SourceNode != "" {
+				cp.SourceNode = h[0].SourceNode
+			}
+			if cp.TargetUUID == "" {
+				cp.TargetUUID = h[0].TargetUUID
+			}
+		}
+		out = append(out, cp)
+	}
+	return out, nil
+}
+
 // NodeAllDBs lists the node-local databases (shard files included) of node.
 func (c *Client) NodeAllDBs(ctx context.Context, node string) ([]string, error) {
 	var dbs []string

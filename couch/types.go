@@ -1,5 +1,7 @@
 package couch
 
+import "encoding/json"
+
 // The plain value types the controller reads and writes. They are shared by the client, the
 // emulator (couch/couchtest) and the controller's pure planner, so they carry no behaviour that needs
 // the network.
@@ -43,12 +45,74 @@ type Membership struct {
 	ClusterNodes []string `json:"cluster_nodes"`
 }
 
-// NodeDoc is a document of the node-local _nodes database.
+// NodeDoc is a document of the node-local _nodes database. Decom is mem3's "skip this node when
+// placing new databases" flag; CouchDB accepts it as true or "true", so both read as true. Fields the
+// controller does not interpret are kept in Extra so that a read-modify-write never drops them.
 type NodeDoc struct {
-	ID    string `json:"_id"`
-	Rev   string `json:"_rev,omitempty"`
-	Zone  string `json:"zone,omitempty"`
-	Decom bool   `json:"decom,omitempty"`
+	ID    string         `json:"_id"`
+	Rev   string         `json:"_rev,omitempty"`
+	Zone  string         `json:"zone,omitempty"`
+	Decom bool           `json:"decom,omitempty"`
+	Extra map[string]any `json:"-"`
+}
+
+// UnmarshalJSON reads decom in either spelling and keeps unknown fields in Extra.
+func (d *NodeDoc) UnmarshalJSON(data []byte) error {
+	var p struct {
+		ID    string          `json:"_id"`
+		Rev   string          `json:"_rev"`
+		Zone  string          `json:"zone"`
+		Decom json.RawMessage `json:"decom"`
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		return err
+	}
+	var all map[string]any
+	if err := json.Unmarshal(data, &all); err != nil {
+		return err
+	}
+	*d = NodeDoc{ID: p.ID, Rev: p.Rev, Zone: p.Zone}
+	if len(p.Decom) > 0 {
+		var v any
+		if err := json.Unmarshal(p.Decom, &v); err != nil {
+			return err
+		}
+		// mem3 tests `decom` against true and <<"true">>; anything else means not decommissioned.
+		d.Decom = v == true || v == "true"
+		if v != nil && v != true && v != false && v != "true" && v != "false" {
+			d.Extra = map[string]any{"decom": v} // an odd value is kept as it was, not rewritten
+		}
+	}
+	for k, v := range all {
+		switch k {
+		case "_id", "_rev", "zone", "decom":
+			continue
+		}
+		if d.Extra == nil {
+			d.Extra = map[string]any{}
+		}
+		d.Extra[k] = v
+	}
+	return nil
+}
+
+// MarshalJSON writes Extra and the known fields; decom is written (as true) only when set.
+func (d NodeDoc) MarshalJSON() ([]byte, error) {
+	out := map[string]any{}
+	for k, v := range d.Extra {
+		out[k] = v
+	}
+	out["_id"] = d.ID
+	if d.Rev != "" {
+		out["_rev"] = d.Rev
+	}
+	if d.Zone != "" {
+		out["zone"] = d.Zone
+	}
+	if d.Decom {
+		out["decom"] = true
+	}
+	return json.Marshal(out)
 }
 
 // EnableClusterRequest is the body of POST /_cluster_setup {"action":"enable_cluster"}.
@@ -76,7 +140,8 @@ type DBInfo struct {
 	DBName      string         `json:"db_name"`
 	DocCount    int64          `json:"doc_count"`
 	DocDelCount int64          `json:"doc_del_count"`
-	UpdateSeq   any            `json:"update_seq"` // a string on the clustered API, an integer on a shard copy
+	UpdateSeq   any            `json:"update_seq"`     // a string on the clustered API, an integer on a shard copy
+	UUID        string         `json:"uuid,omitempty"` // a shard copy's file uuid (node-local info only)
 	Props       map[string]any `json:"props,omitempty"`
 	Cluster     *DBCluster     `json:"cluster,omitempty"`
 }
@@ -101,6 +166,18 @@ type ShardMap struct {
 	ByRange     map[string][]string `json:"by_range"`
 	Props       map[string]any      `json:"props"`
 	Extra       map[string]any      `json:"-"`
+}
+
+// SyncCheckpoint is one internal-replication checkpoint of a shard copy: a _local/shard-sync-* doc
+// mem3_rep writes on both copies after a push. Seq is the source copy's update_seq the push reached;
+// the source and target fields come from the newest entry of its history.
+type SyncCheckpoint struct {
+	ID         string
+	Seq        int64
+	SourceNode string
+	SourceUUID string
+	TargetNode string
+	TargetUUID string
 }
 
 // SystemInfo is the subset of GET /_node/{node}/_system the controller reads.

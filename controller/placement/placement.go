@@ -7,24 +7,36 @@
 // Rules, in order:
 //  1. A database with a range that has no live copy is frozen: nothing of it changes, and the ranges are
 //     reported as at risk (scale back up to bring the copies back).
-//  2. Databases named in couchdb.io/replicate are created when absent.
-//  3. Every range keeps n copies on staying members (n is the database's copy count, capped by the
+//  2. A leaving node (departed, or the node being drained) that is still in _nodes is marked
+//     "decom": true there, so CouchDB places no copy of a database created from now on on it; a member
+//     that is no longer leaving loses the mark. This comes before any database is created.
+//  3. The node being drained is put in maintenance mode before anything of it moves, when it is up. A
+//     drained node that is down serves nothing anyway, so its copies are re-created from the other live
+//     copies without waiting for it (rule 5), but they are dropped only once it is back (rule 6).
+//  4. Databases named in couchdb.io/replicate are created when absent, while every staying member is
+//     up (a member that is down may hold the only copy of a newer _dbs).
+//  5. Every range keeps n copies on staying members (n is the database's n, see DBN, capped by the
 //     staying members; every staying member for replicated databases). A missing copy is added on the
 //     staying live member with the fewest copies, then _sync_shards fills it.
-//  4. A copy on a leaving node (departed, or the node being drained) is dropped from the map only when
-//     the range has n copies on staying members and each of them holds at least as many documents
-//     (doc_count + doc_del_count) as every live copy of the range.
-//  5. With couchdb.io/rebalance, when nothing else is in flight, one copy moves from the fullest member
-//     to the emptiest until they differ by at most one; the extra copy is dropped (rule 4's check) from
+//  6. A copy on a leaving node is dropped from the map only when the range has n copies on staying
+//     members, each of them holds at least as many documents (doc_count + doc_del_count) as every
+//     live copy of the range, and, when the dropped copy is live, mem3's checkpoint of a push from it
+//     to each of them has reached its update_seq (equal counts alone can hide different documents). A
+//     copy on a drained node that is down is kept until the node is back: it may hold writes no other
+//     copy has, and unlike a departed node it is expected to return.
+//  7. With couchdb.io/rebalance, when nothing else is in flight, one copy moves from the fullest member
+//     to the emptiest until they differ by at most one; the extra copy is dropped (rule 6's check) from
 //     the fullest holder.
-//  6. A leaving node that no map references leaves _nodes; a drained node's StatefulSet then shrinks by
+//  8. A leaving node that no map references leaves _nodes; a drained node's StatefulSet then shrinks by
 //     one.
 //
 // At most one range is being moved per cluster at a time.
 package placement
 
 import (
+	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 
@@ -42,8 +54,17 @@ type Member struct {
 // CopyKey names one shard copy.
 type CopyKey struct{ DB, Range, Node string }
 
-// CopyStat is a copy's node-local document counts.
-type CopyStat struct{ Docs, Deleted int64 }
+// CopyStat is what a copy's node-local info says: its document counts (doc_count and
+// doc_del_count), update_seq and file uuid and, for a copy Plan may drop (SourcesNeeded), the
+// internal-replication checkpoints it holds as a source.
+type CopyStat struct {
+	Docs, Deleted int64
+	Seq           int64  // update_seq
+	UUID          string // the copy file's uuid
+	// Pushed maps a target copy's uuid to the update_seq of this copy that mem3's last push to it
+	// reached (its _local/shard-sync-* checkpoint). Nil when not read.
+	Pushed map[string]int64
+}
 
 func (s CopyStat) total() int64 { return s.Docs + s.Deleted }
 
@@ -58,6 +79,9 @@ type Input struct {
 	DBs            []string
 	Maps           map[string]couch.ShardMap
 	Stats          map[CopyKey]CopyStat
+	// Decom holds, for every node of the StatefulSet whose _nodes doc was read, whether the doc
+	// carries "decom": true. Nodes absent from it have no doc (or were not asked) and get no decom step.
+	Decom map[string]bool
 }
 
 // Kind is a placement step.
@@ -75,6 +99,10 @@ const (
 	ClearMaintenance Kind = "ClearMaintenance"
 	RemoveNode       Kind = "RemoveNode"
 	ScaleDown        Kind = "ScaleDown"
+	// SetDecom marks a leaving node's _nodes doc "decom": true so new databases get no copy on it;
+	// ClearDecom takes the mark off a node that stays after all.
+	SetDecom   Kind = "SetDecom"
+	ClearDecom Kind = "ClearDecom"
 )
 
 // Action is one step.
@@ -83,7 +111,7 @@ type Action struct {
 	DB       string
 	Range    string
 	Node     string
-	N        int // CreateDB
+	N        int // CreateDB: n; AddCopy, RemoveCopy: the database's n, recorded in a map without NKey
 	Replicas int // ScaleDown: the new spec.replicas
 }
 
@@ -93,7 +121,7 @@ func (a Action) String() string {
 		return fmt.Sprintf("CreateDB(%s n=%d)", a.DB, a.N)
 	case SyncShards:
 		return fmt.Sprintf("SyncShards(%s)", a.DB)
-	case SetMaintenance, ClearMaintenance, RemoveNode:
+	case SetMaintenance, ClearMaintenance, RemoveNode, SetDecom, ClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case ScaleDown:
 		return fmt.Sprintf("ScaleDown(replicas=%d)", a.Replicas)
@@ -130,13 +158,14 @@ func Draining(in Input) (Member, bool) {
 }
 
 type view struct {
-	in      Input
-	live    map[string]bool
-	staying []string // members not leaving, sorted
-	leaving map[string]bool
-	load    map[string]int // copies per staying member
-	drain   string
-	frozen  map[string]bool
+	in        Input
+	live      map[string]bool
+	staying   []string // members not leaving, sorted
+	leaving   map[string]bool
+	load      map[string]int // copies per staying member
+	drain     string
+	drainDown bool // the drained node is not live: its copies are re-created but not dropped
+	frozen    map[string]bool
 }
 
 func newView(in Input) *view {
@@ -146,6 +175,7 @@ func newView(in Input) *view {
 	}
 	if d, ok := Draining(in); ok {
 		v.drain = d.Name
+		v.drainDown = !d.Live
 		v.leaving[d.Name] = true
 	}
 	for _, m := range in.Members {
@@ -181,12 +211,76 @@ func (v *view) want(db string) int {
 	if slices.Contains(v.in.Replicate, db) {
 		return len(v.staying)
 	}
-	return min(copyCount(v.in.Maps[db]), len(v.staying))
+	return min(DBN(v.in.Maps[db]), len(v.staying))
 }
 
-// copyCount infers a database's n from its map: the most common number of copies per range (the
-// smaller on a tie). A move in flight gives one range an extra copy, which must not read as a larger
-// n; that is also why rebalance moves only databases with more than one range.
+// NKey is the field of a database's shard map document in which the controller records the
+// database's n the first time it edits the map. CouchDB keeps no n of its own: the map lists the
+// copies there are now, and GET /{db} cluster.n is computed from it (it counts a copy being added at
+// once, and copies on departed nodes), so during a move the map alone cannot tell a database with
+// n=3 and one copy in flight from one with n=4. mem3 ignores fields it does not know, and every edit
+// re-reads the map and keeps them. Set it by hand to change a database's n.
+const NKey = "couchdb.io/n"
+
+// DBN is the database's n: NKey when the map carries a valid one; otherwise, for a map the controller
+// has never edited (so no move of its own is in flight), the number of copies per range CouchDB gave
+// it: the most common count, the smaller on a tie, copies on departed nodes included.
+func DBN(m couch.ShardMap) int {
+	if n, ok := recordedN(m); ok {
+		return n
+	}
+	return copyCount(m)
+}
+
+func recordedN(m couch.ShardMap) (int, bool) {
+	var f float64
+	switch x := m.Extra[NKey].(type) {
+	case float64:
+		f = x
+	case int:
+		f = float64(x)
+	case json.Number:
+		var err error
+		if f, err = x.Float64(); err != nil {
+			return 0, false
+		}
+	default:
+		return 0, false
+	}
+	if f < 1 || f != math.Trunc(f) || f > 1000 {
+		return 0, false
+	}
+	return int(f), true
+}
+
+// Edit applies an AddCopy or RemoveCopy to a freshly read map with the documented procedure, and
+// records a.N under NKey when the map has no n recorded yet, in the same write: from then on the
+// database's n no longer depends on what is in flight. It reports whether m changed; dropping a
+// range's last copy is refused.
+func Edit(m *couch.ShardMap, a Action) (bool, error) {
+	changed := false
+	switch a.Kind {
+	case AddCopy:
+		changed = m.AddCopy(a.Range, a.Node)
+	case RemoveCopy:
+		if m.HasCopy(a.Range, a.Node) && len(m.ByRange[a.Range]) <= 1 {
+			return false, fmt.Errorf("refusing to remove the last copy of %s/%s", a.DB, a.Range)
+		}
+		changed = m.RemoveCopy(a.Range, a.Node)
+	default:
+		return false, fmt.Errorf("%s is not a shard map edit", a.Kind)
+	}
+	if _, ok := recordedN(*m); !ok && a.N > 0 {
+		if m.Extra == nil {
+			m.Extra = map[string]any{}
+		}
+		m.Extra[NKey] = a.N
+		changed = true
+	}
+	return changed, nil
+}
+
+// copyCount counts a database's copies per range: the most common number (the smaller on a tie).
 func copyCount(m couch.ShardMap) int {
 	counts := map[int]int{}
 	for _, nodes := range m.ByRange {
@@ -240,24 +334,63 @@ func StatsNeeded(in Input) []CopyKey {
 	return out
 }
 
-// removable lists copies of rng that rule 4 or 5 would drop once the others have caught up.
+// SourcesNeeded lists the live copies Plan may drop now, whose internal-replication checkpoints it
+// needs (CopyStat.Pushed) to know that every staying copy holds what they hold.
+func SourcesNeeded(in Input) []CopyKey {
+	v := newView(in)
+	var out []CopyKey
+	for _, db := range sortedDBs(in.Maps) {
+		m := in.Maps[db]
+		for _, rng := range m.Ranges() {
+			for _, n := range v.removable(db, m, rng) {
+				if v.live[n] {
+					out = append(out, CopyKey{db, rng, n})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// removable lists copies of rng that rule 6 or 7 would drop once the others have caught up.
 func (v *view) removable(db string, m couch.ShardMap, rng string) []string {
+	out, _ := v.droppable(db, m, rng)
+	return out
+}
+
+// droppable is removable, and also whether a copy on the drained node was held back because that node
+// is down.
+func (v *view) droppable(db string, m couch.ShardMap, rng string) ([]string, bool) {
 	staying := v.stayingCopies(m, rng)
 	n := v.want(db)
 	if len(staying) < n || n == 0 {
-		return nil
+		return nil, false
 	}
 	var out []string
+	held := false
 	for _, node := range m.ByRange[rng] {
-		if v.leaving[node] {
+		switch {
+		case node == v.drain && v.drainDown:
+			held = true
+		case v.leaving[node]:
 			out = append(out, node)
 		}
 	}
-	if len(out) == 0 && len(staying) > n && !slices.Contains(v.in.Replicate, db) {
+	if len(out) == 0 && !held && len(staying) > n && !slices.Contains(v.in.Replicate, db) {
 		// An extra copy (a rebalance move in flight, or n lowered): drop it from the fullest holder.
 		out = append(out, v.fullest(staying))
 	}
-	return out
+	return out, held
+}
+
+// downStaying names a staying member that is not live, if any.
+func (v *view) downStaying() string {
+	for _, n := range v.staying {
+		if !v.live[n] {
+			return n
+		}
+	}
+	return ""
 }
 
 func (v *view) fullest(nodes []string) string {
@@ -283,9 +416,13 @@ func (v *view) emptiest(exclude []string) string {
 	return best
 }
 
-// caughtUp reports whether every staying copy of rng holds at least what every live copy holds, or
-// which copy's counts are still missing.
-func (v *view) caughtUp(db string, m couch.ShardMap, rng string) (bool, string) {
+// caughtUp reports whether every staying copy of rng holds at least as many documents as every live
+// copy, and, when the copy to drop is live, whether each staying copy is known to hold everything it
+// holds; or why not yet. Equal counts alone prove nothing: a drained copy in maintenance mode misses
+// the writes a staying copy took while the drained one took writes the staying one missed while it
+// was down, and the counts can match. Only mem3's checkpoint of a push from the dropped copy to the
+// staying one, at the dropped copy's current update_seq, says the staying copy holds all of it.
+func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, string) {
 	var maxTotal int64
 	for _, n := range v.liveCopies(m, rng) {
 		s, ok := v.in.Stats[CopyKey{db, rng, n}]
@@ -300,6 +437,24 @@ func (v *view) caughtUp(db string, m couch.ShardMap, rng string) (bool, string) 
 		}
 		if s := v.in.Stats[CopyKey{db, rng, n}]; s.total() < maxTotal {
 			return false, fmt.Sprintf("copy %s/%s on %s is catching up (%d of %d documents)", db, rng, n, s.total(), maxTotal)
+		}
+	}
+	src := v.in.Stats[CopyKey{db, rng, drop}]
+	switch {
+	case !v.live[drop]:
+		return true, "" // a departed node that is down: its copy is unreadable, the live ones are the sources
+	case src.Seq == 0 && src.total() == 0:
+		return true, "" // never written to: nothing of it can be missing elsewhere
+	case src.Seq <= 0:
+		return false, fmt.Sprintf("no update_seq yet for %s/%s on %s", db, rng, drop)
+	}
+	for _, n := range v.stayingCopies(m, rng) {
+		if n == drop {
+			continue
+		}
+		t := v.in.Stats[CopyKey{db, rng, n}]
+		if t.UUID == "" || src.Pushed == nil || src.Pushed[t.UUID] < src.Seq {
+			return false, fmt.Sprintf("copy %s/%s on %s is not yet known to hold everything the copy on %s holds (no internal-replication checkpoint at its update_seq %d)", db, rng, n, drop, src.Seq)
 		}
 	}
 	return true, ""
@@ -332,17 +487,39 @@ func Plan(in Input) Result {
 			r.Actions = append(r.Actions, Action{Kind: ClearMaintenance, Node: m.Name})
 		}
 	}
-	if d, ok := Draining(in); ok && !d.Maintenance {
-		// Clients stop using the draining node before its copies move.
+	// Before anything else, and so before any database is created: CouchDB must not place new copies
+	// on a node that is leaving.
+	for _, node := range sortedKeys(in.Decom) {
+		switch decom := in.Decom[node]; {
+		case v.leaving[node] && !decom:
+			r.Actions = append(r.Actions, Action{Kind: SetDecom, Node: node})
+		case !v.leaving[node] && decom && slices.Contains(v.staying, node):
+			r.Actions = append(r.Actions, Action{Kind: ClearDecom, Node: node})
+		}
+	}
+	if d, ok := Draining(in); ok && !d.Maintenance && d.Live {
+		// Clients stop using the draining node before its copies move. A drained node that is down
+		// cannot be switched (its config API is down with it) and serves no client either.
 		r.Actions = append(r.Actions, Action{Kind: SetMaintenance, Node: d.Name})
 		return r
 	}
 	for _, db := range in.Replicate {
-		if _, ok := in.Maps[db]; !ok && !slices.Contains(in.DBs, db) && len(v.staying) > 0 {
-			r.Actions = append(r.Actions, Action{Kind: CreateDB, DB: db, N: len(v.staying)})
-			return r
+		if _, ok := in.Maps[db]; ok || slices.Contains(in.DBs, db) || len(v.staying) == 0 {
+			continue
 		}
+		if down := v.downStaying(); down != "" {
+			// The coordinator's _dbs may be stale: the database may have been created while it was down,
+			// through a member that is down now. Creating it again would give _dbs two first revisions of
+			// its map, and the losing one's copies would be dropped with whatever was written to them.
+			if r.Waiting == "" {
+				r.Waiting = fmt.Sprintf("database %s (%s) is created once every member is up: %s is not", db, "couchdb.io/replicate", down)
+			}
+			continue
+		}
+		r.Actions = append(r.Actions, Action{Kind: CreateDB, DB: db, N: len(v.staying)})
+		return r
 	}
+	heldBack := ""
 	for _, db := range sortedDBs(in.Maps) {
 		if v.frozen[db] {
 			continue
@@ -357,20 +534,27 @@ func Plan(in Input) Result {
 					r.Waiting = fmt.Sprintf("no live member can take a copy of %s/%s", db, rng)
 					continue
 				}
-				r.Actions = append(r.Actions, Action{Kind: AddCopy, DB: db, Range: rng, Node: target}, Action{Kind: SyncShards, DB: db})
+				r.Actions = append(r.Actions, Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m)}, Action{Kind: SyncShards, DB: db})
 				return r
 			}
-			if drop := v.removable(db, m, rng); len(drop) > 0 {
-				ok, why := v.caughtUp(db, m, rng)
+			drop, held := v.droppable(db, m, rng)
+			if held && heldBack == "" {
+				heldBack = fmt.Sprintf("%s/%s", db, rng)
+			}
+			if len(drop) > 0 {
+				ok, why := v.caughtUp(db, m, rng, drop[0])
 				if !ok {
 					r.Waiting = why
 					r.Actions = append(r.Actions, Action{Kind: SyncShards, DB: db})
 					return r
 				}
-				r.Actions = append(r.Actions, Action{Kind: RemoveCopy, DB: db, Range: rng, Node: drop[0]})
+				r.Actions = append(r.Actions, Action{Kind: RemoveCopy, DB: db, Range: rng, Node: drop[0], N: DBN(m)})
 				return r
 			}
 		}
+	}
+	if heldBack != "" && r.Waiting == "" {
+		r.Waiting = fmt.Sprintf("drained node %s is down: its copies (%s first) have been re-created on staying members and are dropped once it is back and they are verified; if it is gone for good, lower spec.replicas instead of waiting", v.drain, heldBack)
 	}
 	if len(r.AtRisk) > 0 {
 		r.Waiting = "some ranges have no live copy; their databases are left as they are"
@@ -424,14 +608,24 @@ func (v *view) rebalanceMove() (Action, bool) {
 	}
 	for _, db := range sortedDBs(v.in.Maps) {
 		m := v.in.Maps[db]
-		if v.frozen[db] || slices.Contains(v.in.Replicate, db) || len(m.ByRange) < 2 {
+		if v.frozen[db] || slices.Contains(v.in.Replicate, db) {
 			continue
 		}
 		for _, rng := range m.ByNode[full] {
 			if !m.HasCopy(rng, empty) {
-				return Action{Kind: AddCopy, DB: db, Range: rng, Node: empty}, true
+				// The copy about to be dropped is an extra one only while n is recorded (Edit does it).
+				return Action{Kind: AddCopy, DB: db, Range: rng, Node: empty, N: DBN(m)}, true
 			}
 		}
 	}
 	return Action{}, false
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -15,6 +16,12 @@ func smap(db string, byRange map[string][]int) couch.ShardMap {
 			m.AddCopy(r, name(o))
 		}
 	}
+	return m
+}
+
+// withN records n in m as Edit does.
+func withN(m couch.ShardMap, n int) couch.ShardMap {
+	m.Extra = map[string]any{NKey: n}
 	return m
 }
 
@@ -34,10 +41,31 @@ func strs(res Result) []string {
 	return out
 }
 
-const r0, r1 = "00000000-7fffffff", "80000000-ffffffff"
+// stats gives every listed copy of rng in db the same total, a non-zero update_seq and a uuid, and
+// records on each a push checkpoint to every other at its update_seq: the copies are in sync.
+func stats(db, rng string, docs int64, ords ...int) map[CopyKey]CopyStat {
+	out := map[CopyKey]CopyStat{}
+	for _, o := range ords {
+		s := CopyStat{Docs: docs, Seq: docs, UUID: "u" + name(o), Pushed: map[string]int64{}}
+		for _, p := range ords {
+			if p != o {
+				s.Pushed["u"+name(p)] = docs
+			}
+		}
+		out[CopyKey{db, rng, name(o)}] = s
+	}
+	return out
+}
+
+const r0, r1, all = "00000000-7fffffff", "80000000-ffffffff", "00000000-ffffffff"
 
 func TestPlanRules(t *testing.T) {
 	two := 2
+	synced := stats("a", r0, 3, 0, 1, 2, 3)
+	behind := stats("a", r0, 3, 0, 1, 2, 3)
+	s := behind[CopyKey{"a", r0, name(2)}]
+	s.Pushed = map[string]int64{"u" + name(0): 3, "u" + name(1): 3, "u" + name(3): 2} // its last push to db-3 is older
+	behind[CopyKey{"a", r0, name(2)}] = s
 	cases := map[string]struct {
 		in      Input
 		want    []string
@@ -58,12 +86,12 @@ func TestPlanRules(t *testing.T) {
 		},
 		"caught up: drop the departed copy, then (next plan) the node": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: []string{name(3)}, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})},
-				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {5, 1}, {"a", r0, name(1)}: {5, 1}, {"a", r0, name(2)}: {6, 0}}},
+				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {Docs: 5, Deleted: 1}, {"a", r0, name(1)}: {Docs: 5, Deleted: 1}, {"a", r0, name(2)}: {Docs: 6}}},
 			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")"},
 		},
 		"a new copy behind the live sources is not enough": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: []string{name(3)}, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})},
-				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {5, 1}, {"a", r0, name(1)}: {5, 1}, {"a", r0, name(2)}: {2, 0}}},
+				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {Docs: 5, Deleted: 1}, {"a", r0, name(1)}: {Docs: 5, Deleted: 1}, {"a", r0, name(2)}: {Docs: 2}}},
 			want:    []string{"SyncShards(a)"},
 			waiting: true,
 		},
@@ -79,21 +107,43 @@ func TestPlanRules(t *testing.T) {
 			in:   Input{Replicas: 3, Members: members(0, 1, 2), Replicate: []string{"b"}, Maps: map[string]couch.ShardMap{}},
 			want: []string{"CreateDB(b n=3)"},
 		},
+		"replicate: not created while a member is down (its _dbs may be the one that has it)": {
+			in: Input{Replicas: 3, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2}},
+				Replicate: []string{"b"}, Maps: map[string]couch.ShardMap{}},
+			waiting: true,
+		},
 		"replicate: a copy on every member": {
 			in:   Input{Replicas: 3, Members: members(0, 1, 2), Replicate: []string{"b"}, DBs: []string{"b"}, Maps: map[string]couch.ShardMap{"b": smap("b", map[string][]int{r0: {0, 1}})}},
 			want: []string{"AddCopy(b/" + r0 + " on " + name(2) + ")", "SyncShards(b)"},
 		},
-		"drain: maintenance mode before anything moves": {
-			in:   Input{Replicas: 3, TargetReplicas: &two, Members: members(0, 1, 2), Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})}},
-			want: []string{"SetMaintenance(" + name(2) + ")"},
+		"drain: decom and maintenance mode before anything moves": {
+			in: Input{Replicas: 3, TargetReplicas: &two, Members: members(0, 1, 2), Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})},
+				Decom: map[string]bool{name(0): false, name(1): false, name(2): false}},
+			want: []string{"SetDecom(" + name(2) + ")", "SetMaintenance(" + name(2) + ")"},
 		},
 		"drain: the drained node's copy moves to a staying member": {
-			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{name(0), 0, true, false}, {name(1), 1, true, false}, {name(2), 2, true, true}},
-				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})}},
+			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true, Maintenance: true}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})}, Decom: map[string]bool{name(2): true}},
 			want: []string{"AddCopy(a/" + r0 + " on " + name(1) + ")", "SyncShards(a)"},
 		},
+		"drain: equal counts are not enough, the drained copy's push must have reached the staying ones": {
+			in: Input{Replicas: 4, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true}, {Name: name(3), Ordinal: 3, Live: true, Maintenance: true}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})}, Stats: func() map[CopyKey]CopyStat {
+					st := stats("a", r0, 3, 0, 1, 2, 3)
+					s := st[CopyKey{"a", r0, name(3)}]
+					s.Pushed = map[string]int64{"u" + name(0): 3, "u" + name(1): 3, "u" + name(2): 2}
+					st[CopyKey{"a", r0, name(3)}] = s
+					return st
+				}()},
+			want: []string{"SyncShards(a)"}, waiting: true,
+		},
+		"drain: verified by checkpoints, the drained copy is dropped": {
+			in: Input{Replicas: 4, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true}, {Name: name(3), Ordinal: 3, Live: true, Maintenance: true}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})}, Stats: synced},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")"},
+		},
 		"drain: empty node leaves _nodes, then the StatefulSet shrinks": {
-			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{name(0), 0, true, false}, {name(1), 1, true, false}, {name(2), 2, true, true}},
+			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true, Maintenance: true}},
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1}})}},
 			want: []string{"RemoveNode(" + name(2) + ")"},
 		},
@@ -101,25 +151,53 @@ func TestPlanRules(t *testing.T) {
 			in:   Input{Replicas: 3, TargetReplicas: &two, Members: members(0, 1), Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1}})}},
 			want: []string{"ScaleDown(replicas=2)"},
 		},
-		"maintenance left on a node no longer drained is cleared": {
-			in:   Input{Replicas: 3, Members: []Member{{name(0), 0, true, false}, {name(1), 1, true, false}, {name(2), 2, true, true}}, Maps: map[string]couch.ShardMap{}},
-			want: []string{"ClearMaintenance(" + name(2) + ")"},
+		"drain of a down node: no maintenance (it cannot be set), its copy is re-created from the live one": {
+			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})}, Decom: map[string]bool{name(0): false, name(1): false, name(2): false}},
+			want: []string{"SetDecom(" + name(2) + ")", "AddCopy(a/" + r0 + " on " + name(1) + ")", "SyncShards(a)"},
+		},
+		"drain of a down node: its copy is kept until it is back, and the node stays": {
+			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2}})}, Decom: map[string]bool{name(2): true},
+				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {Docs: 4, Seq: 4}, {"a", r0, name(1)}: {Docs: 4, Seq: 4}}},
+			waiting: true,
+		},
+		"drain cancelled: maintenance and decom come off": {
+			in: Input{Replicas: 3, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true, Maintenance: true}},
+				Maps: map[string]couch.ShardMap{}, Decom: map[string]bool{name(0): false, name(1): false, name(2): true}},
+			want: []string{"ClearMaintenance(" + name(2) + ")", "ClearDecom(" + name(2) + ")"},
+		},
+		"decom before a database is created; a departed node loses decom only by leaving _nodes": {
+			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: []string{name(3), name(4)}, Replicate: []string{"b"}, Maps: map[string]couch.ShardMap{},
+				Decom: map[string]bool{name(0): false, name(1): false, name(2): false, name(3): false, name(4): true}},
+			want: []string{"SetDecom(" + name(3) + ")", "CreateDB(b n=3)"},
 		},
 		"rebalance: one copy to the emptiest member": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2}, r1: {0, 1, 2}})}},
 			want: []string{"AddCopy(a/" + r0 + " on " + name(3) + ")", "SyncShards(a)"},
 		},
-		"rebalance: an extra copy is dropped from the fullest holder once caught up": {
+		"rebalance moves one-range databases too": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
-				Maps:  map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}, r1: {0, 1, 2}})},
-				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {3, 0}, {"a", r0, name(1)}: {3, 0}, {"a", r0, name(2)}: {3, 0}, {"a", r0, name(3)}: {3, 0}}},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 2}}), "b": smap("b", map[string][]int{all: {0, 1, 2}})}},
+			want: []string{"AddCopy(a/" + all + " on " + name(3) + ")", "SyncShards(a)"},
+		},
+		"rebalance: an extra copy is dropped from the fullest holder once verified": {
+			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
+				Maps:  map[string]couch.ShardMap{"a": withN(smap("a", map[string][]int{r0: {0, 1, 2, 3}, r1: {0, 1, 2}}), 3)},
+				Stats: synced},
 			want: []string{"RemoveCopy(a/" + r0 + " on " + name(2) + ")"},
 		},
+		"rebalance: the extra copy's last push is older than its update_seq: sync first": {
+			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
+				Maps:  map[string]couch.ShardMap{"a": withN(smap("a", map[string][]int{r0: {0, 1, 2, 3}, r1: {0, 1, 2}}), 3)},
+				Stats: behind},
+			want: []string{"SyncShards(a)"}, waiting: true,
+		},
 		"a staying copy down: wait, never drop the departed one": {
-			in: Input{Replicas: 3, Members: []Member{{name(0), 0, true, false}, {name(1), 1, true, false}, {name(2), 2, false, false}}, Departed: []string{name(3)},
+			in: Input{Replicas: 3, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2}}, Departed: []string{name(3)},
 				Maps:  map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})},
-				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {3, 0}, {"a", r0, name(1)}: {3, 0}}},
+				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {Docs: 3}, {"a", r0, name(1)}: {Docs: 3}}},
 			want: []string{"SyncShards(a)"}, waiting: true,
 		},
 	}
@@ -145,5 +223,135 @@ func TestStatsNeededOnlyForRangesWithACopyToDrop(t *testing.T) {
 	want := []CopyKey{{"a", r0, name(0)}, {"a", r0, name(1)}, {"a", r0, name(2)}}
 	if diff := cmp.Diff(want, StatsNeeded(in)); diff != "" {
 		t.Error(diff)
+	}
+	if got := SourcesNeeded(in); len(got) != 0 {
+		t.Errorf("a departed node that is down has no checkpoints to read: %v", got)
+	}
+	in.Members = append(in.Members, Member{Name: name(3), Ordinal: 3, Live: true})
+	in.Replicas, in.TargetReplicas = 4, func() *int { n := 3; return &n }()
+	in.Members[3].Maintenance = true
+	in.Departed = nil
+	if diff := cmp.Diff([]CopyKey{{"a", r0, name(3)}}, SourcesNeeded(in)); diff != "" {
+		t.Errorf("the drained copy's checkpoints are needed: %s", diff)
+	}
+}
+
+// TestNIsNotReadFromCopiesInFlight is the regression test for n taken from the current map: a
+// one-range database with n=3 on members 0-3 and a copy on departed node 4. The planner used to count
+// the copy it had just added on 2 as part of n (4 copies listed), add another on 3, then drop node
+// 4's, leaving 4 copies. Now the first AddCopy records n=3 in the map (NKey), and the state after it
+// reads as n=3 with the departed copy to drop.
+func TestNIsNotReadFromCopiesInFlight(t *testing.T) {
+	in := Input{Replicas: 4, Members: members(0, 1, 2, 3), Departed: []string{name(4)},
+		Maps: map[string]couch.ShardMap{"d": smap("d", map[string][]int{all: {0, 1, 4}})}}
+	res := Plan(in)
+	if len(res.Actions) == 0 || res.Actions[0].Kind != AddCopy || res.Actions[0].N != 3 {
+		t.Errorf("first step %v: want an AddCopy carrying n=3 to record", res.Actions)
+	}
+	// After the AddCopy on 2 (n recorded in the same write) and a sync: 2 has caught up.
+	m := smap("d", map[string][]int{all: {0, 1, 2, 4}})
+	m.Extra = map[string]any{"couchdb.io/n": float64(3)} // as a map read back from CouchDB carries it
+	in.Maps["d"] = m
+	in.Stats = map[CopyKey]CopyStat{{"d", all, name(0)}: {Docs: 7}, {"d", all, name(1)}: {Docs: 7}, {"d", all, name(2)}: {Docs: 7}}
+	want := []string{"RemoveCopy(d/" + all + " on " + name(4) + ")"}
+	if diff := cmp.Diff(want, strs(Plan(in))); diff != "" {
+		t.Errorf("mid-heal step (-want +got):\n%s", diff)
+	}
+}
+
+// TestHealOfOneRangeDatabaseKeepsItsN runs the same heal to its end through Edit, the edit the
+// controller applies: exactly n copies remain, all on members.
+func TestHealOfOneRangeDatabaseKeepsItsN(t *testing.T) {
+	m := smap("d", map[string][]int{all: {0, 1, 4}})
+	departed := []string{name(4)}
+	for step := 0; ; step++ {
+		if step == 20 {
+			t.Fatalf("no fixpoint: %v", m.ByRange)
+		}
+		in := Input{Replicas: 4, Members: members(0, 1, 2, 3), Departed: departed, Maps: map[string]couch.ShardMap{"d": m}, Stats: map[CopyKey]CopyStat{}}
+		for _, k := range StatsNeeded(in) {
+			in.Stats[k] = CopyStat{Docs: 7} // every copy caught up at once (a departed copy is never read)
+		}
+		res := Plan(in)
+		if len(res.Actions) == 0 {
+			break
+		}
+		for _, a := range res.Actions {
+			switch a.Kind {
+			case AddCopy, RemoveCopy:
+				// The map round-trips through JSON, as it does through CouchDB.
+				if _, err := Edit(&m, a); err != nil {
+					t.Fatal(err)
+				}
+				raw, _ := json.Marshal(m)
+				m = couch.ShardMap{}
+				if err := json.Unmarshal(raw, &m); err != nil {
+					t.Fatal(err)
+				}
+			case RemoveNode:
+				departed = nil
+			}
+		}
+	}
+	want := []string{name(0), name(1), name(2)}
+	if diff := cmp.Diff(want, sortedCopy(m.ByRange[all])); diff != "" {
+		t.Errorf("copies (-want +got):\n%s", diff)
+	}
+	if DBN(m) != 3 {
+		t.Errorf("n %d", DBN(m))
+	}
+}
+
+func TestDBN(t *testing.T) {
+	three := smap("a", map[string][]int{r0: {0, 1, 2}, r1: {0, 1, 2}})
+	cases := map[string]struct {
+		m    couch.ShardMap
+		want int
+	}{
+		"inferred: copies per range":                          {three, 3},
+		"inferred: a range with an extra copy is the odd one": {smap("a", map[string][]int{r0: {0, 1, 2, 3}, r1: {0, 1, 2}, "x": {0, 1, 2}}), 3},
+		"inferred: copies on departed nodes count":            {smap("a", map[string][]int{all: {0, 7, 8}}), 3},
+		"recorded wins over the copies listed":                {withN(smap("a", map[string][]int{all: {0, 1, 2, 3}}), 3), 3},
+		"recorded as CouchDB returns it (a JSON number)":      {func() couch.ShardMap { m := three; m.Extra = map[string]any{NKey: float64(2)}; return m }(), 2},
+		"recorded but not a count: inferred":                  {func() couch.ShardMap { m := three; m.Extra = map[string]any{NKey: "two"}; return m }(), 3},
+		"recorded but fractional: inferred":                   {func() couch.ShardMap { m := three; m.Extra = map[string]any{NKey: 2.5}; return m }(), 3},
+		"recorded zero: inferred":                             {func() couch.ShardMap { m := three; m.Extra = map[string]any{NKey: float64(0)}; return m }(), 3},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if got := DBN(tc.m); got != tc.want {
+				t.Errorf("DBN = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEdit(t *testing.T) {
+	m := smap("a", map[string][]int{all: {0, 1}})
+	changed, err := Edit(&m, Action{Kind: AddCopy, DB: "a", Range: all, Node: name(2), N: 2})
+	if err != nil || !changed || !m.HasCopy(all, name(2)) || DBN(m) != 2 {
+		t.Fatalf("add: changed %t err %v map %v n %d", changed, err, m.ByRange, DBN(m))
+	}
+	// A repeat (after a crash) changes nothing, and a later edit never rewrites the recorded n.
+	if changed, err := Edit(&m, Action{Kind: AddCopy, DB: "a", Range: all, Node: name(2), N: 3}); err != nil || changed || DBN(m) != 2 {
+		t.Fatalf("repeat: changed %t err %v n %d", changed, err, DBN(m))
+	}
+	if changed, err := Edit(&m, Action{Kind: RemoveCopy, DB: "a", Range: all, Node: name(0), N: 3}); err != nil || !changed || m.HasCopy(all, name(0)) || DBN(m) != 2 {
+		t.Fatalf("remove: changed %t err %v n %d", changed, err, DBN(m))
+	}
+	one := smap("b", map[string][]int{all: {0}})
+	if _, err := Edit(&one, Action{Kind: RemoveCopy, DB: "b", Range: all, Node: name(0)}); err == nil {
+		t.Fatal("removed a range's last copy")
+	}
+	// n is recorded even when the copy is already there (added by hand).
+	hand := smap("c", map[string][]int{all: {0, 1}})
+	if changed, _ := Edit(&hand, Action{Kind: AddCopy, DB: "c", Range: all, Node: name(1), N: 2}); !changed || DBN(hand) != 2 {
+		t.Fatalf("n not recorded on a map that had the copy: %v", hand.Extra)
+	}
+	// The record survives CouchDB's round trip and sits beside the fields mem3 reads.
+	raw, _ := json.Marshal(m)
+	var back couch.ShardMap
+	if err := json.Unmarshal(raw, &back); err != nil || DBN(back) != 2 || back.Validate() != nil {
+		t.Fatalf("round trip: %s err %v", raw, err)
 	}
 }
