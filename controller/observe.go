@@ -303,6 +303,12 @@ func (c *Controller) needShards(st *clusterState, o *Observed, coord *NodeObs) b
 			return true
 		}
 	}
+	// Until the maps read healthy again (a node came back, a heal finished) and no staying node
+	// keeps a decom mark, read them every sync: the health metric, the status and the mark's
+	// removal must not wait for shardsMaxAge.
+	if st.shardsUnsettled {
+		return true
+	}
 	return c.cfg.Now().Sub(st.shardsRead) >= shardsMaxAge
 }
 

@@ -114,6 +114,14 @@ const quickRequeue = 50 * time.Millisecond
 
 // PlanCluster is the pure decision function: everything it knows is in o.
 func PlanCluster(o Observed) Plan {
+	p := planCluster(o)
+	// The phase is decided last: shard planning may add a Warning (DataAtRisk) that makes the
+	// cluster Degraded.
+	p.Phase = phase(o, p)
+	return p
+}
+
+func planCluster(o Observed) Plan {
 	p := Plan{NodeStates: map[string]string{}}
 	coord := coordinator(o)
 	var members, connected []string
@@ -145,7 +153,6 @@ func PlanCluster(o Observed) Plan {
 			p.Warnings = append(p.Warnings, Problem{ReasonCouchDBVersionUnsupported, fmt.Sprintf("pod %s: %s; the controller will not change this node's cluster", n.Pod, n.VersionErr)})
 		}
 	}
-	p.Phase = phase(o, p)
 	switch {
 	case len(o.Problems) > 0:
 		p.Wait = "waiting for a human to fix: " + o.Problems[0].Message

@@ -62,6 +62,8 @@ type clusterState struct {
 	lockedOut     bool        // the last rejection was CouchDB's lockout
 	shardsRead    time.Time   // last time the shard maps were read
 	shardHealth   ShardHealth // from the last read
+	// shardsUnsettled: the last read found ranges not healthy or a decom mark on a staying node.
+	shardsUnsettled bool
 }
 
 func newClusterState() *clusterState {

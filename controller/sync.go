@@ -371,9 +371,25 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 	if p.Shards != nil {
 		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable)
 		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable}
+		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || decomOnStayingNode(o)
 	}
 	status.Shards = st.shardHealth
 	c.setStatus(key, status)
+}
+
+// decomOnStayingNode reports a decom mark on a node whose ordinal is below spec.replicas and that is
+// not being drained: placement clears it, and until then the maps are read every sync.
+func decomOnStayingNode(o Observed) bool {
+	if o.Shards == nil {
+		return false
+	}
+	d, draining := drainingOrdinal(o)
+	for name, decom := range o.Shards.Decom {
+		if ord, ok := nodeOrdinal(name, o.StatefulSet); decom && ok && ord < o.Replicas && !(draining && ord == d) {
+			return true
+		}
+	}
+	return false
 }
 
 func coordinatorSetup(o Observed) string {
