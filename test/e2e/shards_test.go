@@ -52,8 +52,14 @@ func rawDo(t *testing.T, ns, pod, password, method, path, body string) (int, str
 // loadData creates db1 (q=2, n=3) through pod 0 and writes docs documents.
 func loadData(t *testing.T, s clusterSpec, ns string, docs int) { loadDataQ(t, s, ns, docs, 2) }
 
+// loadDataQ waits for the cluster to be finished first, as users create databases after setup: every
+// node listing every member (waitMembers) comes before finish_cluster, and a scale-down between the
+// two leaves an unfinished cluster whose _nodes names the removed pods (the planner then waits with a message to scale up or remove them).
 func loadDataQ(t *testing.T, s clusterSpec, ns string, docs, q int) {
 	t.Helper()
+	poll(t, 30*time.Second, "cluster_finished before loading data", func(context.Context) (bool, error) {
+		return setupState(t, ns, podName(s, 0)) == couch.StateClusterFinished, nil
+	})
 	if err := couchdb(t, ns, podName(s, 0), s.password).CreateDB(context.Background(), "db1", q, 3); err != nil {
 		t.Fatal(err)
 	}
