@@ -283,6 +283,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 			c.askSetup(ctx, st, scheme, ca, o, n)
 		}
 	}
+	c.askShards(ctx, st, scheme, ca, o, coord) // only when a departed entry blocks formation
 }
 
 // shardsMaxAge is how often an otherwise idle cluster's shard maps are read for the health metric.
@@ -293,7 +294,9 @@ const shardsMaxAge = 5 * time.Minute
 // steady state of an unannotated cluster stays at one GET per node.
 func (c *Controller) needShards(st *clusterState, o *Observed, coord *NodeObs) bool {
 	if coord.Setup != couch.StateClusterFinished {
-		return false
+		// Before finish_cluster only a departed _nodes entry needs the maps: it blocks finishing, and
+		// may leave only when no map references it.
+		return len(departedMembers(*o, coord.Membership.ClusterNodes)) > 0
 	}
 	if _, ok := drainingOrdinal(*o); ok || len(o.Replicate) > 0 || o.Rebalance {
 		return true

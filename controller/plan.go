@@ -266,14 +266,49 @@ func planFormation(o Observed, coord *NodeObs, members, connected []string, disa
 		names = append(names, n.Name)
 	}
 	for _, m := range members {
-		if !slices.Contains(names, m) {
-			// finish_cluster waits for every _nodes entry to answer, so a foreign or departed entry
-			// would make it fail after 5 s on every attempt.
-			p.Wait = fmt.Sprintf("_nodes lists %s, which is not one of the first %d pods; remove it or scale up", m, o.Replicas)
-			return
+		if slices.Contains(names, m) {
+			continue
 		}
+		// finish_cluster waits for every _nodes entry to answer, so a foreign or departed entry
+		// would make it fail after 5 s on every attempt. A departed pod of this StatefulSet (scaled
+		// down before setup finished) leaves _nodes when no shard map references it: it holds no data.
+		if slices.Contains(departedMembers(o, members), m) && o.Shards != nil && !referenced(o.Shards, m) {
+			p.Actions = append(p.Actions, Action{Kind: ActRemoveNode, Via: coord.Ordinal, Node: m})
+			continue
+		}
+		p.Wait = fmt.Sprintf("_nodes lists %s, which is not one of the first %d pods; remove it or scale up", m, o.Replicas)
+		if slices.Contains(departedMembers(o, members), m) && o.Shards != nil {
+			p.Wait = fmt.Sprintf("_nodes lists %s, which is not one of the first %d pods and holds shard copies; scale back up so its data can move", m, o.Replicas)
+		}
+		p.Actions = nil
+		return
+	}
+	if len(p.Actions) > 0 {
+		return // finish once the departed entries are gone and every node agrees again
 	}
 	p.Actions = append(p.Actions, Action{Kind: ActFinishCluster, Via: coord.Ordinal})
+}
+
+// departedMembers are the entries of members that name a pod of this StatefulSet at an ordinal
+// >= spec.replicas.
+func departedMembers(o Observed, members []string) []string {
+	var out []string
+	for _, m := range members {
+		if ord, ok := nodeOrdinal(m, o.StatefulSet); ok && ord >= o.Replicas {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// referenced says whether any shard map lists a copy on node.
+func referenced(s *ShardObs, node string) bool {
+	for _, m := range s.Maps {
+		if len(m.ByNode[node]) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {

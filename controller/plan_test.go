@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -235,6 +236,35 @@ func TestPlanSafetyRules(t *testing.T) {
 		want := []string{"AddCopy(db1/00000000-ffffffff on " + nodeName(0) + ")", "SyncShards(db1)"}
 		if diff := cmp.Diff(want, kinds(p)); diff != "" {
 			t.Error(diff)
+		}
+	})
+	// Scaled down after every node listed every member but before finish_cluster: the removed pods
+	// are still in _nodes, and finish_cluster would wait on them for ever.
+	unfinished := world{replicas: 3, pods: []int{0, 1, 2}, members: names(0, 1, 2, 3, 4), connected: names(0, 1, 2)}
+	t.Run("unfinished cluster: departed entries kept while the shard maps are unknown", func(t *testing.T) {
+		if p := PlanCluster(unfinished.observe()); len(p.Actions) != 0 || p.Wait == "" || p.Formed {
+			t.Errorf("plan %v wait %q", kinds(p), p.Wait)
+		}
+	})
+	t.Run("unfinished cluster: unreferenced departed entries leave _nodes, then setup finishes", func(t *testing.T) {
+		o := unfinished.observe()
+		o.Shards = &ShardObs{}
+		p := PlanCluster(o)
+		want := []string{"RemoveNode(" + nodeName(3) + " via 0)", "RemoveNode(" + nodeName(4) + " via 0)"}
+		if diff := cmp.Diff(want, kinds(p)); diff != "" {
+			t.Errorf("actions (-want +got):\n%s\nwait: %s", diff, p.Wait)
+		}
+		after := world{replicas: 3, pods: []int{0, 1, 2}, members: names(0, 1, 2), connected: names(0, 1, 2)}.observe()
+		if got := kinds(PlanCluster(after)); !slices.Equal(got, []string{"FinishCluster(via 0)"}) {
+			t.Errorf("after the removals: %v", got)
+		}
+	})
+	t.Run("unfinished cluster: a departed entry holding a copy is kept", func(t *testing.T) {
+		o := unfinished.observe()
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": shardMap("db1", map[string][]string{"00000000-ffffffff": names(0, 1, 4)})}}
+		p := PlanCluster(o)
+		if len(p.Actions) != 0 || !strings.Contains(p.Wait, "holds shard copies") {
+			t.Errorf("plan %v wait %q", kinds(p), p.Wait)
 		}
 	})
 	t.Run("departed node that no map references is removed from _nodes", func(t *testing.T) {

@@ -59,12 +59,21 @@ func main() {
 	}
 	fmt.Print(res)
 	if *out != "" {
+		// The hand-written reading of the numbers below notesMarker survives a re-run.
+		if old, err := os.ReadFile(*out); err == nil {
+			if i := strings.Index(string(old), notesMarker); i >= 0 {
+				res += "\n" + string(old[i:])
+			}
+		}
 		if err := os.WriteFile(*out, []byte(res), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
 	}
 }
+
+// notesMarker starts the hand-written part of the -out file, which a re-run keeps.
+const notesMarker = "<!-- notes: kept by make bench -->"
 
 // defaultResync is the controller's --resync default; the steady state is measured at it.
 const defaultResync = 30 * time.Second
