@@ -34,7 +34,7 @@ import (
 type Config struct {
 	KubeClient    kubernetes.Interface
 	Namespace     string        // "" watches every namespace
-	Resync        time.Duration // periodic re-check of every cluster; default 30s
+	Resync        time.Duration // periodic re-check of every cluster; default 60s
 	CouchFactory  CouchFactory
 	Metrics       *metrics.Recorder
 	EventRecorder record.EventRecorder // optional; a broadcaster to the API server is made when nil
@@ -80,7 +80,7 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: KubeClient, CouchFactory and Metrics are required")
 	}
 	if cfg.Resync <= 0 {
-		cfg.Resync = 30 * time.Second
+		cfg.Resync = 60 * time.Second
 	}
 	if cfg.CredentialBackoff <= 0 {
 		cfg.CredentialBackoff = 30 * time.Second

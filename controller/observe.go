@@ -286,8 +286,10 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	c.askShards(ctx, st, scheme, ca, o, coord) // only when a departed entry blocks formation
 }
 
-// shardsMaxAge is how often an otherwise idle cluster's shard maps are read for the health metric.
-const shardsMaxAge = 5 * time.Minute
+// shardsMaxAge is how often an otherwise idle, healthy cluster's shard maps are read for the health
+// metric: with every member up, only a database being created or deleted changes them. A member that
+// is not answering, or maps that read unhealthy, make every sync read them (needShards).
+const shardsMaxAge = 10 * time.Minute
 
 // needShards says whether this sync reads the shard maps: when placement may have work (departed
 // members, a drain, replicate or rebalance annotations) and otherwise only every shardsMaxAge, so the
@@ -311,6 +313,11 @@ func (c *Controller) needShards(st *clusterState, o *Observed, coord *NodeObs) b
 	// removal must not wait for shardsMaxAge.
 	if st.shardsUnsettled {
 		return true
+	}
+	for ord, n := range o.Nodes {
+		if ord < o.Replicas && !n.Reached {
+			return true // a member that is down or not ready leaves ranges under-replicated now
+		}
 	}
 	return c.cfg.Now().Sub(st.shardsRead) >= shardsMaxAge
 }

@@ -56,7 +56,7 @@ func main() {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "path to a kubeconfig; in-cluster config when empty")
 	fs.StringVar(&o.namespace, "namespace", "", "watch only this namespace (default: all)")
 	fs.IntVar(&o.workers, "workers", 16, "clusters synced in parallel (a sync mostly waits on CouchDB, so more workers than cores pays)")
-	fs.DurationVar(&o.resync, "resync", 30*time.Second, "how often every cluster is re-checked")
+	fs.DurationVar(&o.resync, "resync", time.Minute, "how often every cluster is re-checked for drift that raises no Kubernetes event (joins and scale events are handled at once)")
 	fs.DurationVar(&o.couchTimeout, "couchdb-timeout", 5*time.Second, "timeout of one CouchDB request attempt")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of /metrics and the status API")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")

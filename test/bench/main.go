@@ -76,7 +76,7 @@ func main() {
 const notesMarker = "<!-- notes: kept by make bench -->"
 
 // defaultResync is the controller's --resync default; the steady state is measured at it.
-const defaultResync = 30 * time.Second
+const defaultResync = time.Minute
 
 type world struct {
 	kube    kubernetes.Interface
