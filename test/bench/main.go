@@ -146,6 +146,7 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers, forma
 	cmd.Env = append(withoutProxyEnv(os.Environ()), "HTTP_PROXY="+proxy.URL())
 	logf, _ := os.Create(filepath.Join(cp.RunDir(), "controller.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = harness.ChildProcAttr() // no controller outlives an interrupted run
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}

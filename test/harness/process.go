@@ -93,3 +93,7 @@ func (p *process) logTail(n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// ChildProcAttr is the SysProcAttr the harness gives its own processes, for other processes a test
+// or benchmark starts (the controller binary): its own session, and killed with the caller.
+func ChildProcAttr() *syscall.SysProcAttr { return sysProcAttr() }
