@@ -314,9 +314,11 @@ func (c *Controller) needShards(st *clusterState, o *Observed, coord *NodeObs) b
 	if st.shardsUnsettled {
 		return true
 	}
-	for ord, n := range o.Nodes {
-		if ord < o.Replicas && !n.Reached {
-			return true // a member that is down or not ready leaves ranges under-replicated now
+	for _, m := range coord.Membership.ClusterNodes {
+		// A member that is down or not ready leaves ranges under-replicated now. A pod that is only
+		// joining is no member yet: reading every map on each of its syncs would slow the join.
+		if ord, ok := nodeOrdinal(m, o.StatefulSet); ok && ord < o.Replicas && (o.Nodes[ord] == nil || !o.Nodes[ord].Reached) {
+			return true
 		}
 	}
 	return c.cfg.Now().Sub(st.shardsRead) >= shardsMaxAge
