@@ -314,21 +314,29 @@ func TestReadinessGateHoldsPodsOutUntilMember(t *testing.T) {
 	s.annotations = map[string]string{"couchdb.io/paused": "true"}
 	startController(t, ns)
 	s.create(t, ns)
+	// A pod is a not-ready address as soon as it has an IP, before its probe passes: wait for every
+	// pod's containers to be ready too, so that the gate, not the probe, is what holds them out.
 	poll(t, 60*time.Second, "3 not-ready addresses with ready containers", func(ctx context.Context) (bool, error) {
 		ready, notReady := addresses(ctx, ns, "held")
 		if ready != 0 {
 			return false, fmt.Errorf("a non-member is a ready address")
 		}
-		return notReady == 3, nil
-	})
-	for i := 0; i < 3; i++ {
-		p, _ := env.kube.CoreV1().Pods(ns).Get(context.Background(), podName(s, i), metav1.GetOptions{})
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.ContainersReady && c.Status != corev1.ConditionTrue {
-				t.Errorf("%s containers not ready: the gate, not the probe, must be what holds it", p.Name)
+		if notReady != 3 {
+			return false, nil
+		}
+		for i := 0; i < 3; i++ {
+			p, err := env.kube.CoreV1().Pods(ns).Get(ctx, podName(s, i), metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.ContainersReady && c.Status != corev1.ConditionTrue {
+					return false, nil
+				}
 			}
 		}
-	}
+		return true, nil
+	})
 	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/paused":null}}}`)
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "held", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
