@@ -27,6 +27,9 @@ type CouchAPI interface {
 	CreateDB(ctx context.Context, name string, q, n int) error
 	MaintenanceMode(ctx context.Context, node string) (string, error)
 	SetMaintenanceMode(ctx context.Context, node, value string) (string, error)
+	GetConfig(ctx context.Context, node, section, key string) (string, error)
+	SetConfig(ctx context.Context, node, section, key, value string) (string, error)
+	DeleteConfig(ctx context.Context, node, section, key string) (string, error)
 }
 
 // Endpoint is where one CouchDB node answers.

@@ -31,6 +31,8 @@ const (
 	ActScaleDown          ActionKind = "ScaleDown"
 	ActSetDecom           ActionKind = "SetDecom"
 	ActClearDecom         ActionKind = "ClearDecom"
+	ActSetZone            ActionKind = "SetZone"
+	ActSetPlacement       ActionKind = "SetPlacement"
 )
 
 // placementKinds maps the placement planner's steps to actions.
@@ -39,6 +41,7 @@ var placementKinds = map[placement.Kind]ActionKind{
 	placement.RemoveCopy: ActRemoveCopy, placement.SetMaintenance: ActSetMaintenance,
 	placement.ClearMaintenance: ActClearMaintenance, placement.RemoveNode: ActRemoveNode, placement.ScaleDown: ActScaleDown,
 	placement.SetDecom: ActSetDecom, placement.ClearDecom: ActClearDecom,
+	placement.SetZone: ActSetZone, placement.SetPlacement: ActSetPlacement,
 }
 
 // Action is one idempotent step. Via is the ordinal of the node the request is sent to.
@@ -52,6 +55,7 @@ type Action struct {
 	DB        string // shard actions
 	Range     string // shard actions
 	Replicas  int    // ScaleDown: the new spec.replicas
+	Text      string // SetZone: the zone; SetPlacement: the rule ("" deletes it)
 }
 
 func (a Action) String() string {

@@ -255,8 +255,8 @@ func couchFactory(rec *metrics.Recorder, timeout time.Duration) controller.Couch
 			return c, nil
 		}
 		t := &http.Transport{
-			Proxy:               http.ProxyFromEnvironment,
-			DialContext:         (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+			Proxy:       http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
 			// One idle connection per CouchDB node survives a resync (IdleConnTimeout > --resync), so
 			// a steady-state sync costs a request, not a TCP handshake and a TIME_WAIT socket. No
 			// total cap: a fleet of 3,000 nodes keeps 3,000 idle connections rather than redialling

@@ -82,6 +82,25 @@ type Input struct {
 	// Decom holds, for every node of the StatefulSet whose _nodes doc was read, whether the doc
 	// carries "decom": true. Nodes absent from it have no doc (or were not asked) and get no decom step.
 	Decom map[string]bool
+
+	// Zones maps each member (and each departed node the controller still knows a pod for) to its
+	// zone: the value of the cluster's zone label (couchdb.io/zone-label, by default
+	// topology.kubernetes.io/zone) on the Kubernetes Node its pod runs on. Nil turns zones off. A
+	// member whose Node has no such label (or is unknown) has zone "".
+	Zones map[string]string
+	// NodeZones is the "zone" field of each node's _nodes doc, for the nodes whose doc was read.
+	NodeZones map[string]string
+	// PlacementConfig is [cluster] placement of each live member whose config was read ("" = unset).
+	PlacementConfig map[string]string
+	// DefaultN is the cluster's [cluster] n (what a database created without n gets); 0 reads as 3.
+	DefaultN int
+	// RangeBytes is the size in bytes (sizes.file) of one copy of a range, where known.
+	RangeBytes map[RangeRef]int64
+	// MaxMoves bounds the copies being filled at once in the cluster (moves in flight); 0 means 1.
+	MaxMoves int
+	// MaxFillsPerNode bounds the fills one node takes part in at once, as the target of a new copy or
+	// as the holder of a copy about to be dropped; 0 means 2.
+	MaxFillsPerNode int
 }
 
 // Kind is a placement step.
@@ -103,6 +122,10 @@ const (
 	// ClearDecom takes the mark off a node that stays after all.
 	SetDecom   Kind = "SetDecom"
 	ClearDecom Kind = "ClearDecom"
+	// SetZone writes Value as the "zone" of Node's _nodes doc (read-modify-write, other fields kept).
+	SetZone Kind = "SetZone"
+	// SetPlacement sets Node's [cluster] placement to Value, or deletes it when Value is "".
+	SetPlacement Kind = "SetPlacement"
 )
 
 // Action is one step.
@@ -111,8 +134,9 @@ type Action struct {
 	DB       string
 	Range    string
 	Node     string
-	N        int // CreateDB: n; AddCopy, RemoveCopy: the database's n, recorded in a map without NKey
-	Replicas int // ScaleDown: the new spec.replicas
+	N        int    // CreateDB: n; AddCopy, RemoveCopy: the database's n, recorded in a map without NKey
+	Replicas int    // ScaleDown: the new spec.replicas
+	Value    string // SetZone: the zone; SetPlacement: the rule ("" deletes it)
 }
 
 func (a Action) String() string {
@@ -123,6 +147,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("SyncShards(%s)", a.DB)
 	case SetMaintenance, ClearMaintenance, RemoveNode, SetDecom, ClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
+	case SetZone, SetPlacement:
+		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Value)
 	case ScaleDown:
 		return fmt.Sprintf("ScaleDown(replicas=%d)", a.Replicas)
 	}
@@ -132,8 +158,19 @@ func (a Action) String() string {
 // RangeRef names one range of one database.
 type RangeRef struct{ DB, Range string }
 
-// Health counts ranges by how many live copies they have against n.
-type Health struct{ Healthy, UnderReplicated, Unavailable int }
+// Health counts ranges by how many live copies they have against their database's n (never capped
+// by the member count), and ZoneViolation the ranges whose copies cover fewer distinct zones than
+// min(n, zones with live staying members).
+type Health struct{ Healthy, UnderReplicated, Unavailable, ZoneViolation int }
+
+// Shortfall is a database with ranges below its n because the cluster has fewer staying members
+// than n: no move can fix it, only scaling up or lowering n.
+type Shortfall struct {
+	DB      string
+	N       int // the database's n
+	Copies  int // the fewest live copies of any of its ranges
+	Members int // staying members
+}
 
 // Result is Plan's answer.
 type Result struct {
@@ -142,6 +179,11 @@ type Result struct {
 	AtRisk   []RangeRef
 	Health   Health
 	Draining string // the node being drained, if any
+	// Shortfalls lists the databases under-replicated because members < n, for the UnderReplicated
+	// Warning.
+	Shortfalls []Shortfall
+	// Placement is the [cluster] placement rule every member should have ("" = none).
+	Placement string
 }
 
 // Draining returns the member being drained for couchdb.io/target-replicas: the highest ordinal.
@@ -313,6 +355,12 @@ func (v *view) stayingCopies(m couch.ShardMap, rng string) []string {
 		}
 	}
 	return out
+}
+
+// SizesNeeded lists the ranges whose copy size (Input.RangeBytes) Plan needs: with rebalance on, those
+// of the databases it may move.
+func SizesNeeded(in Input) []RangeRef {
+	return nil
 }
 
 // StatsNeeded lists the copies whose document counts Plan needs now: every live copy of the ranges
