@@ -43,6 +43,12 @@ type Config struct {
 	CredentialBackoff time.Duration
 	// UnreachableAfter is how long a node must fail before a CouchDBUnreachable Warning. Default 1m.
 	UnreachableAfter time.Duration
+	// MaxMoves bounds the shard copies being filled at once per cluster (default 8); MaxFillsPerNode
+	// the fills one node takes part in at once (default 2). See placement.Input.
+	MaxMoves, MaxFillsPerNode int
+	// CatchUpTimeout bounds how long a restarted member's couchdb.io/member condition waits for its
+	// copies to catch up before it is set True with a Warning (default 10m).
+	CatchUpTimeout time.Duration
 	// Now replaces time.Now in tests.
 	Now func() time.Time
 	// BeforeAction, when set, is called before each action is applied; an error stops the sync as
@@ -87,6 +93,15 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	if cfg.UnreachableAfter <= 0 {
 		cfg.UnreachableAfter = time.Minute
+	}
+	if cfg.MaxMoves <= 0 {
+		cfg.MaxMoves = 8
+	}
+	if cfg.MaxFillsPerNode <= 0 {
+		cfg.MaxFillsPerNode = 2
+	}
+	if cfg.CatchUpTimeout <= 0 {
+		cfg.CatchUpTimeout = 10 * time.Minute
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
