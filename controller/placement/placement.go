@@ -149,7 +149,6 @@ type Result struct {
 	Placement string
 }
 
-
 // Plan returns the next steps. It is a pure function of in.
 func Plan(in Input) Result {
 	v := newView(in)
