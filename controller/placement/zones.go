@@ -53,8 +53,9 @@ func (v *view) placementRule() string {
 }
 
 // ruleSafe reports whether every zone a placement rule names has a live staying member whose _nodes
-// doc already carries that zone: otherwise CouchDB fails every creation through a node with that rule
-// (500 no_nodes_in_zone). A rule that does not parse is not safe.
+// doc already carries that zone and keeps it (its Node is in that zone too): otherwise CouchDB fails,
+// or would fail once this plan's SetDecom or SetZone steps are applied, every creation through a
+// node with that rule (500 no_nodes_in_zone). A rule that does not parse is not safe.
 func (v *view) ruleSafe(rule string) bool {
 	if rule == "" {
 		return true
@@ -66,7 +67,9 @@ func (v *view) ruleSafe(rule string) bool {
 		}
 		served := false
 		for _, n := range v.liveStaying() {
-			if z, read := v.in.NodeZones[n]; read && z == zone {
+			// A doc about to be rewritten to another zone (SetZone in this plan) serves it no more.
+			// A decom mark still to be cleared (later in this plan) keeps the node out of allowed_nodes.
+			if z, read := v.in.NodeZones[n]; read && z == zone && (v.in.Zones[n] == zone || v.in.Zones[n] == "") && !v.in.Decom[n] {
 				served = true
 				break
 			}
