@@ -119,6 +119,7 @@ type propCluster struct {
 	// Drawn per sequence: the number of zones (0: zones off), the zone of each pod's Node (a pod may
 	// come back on a Node of another zone), each database's copy size, and the move bounds.
 	zoneCount          int
+	seen               map[string]int // what the sequence exercised, for the summary
 	zoneOf             map[int]string
 	size               map[string]int64
 	maxMoves, maxFills int
@@ -231,7 +232,7 @@ func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
 		nw:    couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: propSyncDelay}),
 		nodes: map[int]*couchtest.Node{}, handlers: map[int]http.Handler{}, clients: map[int]*couch.Client{}, up: map[int]bool{},
 		replicas: 3, nTrue: map[string]int{}, acked: map[string]map[string]bool{}, kinds: map[Kind]int{}, nodeDocs: map[string]couch.NodeDoc{}, recreated: map[string]bool{},
-		zoneOf: map[int]string{}, size: map[string]int64{}}
+		zoneOf: map[int]string{}, size: map[string]int64{}, seen: map[string]int{}}
 	c.zoneCount = []int{0, 0, 2, 3}[c.rng.Intn(4)]
 	c.maxMoves, c.maxFills = 1+c.rng.Intn(8), 1+c.rng.Intn(3)
 	for ord := 0; ord < propMaxReplicas; ord++ {
@@ -537,6 +538,7 @@ func (c *propCluster) step(crash bool) bool {
 		}
 	}
 	res := Plan(o.in)
+	c.checkPlanShape(o.in, res)
 	actions = append(actions, res.Actions...)
 	planned := len(actions) > 0
 	if crash && len(actions) > 0 {
@@ -1025,6 +1027,10 @@ func (c *propCluster) check() {
 	c.checkZones(o, res, staying, frozen)
 	if c.rebalance && len(res.AtRisk) == 0 && c.zoneCount == 0 {
 		c.checkBalance(o, staying)
+		c.seen["balance checked"]++
+	}
+	if c.zoneCount > 0 {
+		c.seen["zones checked"]++
 	}
 	if !c.plainDown {
 		for _, db := range c.dbs() {
@@ -1059,6 +1065,7 @@ func TestPlacementProperty(t *testing.T) {
 	var (
 		mu     sync.Mutex
 		kinds  = map[Kind]int{}
+		seen   = map[string]int{}
 		steps  atomic.Int64
 		next   atomic.Int64
 		failed atomic.Bool
@@ -1110,6 +1117,9 @@ func TestPlacementProperty(t *testing.T) {
 					for k, v := range c.kinds {
 						kinds[k] += v
 					}
+					for k, v := range c.seen {
+						seen[k] += v
+					}
 					mu.Unlock()
 				}
 			})
@@ -1118,7 +1128,12 @@ func TestPlacementProperty(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	t.Logf("placement property: %d sequences from seed %d, %d interleaved steps, %s, actions %v", sequences, *propSeed, steps.Load(), time.Since(start).Round(time.Millisecond), kinds)
+	t.Logf("placement property: %d sequences from seed %d, %d interleaved steps, %s, actions %v, exercised %v", sequences, *propSeed, steps.Load(), time.Since(start).Round(time.Millisecond), kinds, seen)
+	for _, k := range []string{"plans filling several copies", "plans editing several databases", "balance checked", "zones checked"} {
+		if seen[k] == 0 && sequences >= 100 {
+			t.Errorf("no sequence exercised %s", k)
+		}
+	}
 	for _, k := range []Kind{AddCopy, RemoveCopy, SyncShards, SetMaintenance, ClearMaintenance, RemoveNode, ScaleDown, CreateDB, SetDecom, ClearDecom, SetZone, SetPlacement} {
 		if kinds[k] == 0 && sequences >= 100 {
 			t.Errorf("no sequence exercised %s", k)
@@ -1201,5 +1216,42 @@ func (c *propCluster) checkBalance(o observation, staying []string) {
 		if d := float64(bytes[n]) - mean; d > band || -d > band {
 			c.fatalf("rebalance left %s with %d bytes, mean %.0f, band %.0f (%v)", n, bytes[n], mean, band, bytes)
 		}
+	}
+}
+
+// checkPlanShape: a plan starts at most MaxMoves fills, a node is the target of at most
+// MaxFillsPerNode of them, and each database gets at most one SyncShards, after all its edits.
+func (c *propCluster) checkPlanShape(in Input, res Result) {
+	adds, targets, synced := 0, map[string]int{}, map[string]bool{}
+	dbs := map[string]bool{}
+	for _, a := range res.Actions {
+		switch a.Kind {
+		case AddCopy, RemoveCopy:
+			if synced[a.DB] {
+				c.fatalf("plan %v edits %s after its SyncShards", res.Actions, a.DB)
+			}
+			dbs[a.DB] = true
+			if a.Kind == AddCopy {
+				adds++
+				targets[a.Node]++
+				if targets[a.Node] > in.MaxFillsPerNode {
+					c.fatalf("plan %v fills %d copies on %s at once, bound %d", res.Actions, targets[a.Node], a.Node, in.MaxFillsPerNode)
+				}
+			}
+		case SyncShards:
+			if synced[a.DB] {
+				c.fatalf("plan %v syncs %s twice", res.Actions, a.DB)
+			}
+			synced[a.DB] = true
+		}
+	}
+	if adds > in.MaxMoves {
+		c.fatalf("plan %v starts %d fills, bound %d", res.Actions, adds, in.MaxMoves)
+	}
+	if adds > 1 {
+		c.seen["plans filling several copies"]++
+	}
+	if len(dbs) > 1 {
+		c.seen["plans editing several databases"]++
 	}
 }

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"cmp"
 	"slices"
 	"sort"
 
@@ -106,12 +107,15 @@ func (v *view) countMove(p *planner) (move, bool) {
 	for _, db := range dbs {
 		byCount := func(desc bool) []string {
 			ns := slices.Clone(v.staying)
-			sort.SliceStable(ns, func(i, j int) bool {
-				ci, cj := v.proj[db][ns[i]], v.proj[db][ns[j]]
-				if ci != cj {
-					return ci > cj == desc
+			sign := 1
+			if desc {
+				sign = -1
+			}
+			slices.SortStableFunc(ns, func(a, b string) int {
+				if c := cmp.Compare(v.proj[db][a], v.proj[db][b]); c != 0 {
+					return sign * c
 				}
-				return v.projBytes[ns[i]] > v.projBytes[ns[j]] == desc
+				return sign * cmp.Compare(v.projBytes[a], v.projBytes[b])
 			})
 			return ns
 		}
@@ -204,9 +208,9 @@ func (v *view) bytesBand() (mean float64, band float64) {
 func (v *view) bytesMove(p *planner) (move, bool) {
 	mean, band := v.bytesBand()
 	heavy := slices.Clone(v.staying)
-	sort.SliceStable(heavy, func(i, j int) bool { return v.projBytes[heavy[i]] > v.projBytes[heavy[j]] })
-	light := slices.Clone(heavy)
-	slices.Reverse(light)
+	slices.SortStableFunc(heavy, func(a, b string) int { return cmp.Compare(v.projBytes[b], v.projBytes[a]) })
+	light := slices.Clone(v.staying)
+	slices.SortStableFunc(light, func(a, b string) int { return cmp.Compare(v.projBytes[a], v.projBytes[b]) })
 	for _, from := range heavy {
 		for _, to := range light {
 			bf, bt := float64(v.projBytes[from]), float64(v.projBytes[to])
