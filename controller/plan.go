@@ -72,6 +72,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case ActScaleDown:
 		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
+	case ActSetZone, ActSetPlacement:
+		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Text)
 	}
 	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
 }
@@ -342,9 +344,11 @@ func drainingOrdinal(o Observed) (int, bool) {
 // coordinator's _nodes that are pods of this StatefulSet below spec.replicas; departed are names
 // (in _nodes or in a shard map) of pods at or above spec.replicas.
 func placementInput(o Observed, members, connected []string) placement.Input {
-	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance}
+	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance,
+		MaxMoves: o.MaxMoves, MaxFillsPerNode: o.MaxFillsPerNode}
 	if o.Shards != nil {
 		in.DBs, in.Maps, in.Stats, in.Decom = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom
+		in.NodeZones, in.PlacementConfig, in.DefaultN, in.RangeBytes = o.Shards.NodeZones, o.Shards.PlacementConfig, o.Shards.DefaultN, o.Shards.RangeBytes
 	}
 	reached := map[string]bool{}
 	for _, n := range o.Nodes {
@@ -378,6 +382,11 @@ func placementInput(o Observed, members, connected []string) placement.Input {
 		in.Departed = append(in.Departed, n)
 	}
 	sortStrings(in.Departed)
+	names := slices.Clone(in.Departed)
+	for _, m := range in.Members {
+		names = append(names, m.Name)
+	}
+	in.Zones = memberZones(o, names)
 	return in
 }
 
@@ -416,7 +425,7 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 	}
 	for _, a := range res.Actions {
 		p.Actions = append(p.Actions, Action{Kind: placementKinds[a.Kind], Via: coord.Ordinal, Node: a.Node,
-			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas})
+			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas, Text: a.Value})
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue

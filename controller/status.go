@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 )
 
 // ClusterStatus is what the status API shows for one cluster. It never holds credentials.
@@ -64,12 +66,15 @@ type clusterState struct {
 	shardHealth   ShardHealth // from the last read
 	// shardsUnsettled: the last read found ranges not healthy or a decom mark on a staying node.
 	shardsUnsettled bool
+	configs         map[string]cachedConfig          // node + "\x00" + [cluster] key -> last value read or written
+	copySizes       map[placement.CopyKey]cachedSize // sizes.file of copies read recently
 }
 
 func newClusterState() *clusterState {
 	return &clusterState{
 		warnings: map[string]bool{}, identity: map[string]nodeIdentity{}, joining: map[string]time.Time{}, readySeen: map[string]time.Time{},
 		memberSince: map[string]time.Time{}, failingSince: map[string]time.Time{}, clients: map[string]CouchAPI{},
+		configs: map[string]cachedConfig{}, copySizes: map[placement.CopyKey]cachedSize{},
 	}
 }
 

@@ -41,7 +41,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		return nil
 	}
 	st := c.state(key)
-	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed}
+	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed, MaxMoves: c.cfg.MaxMoves, MaxFillsPerNode: c.cfg.MaxFillsPerNode}
 	if len(all) > 1 {
 		names := make([]string, 0, len(all))
 		for _, s := range all {
@@ -94,21 +94,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	plan := PlanCluster(o)
 	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase, "formed", plan.Formed, "coordinatorSetup", coordinatorSetup(o))
 
-	var applyErr error
-	for _, a := range plan.Actions {
-		if c.cfg.BeforeAction != nil {
-			if applyErr = c.cfg.BeforeAction(ctx, key, a); applyErr != nil {
-				break
-			}
-		}
-		if applyErr = c.apply(ctx, st, sts, o, a); applyErr != nil {
-			c.metrics.Action(string(a.Kind), "error")
-			applyErr = fmt.Errorf("%s: %w", a, applyErr)
-			break
-		}
-		c.metrics.Action(string(a.Kind), "success")
-		logger.V(2).Info("Applied action", "action", a.String())
-	}
+	applyErr := c.applyActions(ctx, key, st, sts, o, plan.Actions)
 	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
 	warnings = append(warnings, c.unreachable(st, sts, o)...)
 	c.warn(ctx, st, sts, warnings)
