@@ -92,6 +92,7 @@ type Plan struct {
 	Requeue    time.Duration     // sooner than the resync period when something is in flight; 0 = resync
 	Shards     *placement.Health // shard range health, when the maps were read
 	Draining   string            // the node a target-replicas drain is emptying
+	Shortfalls []Shortfall       // databases under-replicated because members < n, when the maps were read
 }
 
 // Node states, as the node_state metric reports them.
@@ -419,6 +420,10 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 		p.Warnings = append(p.Warnings, Problem{ReasonDataAtRisk, fmt.Sprintf(
 			"shard ranges with no live copy: %s; every reference is kept and those databases are left unchanged: scale the StatefulSet back up (to at least its former size) so the nodes holding them return",
 			strings.Join(parts, "; "))})
+	}
+	if len(res.Shortfalls) > 0 {
+		p.Shortfalls = shortfalls(res.Shortfalls)
+		p.Warnings = append(p.Warnings, underReplicated(o, p.Shortfalls))
 	}
 	if res.Waiting != "" && p.Wait == "" {
 		p.Wait = res.Waiting

@@ -328,7 +328,7 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 		TargetReplicas: o.TargetReplicas, Members: p.Members, Waiting: p.Wait, LastSync: at}
 	for _, ord := range sortedOrdinals(o.Pods) {
 		pod := o.Pods[ord]
-		ns := NodeStatus{Pod: pod.Name, State: p.NodeStates[pod.Name]}
+		ns := NodeStatus{Pod: pod.Name, State: p.NodeStates[pod.Name], Zone: o.Zones[ord]}
 		if n := o.Nodes[ord]; n != nil {
 			ns.Node, ns.LastError = n.Name, n.Err
 			if n.Reached {
@@ -355,11 +355,12 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 	c.metrics.SetClusterFormed(ns, name, p.Formed)
 	c.metrics.SetClusterPhase(ns, name, p.Phase)
 	if p.Shards != nil {
-		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable)
-		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable}
-		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || decomOnStayingNode(o)
+		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable, p.Shards.ZoneViolation)
+		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable, ZoneViolation: p.Shards.ZoneViolation}
+		st.shortfalls = p.Shortfalls
+		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || p.Shards.ZoneViolation > 0 || decomOnStayingNode(o)
 	}
-	status.Shards = st.shardHealth
+	status.Shards, status.Shortfalls = st.shardHealth, st.shortfalls
 	c.setStatus(key, status)
 }
 
