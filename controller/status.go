@@ -23,10 +23,10 @@ type ClusterStatus struct {
 	// Shortfalls are the databases with fewer copies per range than their n because the cluster
 	// has fewer members than n (the UnderReplicated Warning).
 	Shortfalls []Shortfall `json:"shortfalls,omitempty"`
-	Waiting        string       `json:"waiting,omitempty"`
-	Warnings       []string     `json:"warnings,omitempty"`
-	LastSync       time.Time    `json:"lastSync"`
-	LastError      string       `json:"lastError,omitempty"`
+	Waiting    string      `json:"waiting,omitempty"`
+	Warnings   []string    `json:"warnings,omitempty"`
+	LastSync   time.Time   `json:"lastSync"`
+	LastError  string      `json:"lastError,omitempty"`
 }
 
 // NodeStatus is one pod's node.
