@@ -73,41 +73,30 @@ func (w *world) formOne(ctx context.Context, ns string) (float64, error) {
 	if err := harness.EnsureNamespace(ctx, w.kube, ns); err != nil {
 		return 0, err
 	}
-	watch, err := w.kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		return 0, err
-	}
-	defer watch.Stop()
 	if err := w.create(ctx, ns, "main", 3, nil); err != nil {
 		return 0, err
 	}
-	ready := map[string]bool{}
 	var last time.Time
-	timeout := time.After(2 * time.Minute)
-	for len(ready) < 3 {
-		select {
-		case ev, ok := <-watch.ResultChan():
-			if !ok {
-				return 0, fmt.Errorf("%s: pod watch closed", ns)
-			}
-			if p, isPod := ev.Object.(*corev1.Pod); isPod && containersReady(p) && !ready[p.Name] {
-				ready[p.Name], last = true, time.Now()
-			}
-		case <-timeout:
-			return 0, fmt.Errorf("%s: only %d pods ready", ns, len(ready))
+	for i := 0; i < 3; i++ {
+		t, ok := w.ready.wait(ctx, ns, fmt.Sprintf("db-%d", i), 2*time.Minute)
+		if !ok {
+			return 0, fmt.Errorf("%s: pod db-%d not ready", ns, i)
+		}
+		if t.After(last) {
+			last = t
 		}
 	}
 	node := w.backend.Node(ns, "db-0")
 	if node == nil {
 		return 0, fmt.Errorf("%s: no node for db-0", ns)
 	}
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
 		return setupState(ctx, node.URL()) == "cluster_finished", nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("%s: not finished: %w", ns, err)
 	}
-	return time.Since(last).Seconds(), nil
+	return max(0, time.Since(last).Seconds()), nil
 }
 
 // fleetStages adds clusters up to each size, measures their formation and the steady state, then
@@ -265,24 +254,6 @@ func (w *world) burst(ctx context.Context, prefix string, n int) (*Burst, error)
 	for i := 0; i < n; i++ {
 		want[fmt.Sprintf("%s%d", prefix, i)] = true
 	}
-	watch, err := w.kube.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{LabelSelector: "statefulset.kubernetes.io/pod-name=db-3"})
-	if err != nil {
-		return nil, err
-	}
-	defer watch.Stop()
-	var mu sync.Mutex
-	ready := map[string]time.Time{}
-	go func() {
-		for ev := range watch.ResultChan() {
-			if p, isPod := ev.Object.(*corev1.Pod); isPod && want[p.Namespace] && containersReady(p) {
-				mu.Lock()
-				if _, ok := ready[p.Namespace]; !ok {
-					ready[p.Namespace] = time.Now()
-				}
-				mu.Unlock()
-			}
-		}
-	}()
 	start := time.Now()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
@@ -304,22 +275,18 @@ func (w *world) burst(ctx context.Context, prefix string, n int) (*Burst, error)
 	// more than the controller): every 5 ms it checks pod 0's _membership of each cluster whose new
 	// pod is ready and has not joined yet.
 	for len(joined) < n && time.Now().Before(deadline) {
-		mu.Lock()
-		var pending []string
-		for ns := range ready {
-			if !joined[ns] {
-				pending = append(pending, ns)
+		for ns := range want {
+			if joined[ns] {
+				continue
 			}
-		}
-		mu.Unlock()
-		for _, ns := range pending {
+			ready, ok := w.ready.at(ns, "db-3")
+			if !ok {
+				continue
+			}
 			name := fmt.Sprintf("couchdb@db-3.db.%s.svc.cluster.local", ns)
 			if node := w.backend.Node(ns, "db-0"); node != nil && contains(node.ClusterNodes(), name) {
-				mu.Lock()
-				took := time.Since(ready[ns]).Seconds()
-				mu.Unlock()
 				joined[ns] = true
-				b.Joins = append(b.Joins, took)
+				b.Joins = append(b.Joins, max(0, time.Since(ready).Seconds()))
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -378,40 +345,68 @@ func (w *world) joins(ctx context.Context, prefix string, first, n int) []float6
 // appearing in pod 0's _membership, polled every 2 ms.
 func (w *world) joinOne(ctx context.Context, ns string, ord int) (float64, bool) {
 	pod := fmt.Sprintf("db-%d", ord)
-	watch, err := w.kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + pod})
-	if err != nil {
-		return 0, false
-	}
-	defer watch.Stop()
 	patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, ord+1))
 	if _, err := w.kube.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return 0, false
 	}
-	timeout := time.After(5 * time.Minute)
-	var ready time.Time
-	for ready.IsZero() {
-		select {
-		case ev, ok := <-watch.ResultChan():
-			if !ok {
-				return 0, false
-			}
-			if p, isPod := ev.Object.(*corev1.Pod); isPod && containersReady(p) {
-				ready = time.Now()
-			}
-		case <-timeout:
-			return 0, false
-		}
+	ready, ok := w.ready.wait(ctx, ns, pod, 5*time.Minute)
+	if !ok {
+		return 0, false
 	}
 	want := fmt.Sprintf("couchdb@%s.db.%s.svc.cluster.local", pod, ns)
 	var took float64
-	err = wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 5*time.Minute, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 5*time.Minute, true, func(context.Context) (bool, error) {
 		if node := w.backend.Node(ns, "db-0"); node != nil && contains(node.ClusterNodes(), want) {
-			took = time.Since(ready).Seconds()
+			took = max(0, time.Since(ready).Seconds())
 			return true, nil
 		}
 		return false, nil
 	})
 	return took, err == nil
+}
+
+// readyLog records when the API server confirmed each pod's ContainersReady: the harness kubelet
+// hands it the answer to every status write (kubelet.Options.Reported). A watch of its own would
+// deliver the transition later, on a loaded machine after the controller under test had acted on it.
+type readyLog struct {
+	mu    sync.Mutex
+	times map[string]readyAt // namespace/pod
+}
+
+type readyAt struct {
+	uid string
+	at  time.Time
+}
+
+func newReadyLog() *readyLog { return &readyLog{times: map[string]readyAt{}} }
+
+func (r *readyLog) reported(p *corev1.Pod) {
+	if !containersReady(p) {
+		return
+	}
+	key := p.Namespace + "/" + p.Name
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur, ok := r.times[key]; !ok || cur.uid != string(p.UID) {
+		r.times[key] = readyAt{string(p.UID), time.Now()}
+	}
+}
+
+func (r *readyLog) at(ns, pod string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.times[ns+"/"+pod]
+	return t.at, ok
+}
+
+func (r *readyLog) wait(ctx context.Context, ns, pod string, timeout time.Duration) (time.Time, bool) {
+	var t time.Time
+	err := wait.PollUntilContextTimeout(ctx, time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		var ok bool
+		t, ok = r.at(ns, pod)
+		return ok, nil
+	})
+	return t, err == nil
 }
 
 func containersReady(p *corev1.Pod) bool {

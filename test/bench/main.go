@@ -135,6 +135,7 @@ const defaultResync = time.Minute
 type world struct {
 	kube    kubernetes.Interface
 	backend *couchpods.Backend
+	ready   *readyLog
 	proxy   string
 	kubecfg string
 	bin     string
@@ -161,7 +162,8 @@ func run(ctx context.Context, o options, res *results) error {
 	defer cancel()
 	// A 1 s probe period (a real kubelet's default is 10 s) keeps 3,000 emulated pods affordable on a
 	// small machine. Join latency starts at the ContainersReady transition, so the period is not in it.
-	kl := kubelet.NewWithOptions(kube, backend, addrs, kubelet.Options{ProbePeriod: time.Second, Workers: 16})
+	ready := newReadyLog()
+	kl := kubelet.NewWithOptions(kube, backend, addrs, kubelet.Options{ProbePeriod: time.Second, Workers: 16, Reported: ready.reported})
 	go func() { _ = kl.Run(kctx) }()
 	proxy, err := addrs.ServeProxy()
 	if err != nil {
@@ -175,7 +177,7 @@ func run(ctx context.Context, o options, res *results) error {
 			return fmt.Errorf("build: %v %s", err, b)
 		}
 	}
-	w := &world{kube: kube, backend: backend, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir()}
+	w := &world{kube: kube, backend: backend, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir()}
 	defer func() {
 		if w.fleet != nil {
 			w.fleet.stop()
