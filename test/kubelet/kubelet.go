@@ -71,6 +71,11 @@ type Options struct {
 	// kubelet's default is 3, so one slow answer on a loaded machine does not flap the pod.
 	FailureThreshold int
 	Workers          int // pods synced in parallel, default 4
+	// Reported, if set, gets the API server's answer to every status write, as soon as it returns:
+	// a benchmark times a transition (ContainersReady) from the moment it is committed rather than
+	// from whenever its own watch delivers it, which on a loaded machine can be after the controller
+	// under test has already acted on it.
+	Reported func(pod *corev1.Pod)
 }
 
 // Kubelet is the fake kubelet. Create it with New, then call Run.
@@ -275,12 +280,15 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 	if err != nil || patch == nil {
 		return err
 	}
-	_, err = k.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	updated, err := k.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 	if apierrors.IsNotFound(err) {
 		return nil // deleted meanwhile; the delete event follows
 	}
 	if err != nil {
 		return fmt.Errorf("report status of %s: %w", key, err)
+	}
+	if k.opts.Reported != nil {
+		k.opts.Reported(updated)
 	}
 	return nil
 }

@@ -109,7 +109,15 @@ func TestKubeletLifecycle(t *testing.T) {
 	kube.PrependReactor("delete", "pods", preconditionReactor(kube))
 	backend := &fakeBackend{workloads: map[string][]*fakeWorkload{}}
 	addrs := NewAddressMap()
-	k := NewWithOptions(kube, backend, addrs, Options{ProbePeriod: 10 * time.Millisecond})
+	var reportedMu sync.Mutex
+	var reportedReady []string // pods the API server confirmed ContainersReady for, in order
+	k := NewWithOptions(kube, backend, addrs, Options{ProbePeriod: 10 * time.Millisecond, Reported: func(p *corev1.Pod) {
+		if c := findCondition(p.Status.Conditions, corev1.ContainersReady); c != nil && c.Status == corev1.ConditionTrue {
+			reportedMu.Lock()
+			reportedReady = append(reportedReady, p.Name)
+			reportedMu.Unlock()
+		}
+	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- k.Run(ctx) }()
@@ -163,6 +171,12 @@ func TestKubeletLifecycle(t *testing.T) {
 		p := get("db-0")
 		return status(p, corev1.ContainersReady) == corev1.ConditionTrue && status(p, corev1.PodReady) == corev1.ConditionFalse, fmt.Sprint(p.Status.Conditions)
 	})
+	// The status write that made it ready was handed to Reported, with the API server's answer.
+	reportedMu.Lock()
+	if !slices.Contains(reportedReady, "db-0") {
+		t.Errorf("Reported never got db-0 with ContainersReady True (got %v)", reportedReady)
+	}
+	reportedMu.Unlock()
 	// Someone else opens the gate; the kubelet turns Ready and keeps the gate condition.
 	patch := `{"status":{"conditions":[{"type":"couchdb.io/member","status":"True"}]}}`
 	if _, err := kube.CoreV1().Pods("ns").Patch(context.Background(), "db-0", "application/strategic-merge-patch+json", []byte(patch), metav1.PatchOptions{}, "status"); err != nil {

@@ -1,0 +1,580 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// recordedFillRate is the copy-fill rate of the recording (../shared/couchdb-real-shards.md 2b, in
+// couch/couchtest/testdata): POST /db1/_sync_shards filled a new copy of 88 documents, sizes.file
+// 37,071 bytes, in 0.11 s.
+const recordedFillRate = 37071 / 0.11
+
+// The controller's defaults for --max-concurrent-moves and --max-fills-per-node (cmd/couchdb-controller):
+// the concurrent runs use them, and the fill-time bound is computed from them.
+const (
+	defaultMaxMoves        = 8
+	defaultMaxFillsPerNode = 2
+)
+
+// moves measures shard moves on one cluster of o.moveDBs databases: a rebalance 3 -> 5 and then a
+// target-replicas drain 5 -> 3, once with the controller's defaults and once with
+// --max-concurrent-moves=1, each on a fresh cluster with its own controller process.
+func (w *world) moves(ctx context.Context, o options) (*MovesResult, error) {
+	r := &MovesResult{DBs: o.moveDBs, Docs: o.moveDocs, FillRate: o.fillRate}
+	for i, v := range []struct {
+		label    string
+		maxMoves int
+	}{{"concurrent (defaults: --max-concurrent-moves=8 --max-fills-per-node=2)", 0}, {"--max-concurrent-moves=1", 1}} {
+		run, err := w.moveVariant(ctx, o, fmt.Sprintf("moves-%d", i), v.label, v.maxMoves)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", v.label, err)
+		}
+		r.Runs = append(r.Runs, run)
+		fmt.Fprintf(os.Stderr, "bench: moves %s measured\n", v.label)
+	}
+	return r, nil
+}
+
+func (w *world) moveVariant(ctx context.Context, o options, ns, label string, maxMoves int) (MoveRun, error) {
+	run := MoveRun{Label: label, MaxMoves: maxMoves, FillsPerNode: defaultMaxFillsPerNode}
+	if maxMoves == 0 {
+		run.MaxMoves = defaultMaxMoves
+	}
+	extra := []string{"--namespace=" + ns}
+	if maxMoves > 0 {
+		extra = append(extra, fmt.Sprintf("--max-concurrent-moves=%d", maxMoves))
+	}
+	c, err := w.startController(ctx, ns, extra...)
+	if err != nil {
+		return run, err
+	}
+	defer c.stop()
+	defer func() {
+		// Its pods stop with the namespace, so the later sections' harness is idle again.
+		_ = w.kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	}()
+	if err := w.create(ctx, ns, "main", 3, nil); err != nil {
+		return run, err
+	}
+	cl := &moveCluster{w: w, ns: ns, c: c}
+	if err := cl.waitMembers(ctx, 3); err != nil {
+		return run, err
+	}
+	dbs, err := cl.load(ctx, o.moveDBs, o.moveDocs)
+	if err != nil {
+		return run, err
+	}
+	rd := cl.startReader(dbs, o.moveDocs)
+	rebalance, err := cl.phase(ctx, o, run, "rebalance 3 -> 5",
+		`{"metadata":{"annotations":{"couchdb.io/rebalance":"true"}},"spec":{"replicas":5}}`,
+		func() bool { return len(cl.members()) == 5 }, cl.rebalanced)
+	if err != nil {
+		rd.stop()
+		return run, err
+	}
+	drain, err := cl.phase(ctx, o, run, "drain 5 -> 3 (couchdb.io/target-replicas)",
+		`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`,
+		func() bool { return true }, cl.drained)
+	unreadable, passes := rd.stop()
+	if err != nil {
+		return run, err
+	}
+	if passes == 0 {
+		return run, fmt.Errorf("the reader never completed a pass over the %d databases", len(dbs))
+	}
+	if unreadable > 0 {
+		return run, fmt.Errorf("%d documents were unreadable through db-0 in one pass while copies moved (%d passes)", unreadable, passes)
+	}
+	// After: every document, with its content, through every staying node.
+	for i := 0; i < 3; i++ {
+		if bad := cl.unreadable(ctx, fmt.Sprintf("db-%d", i), dbs, o.moveDocs); bad > 0 {
+			return run, fmt.Errorf("%d documents unreadable through db-%d after the drain", bad, i)
+		}
+	}
+	rebalance.Passes, drain.Passes = passes, passes
+	run.Phases = []MovePhase{rebalance, drain}
+	return run, nil
+}
+
+// moveCluster is the cluster whose copies move, seen through its emulated nodes.
+type moveCluster struct {
+	w      *world
+	ns     string
+	c      *ctrl
+	dbs    []string       // every database, system ones included
+	copies map[string]int // database -> copies per range once loaded
+}
+
+func (cl *moveCluster) nodeName(i int) string {
+	return fmt.Sprintf("couchdb@db-%d.db.%s.svc.cluster.local", i, cl.ns)
+}
+
+// members is pod 0's _nodes.
+func (cl *moveCluster) members() []string {
+	if n := cl.w.backend.Node(cl.ns, "db-0"); n != nil {
+		return n.ClusterNodes()
+	}
+	return nil
+}
+
+func (cl *moveCluster) waitMembers(ctx context.Context, n int) error {
+	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		node := cl.w.backend.Node(cl.ns, "db-0")
+		return node != nil && len(node.ClusterNodes()) == n && setupState(ctx, node.URL()) == "cluster_finished", nil
+	})
+}
+
+func (cl *moveCluster) do(ctx context.Context, pod, method, path string, body any) (int, []byte, error) {
+	node := cl.w.backend.Node(cl.ns, pod)
+	if node == nil {
+		return 0, nil, fmt.Errorf("no node for %s/%s", cl.ns, pod)
+	}
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, node.URL()+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.SetBasicAuth("admin", benchPassword)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func docID(i int) string { return fmt.Sprintf("d%05d", i) }
+
+// load creates n databases (q=2, n=3) through pod 0, writes docs documents into each, and waits
+// until internal replication has brought every copy to the same documents.
+func (cl *moveCluster) load(ctx context.Context, n, docs int) ([]string, error) {
+	var dbs []string
+	for i := 0; i < n; i++ {
+		db := fmt.Sprintf("db%03d", i)
+		if code, b, err := cl.do(ctx, "db-0", http.MethodPut, "/"+db+"?q=2&n=3", nil); err != nil || code != http.StatusCreated {
+			return nil, fmt.Errorf("create %s: %d %s %v", db, code, b, err)
+		}
+		var batch []map[string]any
+		for j := 0; j < docs; j++ {
+			batch = append(batch, map[string]any{"_id": docID(j), "i": j, "db": db})
+		}
+		if code, b, err := cl.do(ctx, "db-0", http.MethodPost, "/"+db+"/_bulk_docs", map[string]any{"docs": batch}); err != nil || code != http.StatusCreated {
+			return nil, fmt.Errorf("write %s: %d %s %v", db, code, b, err)
+		}
+		dbs = append(dbs, db)
+	}
+	code, b, err := cl.do(ctx, "db-0", http.MethodGet, "/_all_dbs", nil)
+	if err != nil || code != http.StatusOK || json.Unmarshal(b, &cl.dbs) != nil {
+		return nil, fmt.Errorf("_all_dbs: %d %s %v", code, b, err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+		for _, db := range dbs {
+			m, ok := cl.shardMap(db)
+			if !ok {
+				return false, nil
+			}
+			total := int64(0)
+			for _, rng := range m.Ranges() {
+				var counts []int64
+				for _, node := range m.ByRange[rng] {
+					pod := podOf(node)
+					n := cl.w.backend.Node(cl.ns, pod)
+					if n == nil {
+						return false, nil
+					}
+					d, _, _ := n.CopyDocCount(m.ShardName(rng))
+					counts = append(counts, d)
+				}
+				if slices.Min(counts) != slices.Max(counts) {
+					return false, nil
+				}
+				total += counts[0]
+			}
+			if total != int64(docs) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("internal replication did not settle after loading: %w", err)
+	}
+	maps, ok := cl.maps()
+	if !ok {
+		return nil, fmt.Errorf("a shard map is missing after loading")
+	}
+	cl.copies = map[string]int{}
+	for db, m := range maps {
+		for _, rng := range m.Ranges() {
+			cl.copies[db] = max(cl.copies[db], len(m.ByRange[rng]))
+		}
+	}
+	return dbs, nil
+}
+
+// podOf is the pod of a node named couchdb@<pod>.db.<ns>.svc.cluster.local.
+func podOf(node string) string {
+	_, host, _ := strings.Cut(node, "@")
+	pod, _, _ := strings.Cut(host, ".")
+	return pod
+}
+
+func (cl *moveCluster) shardMap(db string) (couch.ShardMap, bool) {
+	n := cl.w.backend.Node(cl.ns, "db-0")
+	if n == nil {
+		return couch.ShardMap{}, false
+	}
+	return n.ShardMap(db)
+}
+
+// maps is every database's shard map as pod 0 holds it.
+func (cl *moveCluster) maps() (map[string]couch.ShardMap, bool) {
+	out := map[string]couch.ShardMap{}
+	for _, db := range cl.dbs {
+		m, ok := cl.shardMap(db)
+		if !ok {
+			return nil, false
+		}
+		out[db] = m
+	}
+	return out, true
+}
+
+// revs is every map's revision, to tell whether anything changed.
+func (cl *moveCluster) revs() string {
+	maps, _ := cl.maps()
+	var b strings.Builder
+	for _, db := range cl.dbs {
+		b.WriteString(maps[db].Rev)
+	}
+	return b.String()
+}
+
+// rebalanced says whether every database's copies are spread evenly over the five members: each
+// range at its n copies, all on members, and each member holding floor or ceil of c/5 of each
+// database's c copies. With ok false, why says what is not yet so.
+func (cl *moveCluster) rebalanced() (ok bool, why string) {
+	members := cl.members()
+	if len(members) != 5 {
+		return false, fmt.Sprintf("%d members", len(members))
+	}
+	maps, ok := cl.maps()
+	if !ok {
+		return false, "a map is missing"
+	}
+	for _, db := range cl.dbs {
+		m := maps[db]
+		per := map[string]int{}
+		c := 0
+		for _, rng := range m.Ranges() {
+			if len(m.ByRange[rng]) != cl.n(db) {
+				return false, fmt.Sprintf("%s range %s has %d copies", db, rng, len(m.ByRange[rng]))
+			}
+			for _, node := range m.ByRange[rng] {
+				if !slices.Contains(members, node) {
+					return false, fmt.Sprintf("%s range %s has a copy on %s, not a member", db, rng, node)
+				}
+				per[node]++
+				c++
+			}
+		}
+		lo, hi := c/len(members), (c+len(members)-1)/len(members)
+		for _, node := range members {
+			if per[node] < lo || per[node] > hi {
+				return false, fmt.Sprintf("%s: %s holds %d of %d copies (want %d..%d)", db, node, per[node], c, lo, hi)
+			}
+		}
+	}
+	return true, ""
+}
+
+// drained says whether the cluster is back at three members holding every copy.
+func (cl *moveCluster) drained() (bool, string) {
+	want := []string{cl.nodeName(0), cl.nodeName(1), cl.nodeName(2)}
+	members := cl.members()
+	sort.Strings(members)
+	if !slices.Equal(members, want) {
+		return false, fmt.Sprintf("members %v", members)
+	}
+	maps, ok := cl.maps()
+	if !ok {
+		return false, "a map is missing"
+	}
+	for _, db := range cl.dbs {
+		m := maps[db]
+		for _, rng := range m.Ranges() {
+			got := slices.Clone(m.ByRange[rng])
+			sort.Strings(got)
+			if len(got) != min(cl.n(db), 3) || !isSubset(got, want) {
+				return false, fmt.Sprintf("%s range %s on %v", db, rng, got)
+			}
+		}
+	}
+	for _, s := range cl.c.clusters() {
+		if s.Namespace == cl.ns && s.Replicas != 3 {
+			return false, fmt.Sprintf("spec.replicas %d", s.Replicas)
+		}
+	}
+	return true, ""
+}
+
+func isSubset(a, b []string) bool {
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// n is a database's copies per range before anything moved (every range of a database has the same).
+func (cl *moveCluster) n(db string) int { return cl.copies[db] }
+
+// copyBytes reads sizes.file of one copy of each range (node-local info through pod 0): the size
+// the emulator fills at its fill rate.
+func (cl *moveCluster) copyBytes(ctx context.Context, maps map[string]couch.ShardMap) map[[2]string]float64 {
+	out := map[[2]string]float64{}
+	for db, m := range maps {
+		for _, rng := range m.Ranges() {
+			if len(m.ByRange[rng]) == 0 {
+				continue
+			}
+			path := "/_node/" + url.PathEscape(m.ByRange[rng][0]) + "/" + url.PathEscape(m.ShardName(rng))
+			code, b, err := cl.do(ctx, "db-0", http.MethodGet, path, nil)
+			var info struct {
+				Sizes struct {
+					File float64 `json:"file"`
+				} `json:"sizes"`
+			}
+			if err == nil && code == http.StatusOK && json.Unmarshal(b, &info) == nil {
+				out[[2]string{db, rng}] = info.Sizes.File
+			}
+		}
+	}
+	return out
+}
+
+// phase applies patch to the StatefulSet, waits until started (the moves can begin), then until
+// done, and measures the moves between.
+func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, patch string, started func() bool, done func() (bool, string)) (MovePhase, error) {
+	p := MovePhase{Name: name}
+	before, ok := cl.maps()
+	if !ok {
+		return p, fmt.Errorf("%s: could not read the maps before", name)
+	}
+	sizes := cl.copyBytes(ctx, before)
+	t0 := time.Now()
+	if _, err := cl.w.kube.AppsV1().StatefulSets(cl.ns).Patch(ctx, "db", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		return p, err
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) { return started(), nil }); err != nil {
+		return p, fmt.Errorf("%s: the new nodes did not join", name)
+	}
+	p.Setup = time.Since(t0).Seconds()
+	t1 := time.Now()
+	m0 := cl.c.get("/metrics")
+	cpu0 := cpuSeconds(cl.c.pid())
+	for i := 0; i < 5; i++ {
+		if n := cl.w.backend.Node(cl.ns, fmt.Sprintf("db-%d", i)); n != nil {
+			n.ResetRequests()
+		}
+	}
+	var why string
+	profile := make(chan string, 1)
+	go func() { profile <- cl.c.pprofTop("moves-cpu", "/debug/pprof/profile?seconds=10") }()
+	// The controller going idle (no map changing for a minute) short of the end state fails the run
+	// at once, saying what is not so.
+	revs, changed, logged := cl.revs(), time.Now(), time.Now()
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 20*time.Minute, true, func(context.Context) (bool, error) {
+		var ok bool
+		if ok, why = done(); ok {
+			return true, nil
+		}
+		if r := cl.revs(); r != revs {
+			revs, changed = r, time.Now()
+		}
+		if time.Since(logged) > 10*time.Second {
+			logged = time.Now()
+			fmt.Fprintf(os.Stderr, "bench: %s %s: %.0f s, not yet: %s\n", cl.ns, name, time.Since(t1).Seconds(), why)
+		}
+		if time.Since(changed) > time.Minute {
+			return false, fmt.Errorf("no shard map changed for a minute")
+		}
+		return false, nil
+	})
+	if err != nil {
+		return p, fmt.Errorf("%s: end state not reached (%v): %s; controller status: %+v", name, err, why, cl.c.clusters())
+	}
+	p.Wall = time.Since(t1).Seconds()
+	p.CPU = cpuSeconds(cl.c.pid()) - cpu0
+	m1 := cl.c.get("/metrics")
+	p.Profile = <-profile
+	delta := func(name, match string) float64 { return metricSum(m1, name, match) - metricSum(m0, name, match) }
+	p.Requests = delta("couchdb_controller_couchdb_requests_total", "")
+	p.Syncs = delta("couchdb_controller_syncs_total", "")
+	p.SyncBusy = delta("couchdb_controller_sync_duration_seconds_sum", "")
+	p.Actions = map[string]float64{}
+	for _, kind := range []string{"AddCopy", "SyncShards", "RemoveCopy", "SetMaintenance", "RemoveNode", "ScaleDown", "SetDecom"} {
+		if v := delta("couchdb_controller_actions_total", `action="`+kind+`",result="success"`); v > 0 {
+			p.Actions[kind] = v
+		}
+	}
+	p.Paths = cl.requestKinds()
+
+	after, ok := cl.maps()
+	if !ok {
+		return p, fmt.Errorf("%s: could not read the maps after", name)
+	}
+	gain, lose := map[string]bool{}, map[string]bool{}
+	for db, m := range after {
+		for _, rng := range m.Ranges() {
+			for _, node := range m.ByRange[rng] {
+				if !before[db].HasCopy(rng, node) {
+					p.Copies++
+					gain[node] = true
+					p.FillSum += sizes[[2]string{db, rng}] / o.fillRate
+				}
+			}
+			for _, node := range before[db].ByRange[rng] {
+				if !m.HasCopy(rng, node) {
+					p.Removed++
+					lose[node] = true
+				}
+			}
+		}
+	}
+	// At most MaxMoves fills at once, and each node takes part in at most FillsPerNode, as target or
+	// as the holder of the copy being dropped.
+	p.Concurrency = max(1, min(run.MaxMoves, run.FillsPerNode*len(gain), run.FillsPerNode*max(len(lose), 1)))
+	return p, nil
+}
+
+var (
+	shardPath = regexp.MustCompile(`shards%2F[^/]+`)
+	nodePath  = regexp.MustCompile(`couchdb@[^/]+`)
+	dbPath    = regexp.MustCompile(`^/db\d+`)
+)
+
+// requestKinds is what the cluster's nodes were asked since their counters were reset, by method and
+// path with database, shard and node names replaced, most frequent first: the readiness probes and
+// the bench's own reader excluded, this is the controller's work.
+func (cl *moveCluster) requestKinds() []PathCount {
+	counts := map[string]int{}
+	for i := 0; i < 5; i++ {
+		n := cl.w.backend.Node(cl.ns, fmt.Sprintf("db-%d", i))
+		if n == nil {
+			continue
+		}
+		for path, c := range n.Requests().ByPath {
+			if path == "GET /_up" || strings.HasSuffix(path, "/_all_docs") {
+				continue
+			}
+			method, p, _ := strings.Cut(path, " ")
+			p = shardPath.ReplaceAllString(p, "{shard}")
+			p = nodePath.ReplaceAllString(p, "{node}")
+			p = dbPath.ReplaceAllString(p, "/{db}")
+			p = strings.ReplaceAll(p, "%2F", "/")
+			counts[method+" "+p] += c
+		}
+	}
+	var out []PathCount
+	for k, v := range counts {
+		out = append(out, PathCount{k, v})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Count > out[j].Count || out[i].Count == out[j].Count && out[i].Path < out[j].Path
+	})
+	return out
+}
+
+// reader reads every document of every database through pod 0 over and over (_all_docs with the
+// documents, one request per database) and keeps the most documents missing or wrong in one pass.
+type reader struct {
+	worst  atomic.Int64
+	passes atomic.Int64
+	quit   chan struct{}
+	done   sync.WaitGroup
+}
+
+func (cl *moveCluster) startReader(dbs []string, docs int) *reader {
+	r := &reader{quit: make(chan struct{})}
+	r.done.Add(1)
+	go func() {
+		defer r.done.Done()
+		for {
+			select {
+			case <-r.quit:
+				return
+			default:
+			}
+			if bad := cl.unreadable(context.Background(), "db-0", dbs, docs); int64(bad) > r.worst.Load() {
+				r.worst.Store(int64(bad))
+			}
+			r.passes.Add(1)
+			time.Sleep(100 * time.Millisecond) // pacing: the reader shares the cores with the controller
+		}
+	}()
+	return r
+}
+
+func (r *reader) stop() (worst, passes int) {
+	close(r.quit)
+	r.done.Wait()
+	return int(r.worst.Load()), int(r.passes.Load())
+}
+
+// unreadable counts the documents of dbs that pod cannot return with the content written.
+func (cl *moveCluster) unreadable(ctx context.Context, pod string, dbs []string, docs int) int {
+	bad := 0
+	for _, db := range dbs {
+		code, b, err := cl.do(ctx, pod, http.MethodGet, "/"+db+"/_all_docs?include_docs=true", nil)
+		var body struct {
+			Rows []struct {
+				ID  string `json:"id"`
+				Doc struct {
+					I  int    `json:"i"`
+					DB string `json:"db"`
+				} `json:"doc"`
+			} `json:"rows"`
+		}
+		if err != nil || code != http.StatusOK || json.Unmarshal(b, &body) != nil {
+			bad += docs
+			continue
+		}
+		seen := map[string]bool{}
+		for _, row := range body.Rows {
+			var i int
+			if _, err := fmt.Sscanf(row.ID, "d%05d", &i); err == nil && row.Doc.I == i && row.Doc.DB == db && i < docs {
+				seen[row.ID] = true
+			}
+		}
+		bad += docs - len(seen)
+	}
+	return bad
+}
