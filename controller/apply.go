@@ -124,6 +124,8 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return err
 	case ActSetDecom, ActClearDecom:
 		return setDecom(ctx, api, a.Node, a.Kind == ActSetDecom)
+	case ActCopyAdminHash, ActCopyConfig:
+		return c.applyConfigCopy(ctx, api, st, sts, o, a)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
 }

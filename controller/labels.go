@@ -12,6 +12,7 @@ const (
 	AnnotationReplicate      = "couchdb.io/replicate"
 	AnnotationRebalance      = "couchdb.io/rebalance"
 	AnnotationTargetReplicas = "couchdb.io/target-replicas"
+	AnnotationSyncAdminHash  = "couchdb.io/sync-admin-hash"
 
 	// ConditionMember is the pod readiness gate and condition the controller owns.
 	ConditionMember = "couchdb.io/member"
@@ -41,6 +42,11 @@ const (
 	ReasonDataAtRisk         = "DataAtRisk"
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
 	ReasonInvalidAnnotation  = "InvalidAnnotation"
+	ReasonConfigDrift        = "ConfigDrift"
+	ReasonAdminsDiffer       = "AdminsDiffer"
+	ReasonAdminHashCopied    = "AdminHashCopied"
+	ReasonConfigCopied       = "ConfigCopied"
+	ReasonCatchUpTimeout     = "CatchUpTimeout"
 
 	ReasonCouchDBVersionUnsupported = "CouchDBVersionUnsupported"
 	ReasonCouchDBBadResponse        = "CouchDBBadResponse"

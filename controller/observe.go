@@ -71,6 +71,7 @@ func (c *Controller) observeKube(ctx context.Context, sts *appsv1.StatefulSet, o
 			continue
 		}
 		o.Pods[ord] = podObs(pod, ord, port)
+		o.Pods[ord].Identity, o.Pods[ord].StartedAt = identityKey(pod), containerStarted(pod)
 	}
 	return nil
 }
@@ -184,6 +185,7 @@ func podObs(pod *corev1.Pod, ord, port int) *PodObs {
 		case ConditionMember:
 			v := cond.Status == corev1.ConditionTrue
 			p.MemberCondition = &v
+			p.MemberSince = cond.LastTransitionTime.Time
 		}
 	}
 	return p
@@ -371,7 +373,8 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		if err != nil {
 			return
 		}
-		obs.Maintenance[name] = v == "true"
+		// "nolb" is what the example preStop hook sets: a leftover one is cleared like "true".
+		obs.Maintenance[name] = v == "true" || v == "nolb"
 	}
 	o.Shards = obs
 	in := placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)

@@ -9,19 +9,20 @@ import (
 
 // ClusterStatus is what the status API shows for one cluster. It never holds credentials.
 type ClusterStatus struct {
-	Namespace      string       `json:"namespace"`
-	Name           string       `json:"name"`
-	StatefulSet    string       `json:"statefulSet,omitempty"`
-	Phase          string       `json:"phase"`
-	Replicas       int          `json:"replicas"`
-	TargetReplicas *int         `json:"targetReplicas,omitempty"`
-	Members        []string     `json:"members"`
-	Nodes          []NodeStatus `json:"nodes"`
-	Shards         ShardHealth  `json:"shards"`
-	Waiting        string       `json:"waiting,omitempty"`
-	Warnings       []string     `json:"warnings,omitempty"`
-	LastSync       time.Time    `json:"lastSync"`
-	LastError      string       `json:"lastError,omitempty"`
+	Namespace      string        `json:"namespace"`
+	Name           string        `json:"name"`
+	StatefulSet    string        `json:"statefulSet,omitempty"`
+	Phase          string        `json:"phase"`
+	Replicas       int           `json:"replicas"`
+	TargetReplicas *int          `json:"targetReplicas,omitempty"`
+	Members        []string      `json:"members"`
+	Nodes          []NodeStatus  `json:"nodes"`
+	Shards         ShardHealth   `json:"shards"`
+	Waiting        string        `json:"waiting,omitempty"`
+	ConfigDrift    []DriftStatus `json:"configDrift,omitempty"`
+	Warnings       []string      `json:"warnings,omitempty"`
+	LastSync       time.Time     `json:"lastSync"`
+	LastError      string        `json:"lastError,omitempty"`
 }
 
 // NodeStatus is one pod's node.
@@ -31,6 +32,7 @@ type NodeStatus struct {
 	State       string     `json:"state"`
 	MemberSince *time.Time `json:"memberSince,omitempty"`
 	LastError   string     `json:"lastError,omitempty"`
+	CatchingUp  string     `json:"catchingUp,omitempty"` // why its couchdb.io/member gate waits after a restart
 }
 
 // ShardHealth counts shard ranges by health.
@@ -64,6 +66,9 @@ type clusterState struct {
 	shardHealth   ShardHealth // from the last read
 	// shardsUnsettled: the last read found ranges not healthy or a decom mark on a staying node.
 	shardsUnsettled bool
+	config          configCheck   // adminhash.go
+	configPending   string        // the configKey of this sync's read
+	catchUp         catchUpMemory // catchup.go
 }
 
 func newClusterState() *clusterState {
