@@ -130,6 +130,8 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return setZone(ctx, api, a.Node, a.Text)
 	case ActSetPlacement:
 		return c.setPlacement(ctx, st, o, api, a.Node, a.Text)
+	case ActCopyAdminHash, ActCopyConfig:
+		return c.applyConfigCopy(ctx, api, st, sts, o, a)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
 }

@@ -30,6 +30,7 @@ type CouchAPI interface {
 	GetConfig(ctx context.Context, node, section, key string) (string, error)
 	SetConfig(ctx context.Context, node, section, key, value string) (string, error)
 	DeleteConfig(ctx context.Context, node, section, key string) (string, error)
+	ConfigSection(ctx context.Context, node, section string) (map[string]string, error)
 }
 
 // Endpoint is where one CouchDB node answers.

@@ -17,7 +17,8 @@ const (
 	AnnotationZoneLabel = "couchdb.io/zone-label"
 
 	// DefaultZoneLabel is the well-known topology label cloud providers set on every Node.
-	DefaultZoneLabel = "topology.kubernetes.io/zone"
+	DefaultZoneLabel        = "topology.kubernetes.io/zone"
+	AnnotationSyncAdminHash = "couchdb.io/sync-admin-hash"
 
 	// ConditionMember is the pod readiness gate and condition the controller owns.
 	ConditionMember = "couchdb.io/member"
@@ -48,6 +49,11 @@ const (
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
 	ReasonInvalidAnnotation  = "InvalidAnnotation"
 	ReasonUnderReplicated    = "UnderReplicated"
+	ReasonConfigDrift        = "ConfigDrift"
+	ReasonAdminsDiffer       = "AdminsDiffer"
+	ReasonAdminHashCopied    = "AdminHashCopied"
+	ReasonConfigCopied       = "ConfigCopied"
+	ReasonCatchUpTimeout     = "CatchUpTimeout"
 
 	ReasonCouchDBVersionUnsupported = "CouchDBVersionUnsupported"
 	ReasonCouchDBBadResponse        = "CouchDBBadResponse"

@@ -71,6 +71,7 @@ func (c *Controller) observeKube(ctx context.Context, sts *appsv1.StatefulSet, o
 			continue
 		}
 		o.Pods[ord] = podObs(pod, ord, port)
+		o.Pods[ord].StartedAt = containerStarted(pod)
 	}
 	c.observeZones(sts, o)
 	return nil
@@ -186,6 +187,7 @@ func podObs(pod *corev1.Pod, ord, port int) *PodObs {
 		case ConditionMember:
 			v := cond.Status == corev1.ConditionTrue
 			p.MemberCondition = &v
+			p.MemberSince = cond.LastTransitionTime.Time
 		}
 	}
 	return p
@@ -376,7 +378,8 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		if err != nil {
 			return
 		}
-		obs.Maintenance[name] = v == "true"
+		// "nolb" is what the example preStop hook sets: a leftover one is cleared like "true".
+		obs.Maintenance[name] = v == "true" || v == "nolb"
 	}
 	c.askZoneConfig(ctx, st, api, o, coord, obs)
 	o.Shards = obs

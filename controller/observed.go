@@ -52,6 +52,13 @@ type Observed struct {
 	// Shards is what the coordinator said about databases and their shard maps; nil when they were
 	// not read in this sync (they are read when placement has work to consider, see needShards).
 	Shards *ShardObs
+
+	// Config is each member's admin hash and the keys that must agree on all members (adminhash.go);
+	// nil when not read in this sync.
+	Config *ConfigObs
+	// CatchUp holds, by ordinal, the members whose couchdb.io/member condition waits for their
+	// copies to catch up after a restart or recreation (catchup.go).
+	CatchUp map[int]*CatchUpObs
 }
 
 // ShardObs is the shard half of an observation.
@@ -88,8 +95,10 @@ type PodObs struct {
 	HasMemberGate   bool      // declares readinessGates couchdb.io/member
 	MemberCondition *bool     // current couchdb.io/member condition, nil when absent
 	Terminating     bool
-	Node            string // spec.nodeName: the Kubernetes Node the pod is bound to
-	Identity        string // changes whenever the CouchDB process may have changed (identityKey)
+	Node            string    // spec.nodeName: the Kubernetes Node the pod is bound to
+	Identity        string    // identityKey: changes with a new pod, IP or container restart
+	StartedAt       time.Time // when the CouchDB container's current run started
+	MemberSince     time.Time // lastTransitionTime of the couchdb.io/member condition
 }
 
 // NodeObs is what one pod's CouchDB said. Reached is false when nothing was asked (pod not ready,

@@ -55,7 +55,8 @@ type Action struct {
 	DB        string // shard actions
 	Range     string // shard actions
 	Replicas  int    // ScaleDown: the new spec.replicas
-	Text      string // SetZone: the zone; SetPlacement: the rule ("" deletes it)
+	Text      string // SetZone: the zone; SetPlacement: the rule ("" deletes it); CopyConfig: the key
+	From      int    // CopyAdminHash, CopyConfig: the ordinal whose value is copied (read from Observed by apply)
 }
 
 func (a Action) String() string {
@@ -74,6 +75,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
 	case ActSetZone, ActSetPlacement:
 		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Text)
+	case ActCopyAdminHash, ActCopyConfig:
+		return copyString(a) // never the value
 	}
 	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
 }
@@ -93,6 +96,8 @@ type Plan struct {
 	Shards     *placement.Health // shard range health, when the maps were read
 	Draining   string            // the node a target-replicas drain is emptying
 	Shortfalls []Shortfall       // databases under-replicated because members < n, when the maps were read
+	Config     *configPlan       // admin hash and config copies and drift, when the config was read (adminhash.go)
+	CatchUp    map[string]string // pod -> why its couchdb.io/member condition waits for catch-up (catchup.go)
 }
 
 // Node states, as the node_state metric reports them.
@@ -180,6 +185,7 @@ func planCluster(o Observed) Plan {
 	} else {
 		planJoins(o, coord, members, &p)
 		planShards(o, coord, members, connected, &p)
+		planDayTwo(o, coord, connected, &p)
 	}
 	planMemberConditions(o, members, connected, &p)
 	switch {
@@ -450,7 +456,7 @@ func planMemberConditions(o Observed, members, connected []string, p *Plan) {
 		// Not gated on formation: with OrderedReady, pod 1 is only created once pod 0 is Ready.
 		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas && !(draining && d == ord) &&
 			slices.Contains(members, n.Name) && slices.Contains(connected, n.Name) {
-			want = true
+			want = !p.holdForCatchUp(o, ord)
 		}
 		if pod.MemberCondition == nil || *pod.MemberCondition != want {
 			p.Actions = append(p.Actions, Action{Kind: ActSetMemberCondition, Pod: pod.Name, Value: want})

@@ -22,11 +22,12 @@ type ClusterStatus struct {
 	Shards         ShardHealth  `json:"shards"`
 	// Shortfalls are the databases with fewer copies per range than their n because the cluster
 	// has fewer members than n (the UnderReplicated Warning).
-	Shortfalls []Shortfall `json:"shortfalls,omitempty"`
-	Waiting    string      `json:"waiting,omitempty"`
-	Warnings   []string    `json:"warnings,omitempty"`
-	LastSync   time.Time   `json:"lastSync"`
-	LastError  string      `json:"lastError,omitempty"`
+	Shortfalls  []Shortfall   `json:"shortfalls,omitempty"`
+	Waiting     string        `json:"waiting,omitempty"`
+	Warnings    []string      `json:"warnings,omitempty"`
+	LastSync    time.Time     `json:"lastSync"`
+	LastError   string        `json:"lastError,omitempty"`
+	ConfigDrift []DriftStatus `json:"configDrift,omitempty"`
 }
 
 // NodeStatus is one pod's node.
@@ -37,6 +38,7 @@ type NodeStatus struct {
 	Zone        string     `json:"zone,omitempty"` // the zone label's value on the pod's Node
 	MemberSince *time.Time `json:"memberSince,omitempty"`
 	LastError   string     `json:"lastError,omitempty"`
+	CatchingUp  string     `json:"catchingUp,omitempty"` // why its couchdb.io/member gate waits after a restart
 }
 
 // ShardHealth counts shard ranges by health.
@@ -82,6 +84,9 @@ type clusterState struct {
 	shardsUnsettled bool
 	configs         map[string]cachedConfig          // node + "\x00" + [cluster] key -> last value read or written
 	copySizes       map[placement.CopyKey]cachedSize // sizes.file of copies read recently
+	config          configCheck                      // adminhash.go
+	configPending   string                           // the configKey of this sync's read
+	catchUp         catchUpMemory                    // catchup.go
 }
 
 func newClusterState() *clusterState {

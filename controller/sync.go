@@ -83,6 +83,8 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	}
 	if len(o.Problems) == 0 && !o.CredentialsRejected {
 		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
+		c.observeConfig(ctx, st, sts, scheme, ca, &o)
+		c.observeCatchUp(ctx, st, scheme, ca, &o)
 		switch {
 		case o.CredentialsRejected:
 			c.credentialsRejected(st, o.CredentialsLocked)
@@ -97,6 +99,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	applyErr := c.applyActions(ctx, key, st, sts, o, plan.Actions)
 	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
 	warnings = append(warnings, c.unreachable(st, sts, o)...)
+	warnings = append(warnings, c.noteDayTwo(st, sts, o, plan, applyErr)...)
 	c.warn(ctx, st, sts, warnings)
 	c.noteJoins(ctx, st, sts, o, plan)
 	c.record(key, st, sts, o, plan, warnings, start, applyErr)
@@ -342,6 +345,7 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 		if ns.State == stateMember {
 			member++
 		}
+		ns.CatchingUp = p.CatchUp[pod.Name]
 		status.Nodes = append(status.Nodes, ns)
 	}
 	for _, w := range warnings {
@@ -361,6 +365,7 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || p.Shards.ZoneViolation > 0 || decomOnStayingNode(o)
 	}
 	status.Shards, status.Shortfalls = st.shardHealth, st.shortfalls
+	status.ConfigDrift = st.config.details
 	c.setStatus(key, status)
 }
 

@@ -47,3 +47,11 @@ func (c *Client) configCall(ctx context.Context, r request) (string, error) {
 	}
 	return old, nil
 }
+
+// ConfigSection reads every key of one runtime config section of node (an unknown section reads as
+// empty). Values can be secrets ([admins] holds password hashes): callers must never log them.
+func (c *Client) ConfigSection(ctx context.Context, node, section string) (map[string]string, error) {
+	v := map[string]string{}
+	err := c.getJSON(ctx, "/_node/"+escape(node)+"/_config/"+escape(section), nil, &v)
+	return v, err
+}

@@ -292,6 +292,7 @@ func TestAdmissionAndExamplesRender(t *testing.T) {
 	if len(sts.Spec.Template.Spec.ReadinessGates) != 1 || sts.Spec.Template.Spec.ReadinessGates[0].ConditionType != "couchdb.io/member" {
 		t.Error("example lacks the member readiness gate")
 	}
+	checkPreStop(t, sts)
 	svc := find(ex, "Service")[0]
 	if svc["metadata"].(map[string]any)["labels"].(map[string]any)["couchdb.io/cluster"] != sts.Labels["couchdb.io/cluster"] {
 		t.Error("example Service not labelled like the StatefulSet")
@@ -365,5 +366,33 @@ func TestAdmissionExemptsTheShippedServiceAccount(t *testing.T) {
 		if !slices.Equal(u, []string{"system:serviceaccount:my-namespace:couchdb-controller"}) {
 			t.Errorf("README's overlay leaves policy %s exempting %v", name, u)
 		}
+	}
+}
+
+// checkPreStop: the example's preStop hook takes the node out of load balancing (maintenance_mode
+// nolb, not persisted) with the container's own credentials passed on stdin, and the grace period
+// covers its wait.
+func checkPreStop(t *testing.T, sts appsv1.StatefulSet) {
+	t.Helper()
+	c := sts.Spec.Template.Spec.Containers[0]
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Exec == nil {
+		t.Fatal("example has no preStop exec hook")
+	}
+	script := strings.Join(c.Lifecycle.PreStop.Exec.Command, " ")
+	for _, want := range []string{"maintenance_mode", `'"nolb"'`, "X-Couch-Persist: false", "$COUCHDB_USER", "$COUCHDB_PASSWORD", "-K -"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("preStop hook lacks %q: %s", want, script)
+		}
+	}
+	if strings.Contains(script, " -u ") || strings.Contains(script, "--user") {
+		t.Error("preStop hook passes credentials on curl's command line")
+	}
+	m := regexp.MustCompile(`sleep (\d+)`).FindStringSubmatch(script)
+	if m == nil {
+		t.Fatal("preStop hook does not wait")
+	}
+	wait, _ := strconv.Atoi(m[1])
+	if g := sts.Spec.Template.Spec.TerminationGracePeriodSeconds; g == nil || int(*g) < wait+20 {
+		t.Errorf("terminationGracePeriodSeconds %v does not leave CouchDB 20 s after the hook's %d s", g, wait)
 	}
 }

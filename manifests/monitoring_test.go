@@ -61,6 +61,7 @@ func registryLabels(t *testing.T) map[string]map[string]bool {
 	r.SetClusterFormed("ns", "c", true)
 	r.SetClusterPhase("ns", "c", "Ready")
 	r.SetShardRanges("ns", "c", 1, 0, 0, 0)
+	r.SetConfigDrift("ns", "c", map[string]bool{"cluster.q": true})
 	r.ShardMove("added")
 	r.ObserveSync("success", time.Millisecond)
 	r.Action("AddNode", "success")

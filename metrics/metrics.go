@@ -31,6 +31,7 @@ type Recorder struct {
 	clusterPhase  *prometheus.GaugeVec
 	shardRanges   *prometheus.GaugeVec
 	shardMoves    *prometheus.CounterVec
+	configDrift   *prometheus.GaugeVec
 	syncs         *prometheus.CounterVec
 	syncDuration  prometheus.Histogram
 	actions       *prometheus.CounterVec
@@ -70,6 +71,8 @@ func New(reg prometheus.Registerer) *Recorder {
 			"Phase of each cluster (1 for its current phase, 0 otherwise).")), []string{"namespace", "cluster", "phase"}),
 		shardRanges: f.NewGaugeVec(prometheus.GaugeOpts(opts("shard_ranges",
 			"Shard ranges of all databases by health: healthy, under_replicated (fewer live copies than the database's n), unavailable (no live copy); zone_violation counts, among them, the ranges whose copies cover fewer zones than they could.")), []string{"namespace", "cluster", "state"}),
+		configDrift: f.NewGaugeVec(prometheus.GaugeOpts(opts("config_drift",
+			"1 when the cluster's members disagree about a config key that must be equal on all of them ([couchdb] uuid, [chttpd_auth] secret, [cluster] n and q), else 0.")), []string{"namespace", "cluster", "key"}),
 		shardMoves: f.NewCounterVec(prometheus.CounterOpts(opts("shard_moves_total",
 			"Shard copy additions and removals by result.")), []string{"result"}),
 		syncs: f.NewCounterVec(prometheus.CounterOpts(opts("syncs_total",
@@ -162,6 +165,25 @@ func (r *Recorder) SetShardRanges(ns, cluster string, healthy, underReplicated, 
 	r.shardRanges.WithLabelValues(ns, cluster, "zone_violation").Set(float64(zoneViolation))
 }
 
+// ConfigDriftKeys are the values of config_drift's key label.
+var ConfigDriftKeys = []string{"couchdb.uuid", "chttpd_auth.secret", "cluster.n", "cluster.q"}
+
+// SetConfigDrift sets config_drift for every key of ConfigDriftKeys: 1 for those in drifting, else 0.
+func (r *Recorder) SetConfigDrift(ns, cluster string, drifting map[string]bool) {
+	for _, k := range ConfigDriftKeys {
+		v := 0.0
+		if drifting[k] {
+			v = 1
+		}
+		r.configDrift.WithLabelValues(ns, cluster, k).Set(v)
+	}
+}
+
+// ConfigDriftGauge exposes one series for tests of callers.
+func (r *Recorder) ConfigDriftGauge(ns, cluster, key string) prometheus.Gauge {
+	return r.configDrift.WithLabelValues(ns, cluster, key)
+}
+
 // ShardMove counts one shard copy change.
 func (r *Recorder) ShardMove(result string) { r.shardMoves.WithLabelValues(result).Inc() }
 
@@ -191,6 +213,7 @@ func (r *Recorder) ForgetCluster(ns, cluster string) {
 	r.clusterFormed.DeletePartialMatch(l)
 	r.clusterPhase.DeletePartialMatch(l)
 	r.shardRanges.DeletePartialMatch(l)
+	r.configDrift.DeletePartialMatch(l)
 	r.mu.Lock()
 	delete(r.podsByCluster, clusterKey{ns, cluster})
 	delete(r.phases, clusterKey{ns, cluster})

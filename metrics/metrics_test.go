@@ -34,6 +34,7 @@ func exercise(r *Recorder) {
 	r.SetClusterFormed("ns", "c", true)
 	r.SetClusterPhase("ns", "c", "Ready")
 	r.SetShardRanges("ns", "c", 4, 1, 0, 2)
+	r.SetConfigDrift("ns", "c", map[string]bool{"couchdb.uuid": true})
 	r.ShardMove("added")
 	r.ObserveSync("success", time.Millisecond)
 	r.Action("AddNode", "success")
@@ -116,10 +117,11 @@ func TestForgetClusterRemovesOnlyThatCluster(t *testing.T) {
 		r.SetClusterFormed("ns", c, true)
 		r.SetClusterPhase("ns", c, "Ready")
 		r.SetShardRanges("ns", c, 1, 0, 0, 0)
+		r.SetConfigDrift("ns", c, map[string]bool{"cluster.q": true})
 	}
 	r.ForgetCluster("ns", "a")
 	for name, col := range map[string]prometheus.Collector{"node_state": r.nodeState, "cluster_nodes": r.clusterNodes,
-		"cluster_formed": r.clusterFormed, "cluster_phase": r.clusterPhase, "shard_ranges": r.shardRanges} {
+		"cluster_formed": r.clusterFormed, "cluster_phase": r.clusterPhase, "shard_ranges": r.shardRanges, "config_drift": r.configDrift} {
 		var left, total int
 		ch := make(chan prometheus.Metric, 100)
 		col.Collect(ch)
