@@ -20,10 +20,10 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
-// couchdb answers HTTP for one pod's emulated node (the test reads and writes data directly).
+// couchdb answers HTTP for one pod's node (the test reads and writes data directly).
 func couchdb(t *testing.T, ns, pod, password string) *couch.Client {
 	t.Helper()
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	if n == nil {
 		t.Fatalf("no node for %s", pod)
 	}
@@ -36,7 +36,10 @@ func couchdb(t *testing.T, ns, pod, password string) *couch.Client {
 
 func rawDo(t *testing.T, ns, pod, password, method, path, body string) (int, string) {
 	t.Helper()
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
+	if n == nil {
+		return 0, "no node for " + pod
+	}
 	req, _ := http.NewRequest(method, n.URL()+path, strings.NewReader(body))
 	req.SetBasicAuth("admin", password)
 	req.Header.Set("Content-Type", "application/json")
