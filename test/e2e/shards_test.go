@@ -173,8 +173,10 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	const docs = 60
 	loadData(t, s, ns, docs)
-	// A reader checks every document stays readable throughout the drain.
+	// A reader checks every document stays readable throughout the drain, and a writer adds
+	// documents all along: none it was told were written may be lost.
 	stopReading := readThroughout(t, s, ns, docs)
+	stopWriting := writeThroughout(t, s, ns)
 	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`)
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "drain", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
@@ -184,9 +186,19 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 		return err == nil && *sts.Spec.Replicas == 3, nil
 	})
 	waitMembers(t, s, ns, 3, 60*time.Second)
+	acked, refused := stopWriting()
 	if n := stopReading(); n > 0 {
 		t.Errorf("%d documents were unreadable at some point during the drain", n)
 	}
+	if len(acked) == 0 {
+		t.Error("no write was acknowledged during the drain")
+	}
+	for i := 0; i < 3; i++ {
+		if lost := unreadable(t, s, ns, podName(s, i), acked); len(lost) > 0 {
+			t.Errorf("%d of %d acknowledged writes unreadable through %s after the drain: %v", len(lost), len(acked), podName(s, i), lost)
+		}
+	}
+	t.Logf("%d writes acknowledged during the drain, %d refused; every acknowledged one readable through each remaining member", len(acked), refused)
 	if nodes := mapNodes(t, s, ns); !onlyOrdinalsBelow(nodes, s, ns, 3) {
 		t.Errorf("db1's map still references %v", nodes)
 	}
