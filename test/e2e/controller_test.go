@@ -112,9 +112,9 @@ func poll(t *testing.T, timeout time.Duration, what string, cond func(ctx contex
 	}
 }
 
-// membership asks an emulated node directly (not through the controller) whom it lists.
+// membership asks a pod's node directly (not through the controller) whom it lists.
 func clusterNodesOf(ns, pod string) []string {
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	if n == nil || !n.Running() {
 		return nil
 	}
@@ -167,7 +167,7 @@ func waitEvent(t *testing.T, ns, reason string) {
 }
 
 func setupState(t *testing.T, ns, pod string) couch.SetupState {
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	if n == nil {
 		return ""
 	}

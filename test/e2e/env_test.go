@@ -19,15 +19,18 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/test/kubelet"
 )
 
-// env is the shared world of the e2e suite: one real control plane, one fake kubelet, one emulated
-// CouchDB network. Each test works in its own namespace.
+// env is the shared world of the e2e suite: one real control plane, one fake kubelet, and one
+// emulated CouchDB network or, with COUCHDB_REL set, real CouchDB nodes from that release. Each test
+// works in its own namespace.
 var env struct {
 	cp      *harness.ControlPlane
 	cfg     *rest.Config
 	kube    kubernetes.Interface
 	addrs   *kubelet.AddressMap
-	backend *couchpods.Backend
+	backend *couchpods.Backend // emulated nodes; nil on real nodes
 	network *couchtest.Network
+	real    *couchpods.RealBackend // real nodes; nil on the emulator
+	release string
 }
 
 // couchClockSkew moves the emulated CouchDB's clock forward (only its lockout reads it), so a test
@@ -43,6 +46,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	failed := false
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cp, err := harness.Start(ctx, harness.Options{Logf: func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) }})
@@ -54,9 +58,33 @@ func run(m *testing.M) int {
 	env.cp, env.cfg = cp, cp.AdminConfig()
 	env.kube = kubernetes.NewForConfigOrDie(env.cfg)
 	env.addrs = kubelet.NewAddressMap()
-	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond,
-		Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
-	env.backend = couchpods.New(env.kube, env.network)
+	var backend kubelet.Backend
+	if rel := os.Getenv(couchpods.ReleaseEnv); rel != "" {
+		runDir, err := os.MkdirTemp("", "e2e-couchdb-")
+		if err != nil {
+			fmt.Println("e2e:", err)
+			return 1
+		}
+		env.real, err = couchpods.NewReal(env.kube, couchpods.RealOptions{Release: rel, RunDir: runDir})
+		if err != nil {
+			fmt.Println("e2e:", err)
+			return 1
+		}
+		env.release = rel
+		fmt.Printf("e2e: real CouchDB nodes from %s; their data, config and logs under %s\n", rel, runDir)
+		backend = env.real
+		defer func() {
+			env.real.Close()
+			if !failed {
+				_ = os.RemoveAll(runDir)
+			}
+		}()
+	} else {
+		env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond,
+			Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
+		env.backend = couchpods.New(env.kube, env.network)
+		backend = env.backend
+	}
 	// The default Node takes every pod; the zone Nodes only pods of a zones cluster (clusterSpec.zones),
 	// which select and tolerate them.
 	nodes := []kubelet.NodeSpec{{Name: kubelet.NodeName}}
@@ -64,7 +92,7 @@ func run(m *testing.M) int {
 		nodes = append(nodes, kubelet.NodeSpec{Name: zoneNode(z), Labels: map[string]string{controller.DefaultZoneLabel: z, zonePoolKey: "true"},
 			Taints: []corev1.Taint{{Key: zonePoolKey, Value: "true", Effect: corev1.TaintEffectNoSchedule}}})
 	}
-	kl := kubelet.NewWithOptions(env.kube, env.backend, env.addrs, kubelet.Options{Nodes: nodes})
+	kl := kubelet.NewWithOptions(env.kube, backend, env.addrs, kubelet.Options{Nodes: nodes})
 	kctx, kcancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -84,7 +112,13 @@ func run(m *testing.M) int {
 	kcancel()
 	<-done
 	if code != 0 {
+		failed = true
 		fmt.Println("e2e: control-plane logs are in", cp.RunDir())
+		if env.real != nil {
+			for key, n := range env.real.Nodes() {
+				fmt.Printf("e2e: CouchDB log of %s: %s\n", key, n.LogPath())
+			}
+		}
 	}
 	return code
 }

@@ -28,10 +28,11 @@ type clusterSpec struct {
 	helm          bool // Helm chart style: ERL_FLAGS -name couchdb, seedlist ini, publishNotReadyAddresses, credentials via env
 	password      string
 	annotations   map[string]string
-	serviceLabels bool // label the Service (default true via newSpec)
-	serviceLate   bool // create the Service after the StatefulSet
-	userFromCM    bool // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
-	zones         bool // pods run on the zone Nodes (zone-a/b/c, by ordinal mod 3), not the default Node
+	serviceLabels bool   // label the Service (default true via newSpec)
+	serviceLate   bool   // create the Service after the StatefulSet
+	userFromCM    bool   // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
+	zones         bool   // pods run on the zone Nodes (zone-a/b/c, by ordinal mod 3), not the default Node
+	ini           string // CouchDB settings, mounted from a ConfigMap as an ini file (as the Helm chart's chart.ini)
 }
 
 // testZones are the zones of the suite's zone Nodes; pod i of a zones cluster runs in testZones[i%3].
@@ -51,6 +52,7 @@ var nsCounter atomic.Int32
 // newNamespace makes a fresh namespace for one test (run).
 func newNamespace(t *testing.T) string {
 	t.Helper()
+	clusterTests.Add(1)
 	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if len(ns) > 50 {
 		h := fnv.New32a()
@@ -130,6 +132,15 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 	if s.zones {
 		podSpec.NodeSelector = map[string]string{zonePoolKey: "true"}
 		podSpec.Tolerations = []corev1.Toleration{{Key: zonePoolKey, Operator: corev1.TolerationOpEqual, Value: "true", Effect: corev1.TaintEffectNoSchedule}}
+	}
+	if s.ini != "" {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: s.name + "-ini", Namespace: ns},
+			Data: map[string]string{"settings.ini": s.ini}}
+		if _, err := env.kube.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		podSpec.Volumes = append(podSpec.Volumes, corev1.Volume{Name: "settings", VolumeSource: corev1.VolumeSource{
+			ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: cm.Name}}}})
 	}
 	if s.memberGate {
 		podSpec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: controller.ConditionMember}}

@@ -64,7 +64,7 @@ func TestSingleReplicaIsFinishedWithoutSingleNodeMode(t *testing.T) {
 		return setupState(t, ns, "solo-0") == couch.StateClusterFinished, nil
 	})
 	// enable_single_node would have set [cluster] n=1, which spoils a later scale-up.
-	n := env.backend.Node(ns, "solo-0")
+	n := nodeOf(ns, "solo-0")
 	c, _ := couch.New(couch.Options{BaseURL: n.URL(), Username: "admin", Password: s.password})
 	if st, _ := c.SetupState(context.Background()); st != couch.StateClusterFinished {
 		t.Fatalf("state %s, want cluster_finished (not single_node_enabled)", st)
@@ -202,8 +202,14 @@ func TestHelmChartStyleStatefulSet(t *testing.T) {
 
 	// couchdb-1's CouchDB stops answering (its probe too): the pod turns NotReady, but the Service
 	// publishes not-ready addresses, so the Endpoints still count it ready.
-	victim := env.backend.Node(ns, "couchdb-1")
-	victim.SetFault(couchtest.Fault{Status: 500})
+	// On real nodes the node is stopped instead: a real CouchDB does not answer 500 by itself, and a
+	// stopped one fails its probe and the controller's requests alike.
+	victim := nodeOf(ns, "couchdb-1")
+	if realNodes() {
+		victim.Stop()
+	} else {
+		emulated(t, ns, "couchdb-1").SetFault(couchtest.Fault{Status: 500})
+	}
 	poll(t, 30*time.Second, "couchdb-1 NotReady while the Endpoints still list 3 ready addresses", func(ctx context.Context) (bool, error) {
 		p, err := env.kube.CoreV1().Pods(ns).Get(ctx, "couchdb-1", metav1.GetOptions{})
 		if err != nil {
@@ -224,8 +230,14 @@ func TestHelmChartStyleStatefulSet(t *testing.T) {
 		st, ok := rc.ctrl.Cluster(ns, "couchdb")
 		return ok && nodeState("couchdb-1", "member") < 1 && len(st.Nodes) == 3 && st.Nodes[1].State != "member" && st.Phase != controller.PhaseReady, nil
 	})
-	victim.SetFault(couchtest.Fault{})
-	poll(t, 30*time.Second, "couchdb-1 a member again", func(context.Context) (bool, error) {
+	if realNodes() {
+		if err := victim.Start(); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		emulated(t, ns, "couchdb-1").SetFault(couchtest.Fault{})
+	}
+	poll(t, 60*time.Second, "couchdb-1 a member again", func(context.Context) (bool, error) {
 		st, ok := rc.ctrl.Cluster(ns, "couchdb")
 		return ok && nodeState("couchdb-1", "member") == 1 && st.Phase == controller.PhaseReady, nil
 	})

@@ -61,12 +61,8 @@ func TestControllerKilledAtEachFormationStep(t *testing.T) {
 			})
 			finishes := 0
 			for i := 0; i < 3; i++ {
-				node := env.backend.Node(ns, podName(s, i))
-				for path, c := range node.Requests().ByPath {
-					if strings.HasPrefix(path, "POST /_cluster_setup") {
-						finishes += c
-					}
-				}
+				node := nodeOf(ns, podName(s, i))
+				finishes += requestsLogged(t, ns, podName(s, i), "POST /_cluster_setup")
 				c, _ := couch.New(couch.Options{BaseURL: node.URL(), Username: "admin", Password: s.password})
 				for j := 0; j < 3; j++ {
 					d, err := c.GetNodeDoc(context.Background(), s.nodeName(ns, j))

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,10 @@ var secretScan = struct {
 }{passwords: map[string]bool{}}
 
 type scanned struct{ what, text string }
+
+// clusterTests counts the tests that made a namespace for a cluster (newNamespace): when any ran,
+// the scan must have something to scan.
+var clusterTests atomic.Int32
 
 // usePassword registers a password the suite gives CouchDB or a Secret.
 func usePassword(pw string) {
@@ -90,6 +95,11 @@ func scanSuiteForPasswords() (report string, ok bool) {
 		len(secretScan.passwords), len(secretScan.outputs), size, len(evs.Items))
 	if len(found) > 0 {
 		return summary + ": FAIL\n" + strings.Join(found, "\n"), false
+	}
+	if clusterTests.Load() == 0 {
+		// A filtered run (go test -run X ./...) that selected no test with a cluster: nothing ran that
+		// could show a password, so there is nothing to scan, and that is not a failure.
+		return summary + ": skipped: no test ran a cluster", true
 	}
 	if len(secretScan.passwords) == 0 || size == 0 {
 		return summary + ": FAIL: nothing was scanned", false

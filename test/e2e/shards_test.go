@@ -20,10 +20,10 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
-// couchdb answers HTTP for one pod's emulated node (the test reads and writes data directly).
+// couchdb answers HTTP for one pod's node (the test reads and writes data directly).
 func couchdb(t *testing.T, ns, pod, password string) *couch.Client {
 	t.Helper()
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	if n == nil {
 		t.Fatalf("no node for %s", pod)
 	}
@@ -36,7 +36,10 @@ func couchdb(t *testing.T, ns, pod, password string) *couch.Client {
 
 func rawDo(t *testing.T, ns, pod, password, method, path, body string) (int, string) {
 	t.Helper()
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
+	if n == nil {
+		return 0, "no node for " + pod
+	}
 	req, _ := http.NewRequest(method, n.URL()+path, strings.NewReader(body))
 	req.SetBasicAuth("admin", password)
 	req.Header.Set("Content-Type", "application/json")
@@ -170,8 +173,10 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	const docs = 60
 	loadData(t, s, ns, docs)
-	// A reader checks every document stays readable throughout the drain.
+	// A reader checks every document stays readable throughout the drain, and a writer adds
+	// documents all along: none it was told were written may be lost.
 	stopReading := readThroughout(t, s, ns, docs)
+	stopWriting := writeThroughout(t, s, ns)
 	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`)
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(context.Background(), "drain", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
@@ -181,9 +186,19 @@ func TestTargetReplicasDrainsWithoutDataLoss(t *testing.T) {
 		return err == nil && *sts.Spec.Replicas == 3, nil
 	})
 	waitMembers(t, s, ns, 3, 60*time.Second)
+	acked, refused := stopWriting()
 	if n := stopReading(); n > 0 {
 		t.Errorf("%d documents were unreadable at some point during the drain", n)
 	}
+	if len(acked) == 0 {
+		t.Error("no write was acknowledged during the drain")
+	}
+	for i := 0; i < 3; i++ {
+		if lost := unreadable(t, s, ns, podName(s, i), "db1", acked); len(lost) > 0 {
+			t.Errorf("%d of %d acknowledged writes unreadable through %s after the drain: %v", len(lost), len(acked), podName(s, i), lost)
+		}
+	}
+	t.Logf("%d writes acknowledged during the drain, %d refused; every acknowledged one readable through each remaining member", len(acked), refused)
 	if nodes := mapNodes(t, s, ns); !onlyOrdinalsBelow(nodes, s, ns, 3) {
 		t.Errorf("db1's map still references %v", nodes)
 	}
