@@ -73,7 +73,8 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 	usePassword(s.password)
 	labels := map[string]string{controller.LabelCluster: s.cluster}
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.name + "-admin", Namespace: ns},
-		StringData: map[string]string{"adminUsername": "admin", "adminPassword": s.password, "erlangCookie": "cookie-" + s.name}}
+		StringData: map[string]string{"adminUsername": "admin", "adminPassword": s.password, "erlangCookie": "cookie-" + s.name,
+			"cookieAuthSecret": "auth-secret-" + s.name}}
 	if _, err := env.kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +106,9 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 		Env: []corev1.EnvVar{
 			secretEnv("COUCHDB_USER", "adminUsername"), secretEnv("COUCHDB_PASSWORD", "adminPassword"),
 			secretEnv("COUCHDB_ERLANG_COOKIE", "erlangCookie"),
+			// As manifests/examples and the Helm chart: real CouchDB's finish_cluster answers 500 when
+			// [chttpd_auth] secret is unset, since it copies the secret to every member.
+			secretEnv("COUCHDB_SECRET", "cookieAuthSecret"),
 			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 		},
