@@ -114,7 +114,7 @@ func run(ctx context.Context, sizes string, steady time.Duration, pollers, forma
 	cfg.QPS, cfg.Burst = 2000, 4000 // the harness plays every kubelet and user at once
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	addrs := kubelet.NewAddressMap()
-	backend := couchpods.NewPerNamespace(kube, couchtest.NetworkOptions{SyncDelay: time.Second})
+	backend := couchpods.NewPerNamespace(kube, couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000})
 	backend.KeepAliveProbes()
 	// The harness (every emulated node, the kubelet and the proxy) lives in this process; fewer GC
 	// cycles leave more of the shared cores to the controller being measured.
