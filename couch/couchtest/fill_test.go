@@ -123,7 +123,8 @@ func TestCopyFillsAtTheFillRate(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(start)
-	if took < want*8/10 || took > want*2 {
+	// Not faster than the rate allows; slower only by what a loaded machine adds to the timers.
+	if took < want*9/10 || took > want*4 {
 		t.Errorf("filled in %v, expected about %v", took, want)
 	}
 	if !sawPartial {
