@@ -218,6 +218,13 @@ func (n *Node) session(r *http.Request, body []byte) (int, any) {
 		if code, resp := n.login(hostOf(r), req.Name, req.Password, true); code != 0 {
 			return code, resp
 		}
+		if n.config["chttpd_auth"]["secret"] == "" {
+			// ensure_cookie_auth_secret: a node without a secret makes one up (runtime config).
+			if n.config["chttpd_auth"] == nil {
+				n.config["chttpd_auth"] = map[string]string{}
+			}
+			n.config["chttpd_auth"]["secret"] = randomHex(16)
+		}
 		return http.StatusOK, withHeaders{header: map[string]string{"Set-Cookie": n.sessionCookie(req.Name)},
 			body: obj{"ok": true, "name": req.Name, "roles": []string{"_admin"}}}
 	case http.MethodDelete:

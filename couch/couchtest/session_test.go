@@ -185,6 +185,20 @@ func TestAdminHashesAndSessions(t *testing.T) {
 		t.Errorf("a node with another secret accepted the cookie as %q", u)
 	}
 
+	// Without a secret the cookie is refused; a login makes a new secret up, as CouchDB does.
+	if _, err := clients[0].DeleteConfig(ctx, "_local", "chttpd_auth", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if u := sessionUser(t, nodes[0], cookie); u != "" {
+		t.Errorf("a node without a secret accepted the cookie as %q", u)
+	}
+	if _, c := login(t, nodes[0], "s3cret"); sessionUser(t, nodes[0], c) != "admin" {
+		t.Errorf("a login on a node without a secret gave no working cookie")
+	}
+	if s, ok := nodes[0].Config("chttpd_auth", "secret"); !ok || s == "" {
+		t.Errorf("no secret was made up")
+	}
+
 	// A plaintext PUT is hashed with a fresh salt; DELETE answers the old hash.
 	old, err = clients[2].SetConfig(ctx, "_local", "admins", "ops", "pw2")
 	if err != nil || old != "" {

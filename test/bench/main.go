@@ -474,5 +474,5 @@ func (m *meter) end() Meta {
 // networkOptions configures every emulated cluster: internal replication 1 s after a write (CouchDB:
 // 5 s; shorter so loading data settles quickly) and copies filled at the recorded rate.
 func networkOptions(o options) couchtest.NetworkOptions {
-	return couchtest.NetworkOptions{SyncDelay: time.Second}
+	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000}
 }
