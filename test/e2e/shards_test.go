@@ -313,35 +313,38 @@ func TestRebalanceMovesCopiesToNewNodes(t *testing.T) {
 	stopReading := readThroughout(t, s, ns, docs)
 	scaleTo(t, ns, "rebal", 5)
 	waitMembers(t, s, ns, 5, 60*time.Second)
-	// Every member ends up with an even share of all copies (system databases included).
-	var load map[string]int
-	poll(t, 120*time.Second, "an even share of copies on every member", func(ctx context.Context) (bool, error) {
-		load = map[string]int{}
+	// Every database's copies are spread evenly over the members (placement rule 8a): each member
+	// holds floor(c/5) or ceil(c/5) of a database's c copies, system databases included. Balancing the
+	// copies summed over databases could leave a member with none of the user data.
+	var spread map[string]map[string]int
+	poll(t, 120*time.Second, "every database's copies spread evenly over the members", func(ctx context.Context) (bool, error) {
+		spread = map[string]map[string]int{}
 		c := couchdb(t, ns, podName(s, 0), s.password)
 		dbs, err := c.AllDBs(ctx)
 		if err != nil {
 			return false, nil
 		}
+		even := true
 		for _, db := range dbs {
 			m, err := c.GetShardMap(ctx, db)
 			if err != nil {
 				return false, nil
 			}
-			for n, rs := range m.ByNode {
-				load[n] += len(rs)
+			spread[db] = map[string]int{}
+			lo, hi := 1<<30, 0
+			for i := 0; i < 5; i++ {
+				k := len(m.ByNode[s.nodeName(ns, i)])
+				spread[db][podName(s, i)] = k
+				lo, hi = min(lo, k), max(hi, k)
 			}
+			even = even && hi-lo <= 1
 		}
-		lo, hi := 1<<30, 0
-		for i := 0; i < 5; i++ {
-			l := load[s.nodeName(ns, i)]
-			lo, hi = min(lo, l), max(hi, l)
-		}
-		return hi-lo <= 1 && lo > 0, nil
+		return even, nil
 	})
 	if n := stopReading(); n > 0 {
 		t.Errorf("%d documents were unreadable at some point during the rebalance", n)
 	}
-	t.Logf("copies per node: %v", load)
+	t.Logf("copies per database and pod: %v", spread)
 	if m := readAll(t, s, ns, docs); m != 0 {
 		t.Errorf("%d documents missing after rebalancing", m)
 	}
