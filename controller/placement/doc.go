@@ -50,9 +50,11 @@
 //     one with the fewest while they differ by two or more; databases whose members differ most,
 //     then the largest databases, move first;
 //     b. then the bytes each member holds (the sum of the sizes of its copies) are within 10% of the
-//     mean, or within the size of the largest copy, whichever is larger: a copy moves from a member
-//     above that band to one below it (or from the fullest to one below) only when the member it
-//     leaves holds more copies of its database than the member it goes to, so (a) stays true.
+//     mean, or within the size of the largest copy, whichever is larger: while a member is outside
+//     that band, a copy moves from a heavier member to a lighter one (one of them outside the band),
+//     the copy that best halves the gap between them and is smaller than it, and only when the
+//     member it leaves holds more copies of its database than the member it goes to, so (a) stays
+//     true.
 //     A move never lowers the number of distinct zones a range covers. Each move strictly lowers, in
 //     order, the ranges short of zones, the sum over databases and members of the squared copy
 //     counts, and the sum of the squared bytes per member, so rebalancing stops.

@@ -72,6 +72,7 @@ func TestRebalanceMoves(t *testing.T) {
 // SyncShards of their database and a coin flip, and stats that say so.
 type sim struct {
 	rng     *rand.Rand
+	sizes   map[string]int64 // copy size per database; drawn from its name when absent
 	in      Input
 	filled  map[CopyKey]bool
 	synced  map[string]bool
@@ -99,6 +100,9 @@ func (s *sim) stats() {
 }
 
 func (s *sim) size(db string) int64 {
+	if b, ok := s.sizes[db]; ok {
+		return b
+	}
 	var n int
 	fmt.Sscanf(db, "db%d", &n)
 	return int64(1+n*n*37%97) << 10
@@ -242,5 +246,67 @@ func checkRule8(t *testing.T, seed int64, in Input) {
 		if d := float64(b) - mean; d > band || -d > band {
 			t.Errorf("seed %d: %s holds %d bytes, mean %.0f, band %.0f: %v", seed, n, b, mean, band, bytes)
 		}
+	}
+}
+
+// TestRebalanceScaleUpSpreadsTheUserData is issue 12's case: 3 -> 5 members with acc1 (q=4, n=3)
+// dwarfing _users, _replicator and a replicated database. At the fixpoint every member holds 2 or 3
+// of acc1's 12 copies and the bytes are within the band, where balancing total copies had left one
+// member with none of acc1.
+func TestRebalanceScaleUpSpreadsTheUserData(t *testing.T) {
+	for _, maxMoves := range []int{1, 8} {
+		s := &sim{rng: rand.New(rand.NewSource(1)), filled: map[CopyKey]bool{}, synced: map[string]bool{}}
+		s.in = Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), Replicate: []string{"rep"}, MaxMoves: maxMoves,
+			Maps: map[string]couch.ShardMap{
+				"_users":      smap("_users", map[string][]int{all: {0, 1, 2}}),
+				"_replicator": smap("_replicator", map[string][]int{all: {0, 1, 2}}),
+				"rep":         smap("rep", map[string][]int{all: {0, 1, 2, 3, 4}}),
+				"acc1":        smap("acc1", map[string][]int{"0": {0, 1, 2}, "4": {0, 1, 2}, "8": {0, 1, 2}, "c": {0, 1, 2}}),
+			}}
+		for db, m := range s.in.Maps {
+			for _, r := range m.Ranges() {
+				for _, n := range m.ByRange[r] {
+					s.filled[CopyKey{db, r, n}] = true
+				}
+			}
+		}
+		s.sizes = map[string]int64{"_users": 16 << 10, "_replicator": 16 << 10, "rep": 20 << 10, "acc1": 4 << 20}
+		plans := 0
+		for {
+			for k := range s.filled {
+				s.filled[k] = s.filled[k] || s.synced[k.DB] // _sync_shards fills a copy at once
+			}
+			s.stats()
+			res := Plan(s.in)
+			if len(res.Actions) == 0 {
+				break
+			}
+			if plans++; plans > 200 {
+				t.Fatalf("max moves %d: no fixpoint", maxMoves)
+			}
+			for _, a := range res.Actions {
+				switch a.Kind {
+				case AddCopy, RemoveCopy:
+					m := s.in.Maps[a.DB].Clone()
+					if _, err := Edit(&m, a); err != nil {
+						t.Fatal(err)
+					}
+					s.in.Maps[a.DB] = m
+					if a.Kind == AddCopy {
+						s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
+					}
+				case SyncShards:
+					s.synced[a.DB] = true
+				}
+			}
+		}
+		acc := s.in.Maps["acc1"]
+		for i := 0; i < 5; i++ {
+			if c := len(acc.ByNode[name(i)]); c < 2 || c > 3 {
+				t.Errorf("max moves %d: %s holds %d of acc1's copies: %v", maxMoves, name(i), c, acc.ByNode)
+			}
+		}
+		checkRule8(t, int64(maxMoves), s.in)
+		t.Logf("max moves %d: %d plans", maxMoves, plans)
 	}
 }
