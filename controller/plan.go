@@ -93,6 +93,9 @@ type Plan struct {
 	Shards     *placement.Health // shard range health, when the maps were read
 	Draining   string            // the node a target-replicas drain is emptying
 	Shortfalls []Shortfall       // databases under-replicated because members < n, when the maps were read
+	// Filling: the only work left is waiting for new copies to fill (every action is a SyncShards);
+	// the next look is scheduled from how long they have been filling (fillRequeue).
+	Filling bool
 }
 
 // Node states, as the node_state metric reports them.
@@ -434,6 +437,12 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue
+	}
+	p.Filling = res.Waiting != ""
+	for _, a := range res.Actions {
+		if a.Kind != placement.SyncShards {
+			p.Filling = false
+		}
 	}
 }
 
