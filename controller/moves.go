@@ -159,3 +159,13 @@ func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1
 func fillRequeue(waiting time.Duration) time.Duration {
 	return min(max(waiting/4, 200*time.Millisecond), time.Second)
 }
+
+func countKind(actions []Action, kind ActionKind) int {
+	n := 0
+	for _, a := range actions {
+		if a.Kind == kind {
+			n++
+		}
+	}
+	return n
+}

@@ -364,10 +364,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		case err != nil:
 			return
 		default:
-			obs.Decom[name] = d.Decom
-			if d.Zone != "" {
-				obs.NodeZones[name] = d.Zone
-			}
+			obs.Decom[name], obs.NodeZones[name] = d.Decom, d.Zone
 		}
 	}
 	for _, name := range coord.Membership.ClusterNodes {

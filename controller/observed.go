@@ -68,7 +68,8 @@ type ShardObs struct {
 	Stats       map[placement.CopyKey]placement.CopyStat
 	Maintenance map[string]bool // node -> maintenance_mode "true"
 	Decom       map[string]bool // node of this StatefulSet in _nodes -> its doc carries "decom": true
-	// NodeZones is the "zone" field of the _nodes doc of every node of this StatefulSet that has one.
+	// NodeZones is the "zone" field ("" when it has none) of the _nodes doc of every node of this
+	// StatefulSet whose doc was read.
 	NodeZones map[string]string
 	// PlacementConfig is [cluster] placement of each live member whose config was read ("" = unset);
 	// read only while zones are on.

@@ -98,6 +98,9 @@ type Plan struct {
 	Shortfalls []Shortfall       // databases under-replicated because members < n, when the maps were read
 	Config     *configPlan       // admin hash and config copies and drift, when the config was read (adminhash.go)
 	CatchUp    map[string]string // pod -> why its couchdb.io/member condition waits for catch-up (catchup.go)
+	// Filling: the only work left is waiting for new copies to fill (every action is a SyncShards);
+	// the next look is scheduled from how long they have been filling (fillRequeue).
+	Filling bool
 }
 
 // Node states, as the node_state metric reports them.
@@ -440,6 +443,12 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue
+	}
+	p.Filling = res.Waiting != ""
+	for _, a := range res.Actions {
+		if a.Kind != placement.SyncShards {
+			p.Filling = false
+		}
 	}
 }
 

@@ -541,11 +541,14 @@ func TestSyncDataAtRisk(t *testing.T) {
 	f.node(2).Stop()
 	f.syncUntilQuiet(20)
 
-	var atRisk []string
+	var atRisk, under []string
 	for _, e := range f.rawEvents() {
 		switch {
 		case strings.HasPrefix(e, corev1.EventTypeWarning+" "+ReasonDataAtRisk+" "):
 			atRisk = append(atRisk, e)
+		case strings.HasPrefix(e, corev1.EventTypeWarning+" "+ReasonUnderReplicated+" "):
+			// 2 members for n=3 system databases: honest, and raised once.
+			under = append(under, e)
 		case strings.HasPrefix(e, corev1.EventTypeNormal+" "+ReasonShardCopyRemoved+" ") && !strings.Contains(e, "solo"):
 			// Databases with live copies elsewhere are still healed.
 		default:
@@ -554,6 +557,9 @@ func TestSyncDataAtRisk(t *testing.T) {
 	}
 	if len(atRisk) != 1 {
 		t.Fatalf("DataAtRisk Warnings %q, want one over 20 syncs", atRisk)
+	}
+	if len(under) != 1 || !strings.Contains(under[0], "_users (n=3)") {
+		t.Errorf("UnderReplicated Warnings %q, want one naming _users (n=3) over 20 syncs", under)
 	}
 	for _, s := range append([]string{"solo", "scale the StatefulSet back up"}, ranges...) {
 		if !strings.Contains(atRisk[0], s) {

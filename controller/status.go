@@ -80,6 +80,7 @@ type clusterState struct {
 	shardsRead    time.Time   // last time the shard maps were read
 	shardHealth   ShardHealth // from the last read
 	shortfalls    []Shortfall // from the last read
+	fillingSince  time.Time   // since when the plans only wait for new copies to fill
 	// shardsUnsettled: the last read found ranges not healthy or a decom mark on a staying node.
 	shardsUnsettled bool
 	configs         map[string]cachedConfig          // node + "\x00" + [cluster] key -> last value read or written

@@ -110,6 +110,14 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	if plan.Requeue > 0 && plan.Requeue < next {
 		next = plan.Requeue
 	}
+	if plan.Filling && len(plan.Actions) == countKind(plan.Actions, ActSyncShards) {
+		if st.fillingSince.IsZero() {
+			st.fillingSince = start
+		}
+		next = min(c.cfg.Resync, fillRequeue(start.Sub(st.fillingSince)))
+	} else {
+		st.fillingSince = time.Time{}
+	}
 	if o.CredentialsRejected {
 		next = min(next, 10*time.Second) // notice a fixed Secret soon; CouchDB is asked only after the backoff
 	}

@@ -56,11 +56,15 @@ func (f *fixture) nodeZones() []string {
 	return out
 }
 
-// configCalls lists the recorded requests for [cluster] key.
-func (f *fixture) configCalls(key string) []string {
+// configCalls lists the recorded requests for [cluster] key; configReads only the GETs.
+func (f *fixture) configCalls(key string) []string { return f.configRequests(key, "") }
+
+func (f *fixture) configReads(key string) []string { return f.configRequests(key, http.MethodGet) }
+
+func (f *fixture) configRequests(key, method string) []string {
 	var out []string
 	for _, c := range f.couchCalls() {
-		if strings.HasSuffix(c.Path, "/_config/cluster/"+key) {
+		if strings.HasSuffix(c.Path, "/_config/cluster/"+key) && (method == "" || c.Method == method) {
 			out = append(out, c.Method+" "+c.Path)
 		}
 	}
@@ -84,14 +88,16 @@ func TestSyncZonesFromNodeLabels(t *testing.T) {
 	if diff := cmp.Diff([]string{"db-0=zone-a", "db-1=zone-b", "db-2=zone-c"}, f.nodeZones()); diff != "" {
 		t.Errorf("zones in the status API (-want +got):\n%s", diff)
 	}
-	placementReads := f.configCalls("placement")
-	if len(placementReads) != 3 || len(f.configCalls("n")) != 1 {
-		t.Errorf("reads of [cluster] placement %v and n %v, want one per member and one", placementReads, f.configCalls("n"))
+	placementReads := f.configReads("placement")
+	if len(placementReads) != 3 || len(f.configReads("n")) != 1 {
+		t.Errorf("reads of [cluster] placement %v and n %v, want one per member and one", placementReads, f.configReads("n"))
 	}
+	f.forceShardRead()
+	f.syncUntilQuiet(3) // the zones and placement rules the controller writes are not read back
 	f.resetCalls()
 	f.forceShardRead()
 	f.syncUntilQuiet(1)
-	if got := append(f.configCalls("placement"), f.configCalls("n")...); len(got) != 0 {
+	if got := append(f.configReads("placement"), f.configReads("n")...); len(got) != 0 {
 		t.Errorf("config read again by the same CouchDB processes: %v", got)
 	}
 	// A restarted container is a new process: its runtime config may be gone, so it is read again.
@@ -100,7 +106,7 @@ func TestSyncZonesFromNodeLabels(t *testing.T) {
 	})
 	f.forceShardRead()
 	f.syncUntilQuiet(1)
-	if diff := cmp.Diff([]string{"GET /_node/" + escapedNode(1) + "/_config/cluster/placement"}, f.configCalls("placement")); diff != "" {
+	if diff := cmp.Diff([]string{"GET /_node/" + escapedNode(1) + "/_config/cluster/placement"}, f.configReads("placement")); diff != "" {
 		t.Errorf("reads after db-1's restart (-want +got):\n%s", diff)
 	}
 
@@ -358,5 +364,90 @@ func TestUnderReplicatedMessage(t *testing.T) {
 	}
 	if again := underReplicated(o, sf); again != p {
 		t.Errorf("the message changes between syncs: %q vs %q", again.Message, p.Message)
+	}
+}
+
+// TestSyncWritesZonesAndPlacement: with members in three zones, the controller writes each zone on
+// its member's _nodes doc and sets [cluster] placement to one copy per zone on every member; a
+// database created afterwards through any member has one copy per range in each zone.
+func TestSyncWritesZonesAndPlacement(t *testing.T) {
+	f := newFixture(t)
+	f.formedInZones(nil)
+	f.forceShardRead()
+	f.syncUntilQuiet(6)
+	for i, z := range []string{"zone-a", "zone-b", "zone-c"} {
+		d, err := f.admin(0).GetNodeDoc(f.ctx, escapedNode(i))
+		if err != nil || d.Zone != z {
+			t.Errorf("_nodes doc of db-%d: zone %q (%v), want %s", i, d.Zone, err, z)
+		}
+		if v, err := f.admin(i).GetConfig(f.ctx, "_local", "cluster", "placement"); err != nil || v != "zone-a:1,zone-b:1,zone-c:1" {
+			t.Errorf("[cluster] placement of db-%d: %q (%v)", i, v, err)
+		}
+	}
+	if err := f.admin(2).CreateDB(f.ctx, "zoned", 4, 0); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := f.node(0).ShardMap("zoned")
+	for _, rng := range m.Ranges() {
+		if len(m.ByRange[rng]) != 3 {
+			t.Errorf("zoned/%s on %v, want one copy per zone", rng, m.ByRange[rng])
+		}
+	}
+	if got := f.series("shard_ranges")[`shard_ranges{state="zone_violation"}`]; got != 0 {
+		t.Errorf("shard_ranges{zone_violation} = %v", got)
+	}
+}
+
+// TestSyncUnderReplicatedBelowN: a plain scale-down 3 -> 2 with n=3 databases is under-replicated
+// (metric, one Warning, status, phase Degraded); lowering each database's n to 2 in its map, as the
+// Warning says, clears it.
+func TestSyncUnderReplicatedBelowN(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	f.createDB(0, "db1", 2, 3, 10)
+	f.events()
+	sts := statefulSet(2, nil)
+	sts.ResourceVersion = "2"
+	f.cache(sts)
+	f.uncache(f.cachedPod("db-2"))
+	f.node(2).Stop()
+	f.syncUntilQuiet(15)
+	var under []string
+	for _, e := range f.rawEvents() {
+		if strings.HasPrefix(e, corev1.EventTypeWarning+" "+ReasonUnderReplicated+" ") {
+			under = append(under, e)
+		}
+	}
+	if len(under) != 1 || !strings.Contains(under[0], "db1 (n=3)") || !strings.Contains(under[0], "has 2 members") {
+		t.Fatalf("UnderReplicated Warnings %q, want one naming db1 (n=3) and 2 members over 15 syncs", under)
+	}
+	st, _ := f.c.Cluster(testNS, "main")
+	if st.Phase != PhaseDegraded || st.Shards.UnderReplicated == 0 || len(st.Shortfalls) == 0 {
+		t.Errorf("status phase %s, shards %+v, shortfalls %v", st.Phase, st.Shards, st.Shortfalls)
+	}
+	if got := f.series("shard_ranges")[`shard_ranges{state="under_replicated"}`]; got == 0 {
+		t.Error("shard_ranges{under_replicated} = 0")
+	}
+	// The fix the Warning names: lower n in each database's map document.
+	for db := range f.maps(0) {
+		m, err := f.admin(0).GetShardMap(f.ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Extra == nil {
+			m.Extra = map[string]any{}
+		}
+		m.Extra["couchdb.io/n"] = 2
+		if _, err := f.admin(0).PutShardMap(f.ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.syncUntilQuiet(5)
+	st, _ = f.c.Cluster(testNS, "main")
+	if st.Phase != PhaseReady || st.Shards.UnderReplicated != 0 || len(st.Shortfalls) != 0 {
+		t.Errorf("after lowering n: phase %s, shards %+v, shortfalls %v", st.Phase, st.Shards, st.Shortfalls)
+	}
+	if got := f.series("shard_ranges")[`shard_ranges{state="under_replicated"}`]; got != 0 {
+		t.Errorf("shard_ranges{under_replicated} = %v after lowering n", got)
 	}
 }

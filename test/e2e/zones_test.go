@@ -327,7 +327,7 @@ func TestZonesKeepCopiesInDistinctZones(t *testing.T) {
 		if v := metricValue(t, rc, "couchdb_controller_shard_ranges", map[string]string{"namespace": ns, "state": "zone_violation"}); v != 0 {
 			t.Errorf("%s: shard_ranges{zone_violation} = %v", stage, v)
 		}
-		t.Logf("%s: copies in distinct zones (%s)", stage, why)
+		t.Logf("%s: every range's copies in distinct zones", stage)
 	}
 	check("after formation", 3, 0)
 

@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -86,6 +87,7 @@ type Kubelet struct {
 	opts    Options
 	queue   workqueue.TypedRateLimitingInterface[string]
 	pods    cache.Indexer
+	nodes   corelisters.NodeLister
 
 	mu      sync.Mutex
 	ipam    *ipam
@@ -191,9 +193,18 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("kubelet: watch pods: %w", err)
 	}
+	// Scheduling reads the Nodes' current labels and taints: a test may taint a Node to keep pods
+	// off it (a zone outage) and untaint it later, which must bring its pending pods back.
+	nodeInf := factory.Core().V1().Nodes().Informer()
+	k.nodes = factory.Core().V1().Nodes().Lister()
+	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, _ any) { k.enqueuePending() },
+	}); err != nil {
+		return fmt.Errorf("kubelet: watch nodes: %w", err)
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced, nodeInf.HasSynced) {
 		return nil // only ctx ends the wait
 	}
 	var wg sync.WaitGroup
@@ -224,7 +235,7 @@ func (k *Kubelet) mine(obj any) bool {
 		obj = d.Obj
 	}
 	pod, ok := obj.(*corev1.Pod)
-	return ok && (pod.Spec.NodeName == "" && k.nodeFor(pod) != "" || k.owns(pod.Spec.NodeName))
+	return ok && (pod.Spec.NodeName == "" || k.owns(pod.Spec.NodeName))
 }
 
 func (k *Kubelet) enqueue(obj any) {
@@ -293,11 +304,25 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 	return nil
 }
 
-// nodeFor picks the Node a pending pod is bound to (see Options.Nodes); "" when none fits.
+// enqueuePending requeues every pod not bound yet.
+func (k *Kubelet) enqueuePending() {
+	for _, obj := range k.pods.List() {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == "" {
+			k.enqueue(p)
+		}
+	}
+}
+
+// nodeFor picks the Node a pending pod is bound to (see Options.Nodes), from the Nodes' current
+// labels and taints; "" when none fits.
 func (k *Kubelet) nodeFor(pod *corev1.Pod) string {
 	var fit []string
-	for _, n := range k.opts.Nodes {
-		if schedulable(pod, n) {
+	for _, spec := range k.opts.Nodes {
+		n, err := k.nodes.Get(spec.Name)
+		if err != nil {
+			continue // not registered (or not seen) yet
+		}
+		if schedulable(pod, NodeSpec{Name: n.Name, Labels: n.Labels, Taints: n.Spec.Taints}) {
 			fit = append(fit, n.Name)
 		}
 	}
