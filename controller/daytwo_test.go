@@ -54,11 +54,6 @@ func (f *fixture) captureLogs() *syncBuffer {
 	return buf
 }
 
-// fakeHash is a stored CouchDB admin hash with a made-up derived key and salt.
-func fakeHash(i int) string {
-	return fmt.Sprintf("-pbkdf2:sha256-%064x,%032x,600000", 0xfeed0000+i, 0xabc00000+i)
-}
-
 func (f *fixture) putConfig(ord int, section, key, value string) {
 	f.t.Helper()
 	if _, err := f.admin(ord).SetConfig(f.ctx, "_local", section, key, value); err != nil {
