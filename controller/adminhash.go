@@ -13,6 +13,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
@@ -45,7 +47,7 @@ type configItem struct {
 }
 
 var configItems = []configItem{
-	{Label: "couchdb.uuid", Section: "couchdb", Key: "uuid", Env: "COUCHDB_UUID", Copy: true,
+	{Label: "couchdb.uuid", Section: "couchdb", Key: "uuid", Copy: true,
 		Fix: "set one [couchdb] uuid for all pods (an ini file every pod mounts) and restart the pods that differ"},
 	{Label: "chttpd_auth.secret", Section: "chttpd_auth", Key: "secret", Env: "COUCHDB_SECRET", Copy: true,
 		Fix: "give every pod the same COUCHDB_SECRET (or [chttpd_auth] secret in an ini file every pod mounts) and restart the pods that differ"},
@@ -110,22 +112,67 @@ func syncAdminHashEnabled(sts *appsv1.StatefulSet, o *Observed) bool {
 	return boolAnnotation(sts, AnnotationSyncAdminHash, false, o)
 }
 
-// podSets lists the items whose variable the CouchDB container declares (by name: values are not
-// read here).
-func podSets(sts *appsv1.StatefulSet) map[string]bool {
+// podSets lists the copyable items the pods set themselves: the CouchDB container declares the
+// item's variable (COUCHDB_SECRET), or an ini file of a ConfigMap the pod template mounts (the Helm
+// chart's way, or one file per pod through subPathExpr) sets the key. Such values are the user's: a
+// difference is drift. A ConfigMap that cannot be read counts as setting everything, so that nothing
+// is overwritten on a guess.
+func (c *Controller) podSets(ctx context.Context, sts *appsv1.StatefulSet) map[string]bool {
 	out := map[string]bool{}
-	ctr := couchContainer(&sts.Spec.Template.Spec)
-	if ctr == nil {
-		return out
+	spec := &sts.Spec.Template.Spec
+	if ctr := couchContainer(spec); ctr != nil {
+		for _, it := range configItems {
+			for _, e := range ctr.Env {
+				if it.Env != "" && e.Name == it.Env {
+					out[it.Label] = true
+				}
+			}
+		}
 	}
-	for _, it := range configItems {
-		for _, e := range ctr.Env {
-			if it.Env != "" && e.Name == it.Env {
-				out[it.Label] = true
+	for _, v := range spec.Volumes {
+		if v.ConfigMap == nil {
+			continue
+		}
+		cm, err := c.kube.CoreV1().ConfigMaps(sts.Namespace).Get(ctx, v.ConfigMap.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
+			continue
+		}
+		if err != nil {
+			for _, it := range configItems {
+				out[it.Label] = out[it.Label] || it.Copy
+			}
+			continue
+		}
+		for name, body := range cm.Data {
+			if !strings.HasSuffix(name, ".ini") && !strings.HasSuffix(name, "inifile") {
+				continue
+			}
+			for _, it := range configItems {
+				if it.Copy && iniSets(body, it.Section, it.Key) {
+					out[it.Label] = true
+				}
 			}
 		}
 	}
 	return out
+}
+
+// iniSets reports whether an ini file sets [section] key (the value is not looked at).
+func iniSets(body, section, key string) bool {
+	cur := ""
+	for _, line := range strings.Split(body, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, ";") || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			cur = strings.TrimSpace(line[1 : len(line)-1])
+		case cur == section:
+			if k, _, ok := strings.Cut(line, "="); ok && strings.TrimSpace(k) == key {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // configCheck remembers when the members' config was last read and found settled, so that a steady
@@ -140,15 +187,16 @@ type configCheck struct {
 	differ  []Problem // other [admins] entries that differ
 }
 
-// configKey changes whenever some member may hold a different config than at the last read.
-func configKey(o Observed, members []string, syncHash bool, podSetsKey map[string]bool) string {
+// configKey changes whenever some member may hold a different config than at the last read (or
+// the StatefulSet, and so what its pods set, changed).
+func configKey(o Observed, sts *appsv1.StatefulSet, members []string, syncHash bool) string {
 	var b strings.Builder
 	for _, ord := range sortedOrdinals(o.Pods) {
 		if p := o.Pods[ord]; p != nil {
 			fmt.Fprintf(&b, "%s=%s;", p.Name, p.Identity)
 		}
 	}
-	fmt.Fprintf(&b, "members=%v;hash=%t;sets=%v", sortedCopy(members), syncHash, podSetsKey)
+	fmt.Fprintf(&b, "members=%v;hash=%t;generation=%d", sortedCopy(members), syncHash, sts.Generation)
 	return b.String()
 }
 
@@ -176,11 +224,11 @@ func (c *Controller) observeConfig(ctx context.Context, st *clusterState, sts *a
 		return
 	}
 	syncHash := syncAdminHashEnabled(sts, o)
-	sets := podSets(sts)
-	key := configKey(*o, coord.Membership.ClusterNodes, syncHash, sets)
+	key := configKey(*o, sts, coord.Membership.ClusterNodes, syncHash)
 	if st.config.key == key && c.cfg.Now().Sub(st.config.at) < shardsMaxAge {
 		return
 	}
+	sets := c.podSets(ctx, sts)
 	obs := &ConfigObs{User: st.creds.Username, SyncAdminHash: syncHash, PodSets: sets, Nodes: map[int]*NodeConfigObs{}}
 	for _, ord := range configMembers(*o, coord) {
 		n := &NodeConfigObs{Pod: o.Nodes[ord].Pod, Node: o.Nodes[ord].Name}

@@ -61,6 +61,8 @@ type fixture struct {
 	unreachableAfter time.Duration
 	// beforeAction, if set, is Config.BeforeAction: it sees every action just before it is applied.
 	beforeAction func(a Action) error
+	// ephemeral nodes restart like the official image's: a new admin hash salt, runtime config lost.
+	ephemeral bool
 
 	calls     *couchRecorder
 	transport *http.Transport
@@ -71,7 +73,9 @@ type cachedObject struct{ obj, copy runtime.Object }
 
 func newFixture(t *testing.T) *fixture {
 	_, ctx := ktesting.NewTestContext(t)
-	f := &fixture{t: t, ctx: ctx, network: couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 20 * time.Millisecond}),
+	// Few pbkdf2 iterations: each node hashes the admin password at every start, and 600,000 per
+	// node would make these tests slow without testing anything more.
+	f := &fixture{t: t, ctx: ctx, network: couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 20 * time.Millisecond, PasswordIterations: 1000}),
 		nodes: map[string]*couchtest.Node{}, names: map[int]string{}, calls: &couchRecorder{},
 		transport: http.DefaultTransport.(*http.Transport).Clone()}
 	t.Cleanup(f.transport.CloseIdleConnections)
@@ -233,7 +237,7 @@ func (f *fixture) addNode(ord int, password string) *couchtest.Node {
 	if name == "" {
 		name = fmt.Sprintf("couchdb@db-%d.db.%s.svc.cluster.local", ord, testNS)
 	}
-	n, err := f.network.AddNode(couchtest.NodeConfig{Name: name, AdminUser: "admin", AdminPassword: password, BindAddress: "any"})
+	n, err := f.network.AddNode(couchtest.NodeConfig{Name: name, AdminUser: "admin", AdminPassword: password, BindAddress: "any", EphemeralIni: f.ephemeral})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -51,11 +52,6 @@ func (f *fixture) captureLogs() *syncBuffer {
 	logger := textlogger.NewLogger(textlogger.NewConfig(textlogger.Output(buf), textlogger.Verbosity(10)))
 	f.ctx = klog.NewContext(f.ctx, logger)
 	return buf
-}
-
-// fakeHash is a stored CouchDB admin hash with a made-up derived key and salt.
-func fakeHash(i int) string {
-	return fmt.Sprintf("-pbkdf2:sha256-%064x,%032x,600000", 0xfeed0000+i, 0xabc00000+i)
 }
 
 func (f *fixture) putConfig(ord int, section, key, value string) {
@@ -118,42 +114,125 @@ func assertHidden(t *testing.T, s string, secrets ...string) {
 	}
 }
 
+// sessionCookie logs in on the node of pod ordinal ord (POST /_session) and returns the cookie.
+func (f *fixture) sessionCookie(ord int) string {
+	f.t.Helper()
+	body := strings.NewReader(`{"name":"admin","password":"` + testPass + `"}`)
+	req, err := http.NewRequestWithContext(f.ctx, http.MethodPost, f.node(ord).URL()+"/_session", body)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	for _, c := range resp.Cookies() {
+		if c.Name == "AuthSession" {
+			return c.Value
+		}
+	}
+	f.t.Fatalf("POST /_session on db-%d: %s, no AuthSession cookie", ord, resp.Status)
+	return ""
+}
+
+// cookieAccepted asks the node of pod ordinal ord whom the cookie authenticates (GET /_session).
+func (f *fixture) cookieAccepted(ord int, cookie string) bool {
+	f.t.Helper()
+	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, f.node(ord).URL()+"/_session", nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	req.AddCookie(&http.Cookie{Name: "AuthSession", Value: cookie})
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s struct {
+		UserCtx struct {
+			Name *string `json:"name"`
+		} `json:"userCtx"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		f.t.Fatal(err)
+	}
+	return s.UserCtx.Name != nil && *s.UserCtx.Name == "admin"
+}
+
+// checkCookies: a cookie from every running node is accepted by every running node.
+func (f *fixture) checkCookies(when string, ords ...int) {
+	f.t.Helper()
+	for _, from := range ords {
+		c := f.sessionCookie(from)
+		for _, to := range ords {
+			if !f.cookieAccepted(to, c) {
+				f.t.Errorf("%s: db-%d refuses a session cookie from db-%d", when, to, from)
+			}
+		}
+	}
+}
+
+// restart restarts the node of pod ordinal ord as the official image does (a new salt for the admin
+// hash, runtime config gone) and plays the kubelet's report of it.
+func (f *fixture) restart(ord int) {
+	f.t.Helper()
+	f.node(ord).Stop()
+	if err := f.node(ord).Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	f.restartContainer(fmt.Sprintf("db-%d", ord))
+}
+
 func TestDayTwoAdminHashCopiedAfterRestart(t *testing.T) {
 	f := newFixture(t)
+	f.ephemeral = true
 	logs := f.captureLogs()
 	f.formed3()
 	var events []string
 	events = append(events, f.rawEvents()...)
-
-	// finish_cluster left one hash everywhere; then db-1 restarted and hashed the password with a
-	// salt of its own.
-	h0, h1 := fakeHash(0), fakeHash(1)
-	for i := 0; i < 3; i++ {
-		f.putConfig(i, "admins", "admin", h0)
+	f.checkCookies("after formation", 0, 1, 2)
+	seen := map[string]bool{}
+	hashes := func() []string {
+		var out []string
+		for ord := 0; ord < len(f.nodes); ord++ {
+			h := f.getConfig(ord, "admins", "admin")
+			seen[h] = true
+			out = append(out, h)
+		}
+		return out
 	}
-	f.putConfig(1, "admins", "admin", h1)
-	f.restartContainer("db-1")
+	h0 := hashes()[0]
+
+	// db-1 restarts: CouchDB hashes the password with a salt of its own, and makes up a new uuid
+	// and secret (the pods do not set them).
+	f.restart(1)
+	if hashes()[1] == h0 {
+		t.Fatal("the emulated restart kept the hash: the test would prove nothing")
+	}
 	f.resetCalls()
 	f.syncUntilQuiet(3)
-	for i := 0; i < 3; i++ {
-		if got := f.getConfig(i, "admins", "admin"); got != h0 {
-			t.Errorf("db-%d holds another admin hash than db-0 after the restart", i)
-		}
+	if diff := cmp.Diff([]string{h0, h0, h0}, hashes()); diff != "" {
+		t.Errorf("hashes after db-1's restart differ (%d distinct)", len(seen))
 	}
 	var puts []string
 	for _, c := range f.couchWriteCalls() {
-		if strings.Contains(c, "/_config/admins/") {
+		if strings.Contains(c, "/_config/") {
 			puts = append(puts, c)
 		}
 	}
-	if diff := cmp.Diff([]string{"10.0.0.2 PUT /_node/_local/_config/admins/admin"}, puts); diff != "" {
-		t.Errorf("admin hash writes (-want +got):\n%s", diff)
+	want := []string{"10.0.0.2 PUT /_node/_local/_config/admins/admin", "10.0.0.2 PUT /_node/_local/_config/couchdb/uuid",
+		"10.0.0.2 PUT /_node/_local/_config/chttpd_auth/secret"}
+	if diff := cmp.Diff(want, puts); diff != "" {
+		t.Errorf("config writes (-want +got):\n%s", diff)
 	}
 	ev := f.rawEvents()
 	events = append(events, ev...)
 	if want := "Normal AdminHashCopied Gave pod db-1 the password hash of admin admin that pod db-0 holds, so session cookies are valid on every member"; count(ev, want) != 1 {
 		t.Errorf("events %q, want one %q", ev, want)
 	}
+	f.checkCookies("after db-1's restart", 0, 1, 2)
 
 	// Steady state: the config is not read again while no member's pod or container changes.
 	f.resetCalls()
@@ -164,22 +243,43 @@ func TestDayTwoAdminHashCopiedAfterRestart(t *testing.T) {
 		}
 	}
 
-	// The next restart, of the coordinator this time: the hash the other two share wins, so the
-	// cookies they issued stay valid.
-	h2 := fakeHash(2)
-	f.putConfig(0, "admins", "admin", h2)
-	f.restartContainer("db-0")
-	f.syncUntilQuiet(2)
+	// The coordinator restarts: the hash the other two share wins, so the cookies they issued
+	// stay valid.
+	cookie1 := f.sessionCookie(1)
+	f.restart(0)
+	if hashes()[0] == h0 {
+		t.Fatal("the emulated restart of db-0 kept the hash")
+	}
+	f.syncUntilQuiet(3)
+	if diff := cmp.Diff([]string{h0, h0, h0}, hashes()); diff != "" {
+		t.Errorf("hashes after db-0's restart: not the majority's")
+	}
 	for i := 0; i < 3; i++ {
-		if got := f.getConfig(i, "admins", "admin"); got != h0 {
-			t.Errorf("db-%d does not hold the hash the majority held", i)
+		if !f.cookieAccepted(i, cookie1) {
+			t.Errorf("db-%d refuses a cookie issued before db-0's restart", i)
 		}
 	}
-	events = append(events, f.rawEvents()...)
-	assertHidden(t, f.exposed(logs, events), h0, h1, h2)
-	if testing.Verbose() {
-		t.Log(logs.String())
+	// A scale-up: the new node gets the hash too.
+	sts := statefulSet(4, nil)
+	sts.ResourceVersion = "2"
+	f.cache(sts)
+	f.addNode(3, testPass)
+	seen[f.getConfig(3, "admins", "admin")] = true
+	f.cache(pod(3, true))
+	f.syncUntilQuiet(5)
+	if diff := cmp.Diff([]string{h0, h0, h0, h0}, hashes()); diff != "" {
+		t.Error("the joined node does not hold the members' hash")
 	}
+	f.checkCookies("after a scale-up", 0, 1, 2, 3)
+	events = append(events, f.rawEvents()...)
+	var all []string
+	for h := range seen {
+		all = append(all, h)
+	}
+	if len(all) < 4 {
+		t.Errorf("only %d distinct hashes were seen: the restarts did not rehash", len(all))
+	}
+	assertHidden(t, f.exposed(logs, events), all...)
 	if !strings.Contains(logs.String(), "CopyAdminHash(to db-0 from ordinal 1)") {
 		t.Errorf("the logs do not show the copy action")
 	}
@@ -187,22 +287,23 @@ func TestDayTwoAdminHashCopiedAfterRestart(t *testing.T) {
 
 func TestDayTwoAdminHashOptOut(t *testing.T) {
 	f := newFixture(t)
+	f.ephemeral = true
 	f.formed3()
 	sts := f.cachedStatefulSet().DeepCopy()
 	sts.Annotations = map[string]string{AnnotationSyncAdminHash: "false"}
 	sts.ResourceVersion = bumpRV(sts.ResourceVersion)
 	f.cache(sts)
 	f.rawEvents()
-	f.putConfig(1, "admins", "admin", fakeHash(7))
-	f.restartContainer("db-1")
+	f.restart(1)
+	h1 := f.getConfig(1, "admins", "admin")
 	f.resetCalls()
 	f.syncUntilQuiet(2)
-	if got := f.getConfig(1, "admins", "admin"); got != fakeHash(7) {
+	if got := f.getConfig(1, "admins", "admin"); got != h1 {
 		t.Error("the hash was changed although couchdb.io/sync-admin-hash is false")
 	}
 	for _, c := range f.couchWriteCalls() {
-		if strings.Contains(c, "/_config/") {
-			t.Errorf("config write with the sync off: %s", c)
+		if strings.Contains(c, "/_config/admins") {
+			t.Errorf("admin hash write with the sync off: %s", c)
 		}
 	}
 	// With the sync off, the difference is reported like any other admin's.
@@ -216,18 +317,22 @@ func TestDayTwoOtherAdminsReportedNotChanged(t *testing.T) {
 	logs := f.captureLogs()
 	f.formed3()
 	f.rawEvents()
+	// The same password set on every node: each hashes it with its own salt.
+	var hs []string
 	for i := 0; i < 3; i++ {
-		f.putConfig(i, "admins", "ops", fakeHash(10))
+		f.putConfig(i, "admins", "ops", "ops-password-8812")
+		hs = append(hs, f.getConfig(i, "admins", "ops"))
 	}
-	f.putConfig(2, "admins", "ops", fakeHash(11))
-	f.restartContainer("db-2")
+	f.restartContainer("db-2") // what makes the controller read the config again
 	f.resetCalls()
 	f.syncUntilQuiet(2)
-	if got := f.getConfig(2, "admins", "ops"); got != fakeHash(11) {
-		t.Error("another admin's hash was changed")
+	for i := 0; i < 3; i++ {
+		if got := f.getConfig(i, "admins", "ops"); got != hs[i] {
+			t.Errorf("db-%d: another admin's hash was changed", i)
+		}
 	}
 	ev := f.rawEvents()
-	want := "Warning AdminsDiffer [admins] ops is not the same on every member (pods grouped by value: db-0, db-1 | db-2)"
+	want := "Warning AdminsDiffer [admins] ops is not the same on every member (pods grouped by value: db-0 | db-1 | db-2)"
 	found := false
 	for _, e := range ev {
 		found = found || strings.HasPrefix(e, want)
@@ -235,7 +340,7 @@ func TestDayTwoOtherAdminsReportedNotChanged(t *testing.T) {
 	if !found {
 		t.Errorf("events %q, want one starting %q", ev, want)
 	}
-	assertHidden(t, f.exposed(logs, ev), fakeHash(10), fakeHash(11))
+	assertHidden(t, f.exposed(logs, ev), hs...)
 }
 
 func TestDayTwoSessionKeysCopiedToRestartedAndJoined(t *testing.T) {
@@ -273,11 +378,17 @@ func TestDayTwoConfigDriftReportedNotWritten(t *testing.T) {
 	f := newFixture(t)
 	logs := f.captureLogs()
 	f.formed3()
-	// The pods set the uuid themselves (COUCHDB_UUID): a difference is the user's to fix.
+	// The pods set the uuid themselves, in an ini file from a ConfigMap (one file per pod): a
+	// difference is the user's to fix.
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "db-ini", Namespace: testNS},
+		Data: map[string]string{"db-0.ini": "[couchdb]\nuuid = a\n", "db-1.ini": "[couchdb]\n; per pod\nuuid=b\n"}}
+	if _, err := f.client.CoreV1().ConfigMaps(testNS).Create(f.ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	sts := f.cachedStatefulSet().DeepCopy()
-	sts.Spec.Template.Spec.Containers[0].Env = append(sts.Spec.Template.Spec.Containers[0].Env,
-		corev1.EnvVar{Name: "COUCHDB_UUID", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}})
-	sts.ResourceVersion = bumpRV(sts.ResourceVersion)
+	sts.Spec.Template.Spec.Volumes = append(sts.Spec.Template.Spec.Volumes, corev1.Volume{Name: "ini",
+		VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "db-ini"}}}})
+	sts.ResourceVersion, sts.Generation = bumpRV(sts.ResourceVersion), sts.Generation+1
 	f.cache(sts)
 	f.rawEvents()
 	uuid := f.getConfig(0, "couchdb", "uuid")
@@ -513,3 +624,18 @@ func TestDayTwoLeftoverNolbCleared(t *testing.T) {
 }
 
 func ptrTime(t metav1.Time) *metav1.Time { return &t }
+
+func TestIniSets(t *testing.T) {
+	for body, want := range map[string]bool{
+		"[couchdb]\nuuid = x\n":                true,
+		"[couchdb]\n;uuid = x\n":               false,
+		"[cluster]\nuuid = x\n":                false,
+		"[couchdb]\nmax_dbs_open=1\nuuid=x":    true,
+		"[ couchdb ]\n  uuid   =  \n":          true,
+		"[chttpd_auth]\nsecret = s\n[couchdb]": false,
+	} {
+		if got := iniSets(body, "couchdb", "uuid"); got != want {
+			t.Errorf("iniSets(%q) = %t, want %t", body, got, want)
+		}
+	}
+}

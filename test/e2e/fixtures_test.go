@@ -28,11 +28,12 @@ type clusterSpec struct {
 	helm          bool // Helm chart style: ERL_FLAGS -name couchdb, seedlist ini, publishNotReadyAddresses, credentials via env
 	password      string
 	annotations   map[string]string
-	serviceLabels bool   // label the Service (default true via newSpec)
-	serviceLate   bool   // create the Service after the StatefulSet
-	userFromCM    bool   // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
-	zones         bool   // pods run on the zone Nodes (zone-a/b/c, by ordinal mod 3), not the default Node
-	ini           string // CouchDB settings, mounted from a ConfigMap as an ini file (as the Helm chart's chart.ini)
+	serviceLabels bool                      // label the Service (default true via newSpec)
+	serviceLate   bool                      // create the Service after the StatefulSet
+	userFromCM    bool                      // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
+	zones         bool                      // pods run on the zone Nodes (zone-a/b/c, by ordinal mod 3), not the default Node
+	ini           string                    // CouchDB settings, mounted from a ConfigMap as an ini file (as the Helm chart's chart.ini)
+	mutate        func(*appsv1.StatefulSet) // last change before the StatefulSet is created
 }
 
 // testZones are the zones of the suite's zone Nodes; pod i of a zones cluster runs in testZones[i%3].
@@ -178,6 +179,9 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 		ctr.Env[0] = corev1.EnvVar{Name: "COUCHDB_USER", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
 			LocalObjectReference: corev1.LocalObjectReference{Name: cm.Name}, Key: "user"}}}
 		delete(sts.Annotations, controller.AnnotationAdminSecret)
+	}
+	if s.mutate != nil {
+		s.mutate(sts)
 	}
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

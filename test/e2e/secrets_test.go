@@ -38,6 +38,17 @@ func usePassword(pw string) {
 	secretScan.passwords[pw] = true
 }
 
+// useHash registers a CouchDB admin password hash the suite saw ("-pbkdf2:sha256-KEY,SALT,ITER"):
+// it is as secret as the password, so the whole string, its derived key and its salt are looked for.
+func useHash(h string) {
+	usePassword(h)
+	for _, part := range strings.FieldsFunc(h, func(r rune) bool { return r == ',' || r == '-' || r == ':' }) {
+		if len(part) >= 16 {
+			usePassword(part)
+		}
+	}
+}
+
 // shown registers output of a controller under test.
 func shown(what, text string) {
 	secretScan.mu.Lock()

@@ -46,4 +46,3 @@ func writeThroughout(t *testing.T, s clusterSpec, ns string) (stop func() (acked
 		return ids, refused
 	}
 }
-
