@@ -37,12 +37,6 @@ type lockoutEntry struct {
 	created  time.Time // the first failure; the entry is dropped max_lifetime after it
 }
 
-// setAdmin sets [admins] user, which CouchDB stores hashed with a fresh salt.
-func (n *Node) setAdmin(user, password string) {
-	n.admins[user] = password
-	n.salts[user] = randomHex(16)
-}
-
 // login plays couch_httpd_auth:authenticate/5 for an attempt from peer. It returns 0 when the
 // password is right, else the status and body CouchDB answers. viaSession is POST /_session, which
 // counts unknown users too. Every call is an authentication attempt and is counted as one.
@@ -53,7 +47,7 @@ func (n *Node) login(peer, user, password string, viaSession bool) (int, any) {
 		n.requests.Failures++
 		return http.StatusUnauthorized, errBody("unauthorized", "Name or password is incorrect.")
 	}
-	key := lockoutKey{peer: peer, user: user, salt: n.salts[user]}
+	key := lockoutKey{peer: peer, user: user, salt: n.adminSalt(user)}
 	now := n.net.opts.Clock()
 	e := n.lockouts[key]
 	if e != nil && now.Sub(e.created) > n.net.opts.LockoutWindow {
@@ -64,7 +58,7 @@ func (n *Node) login(peer, user, password string, viaSession bool) (int, any) {
 		n.requests.Locked++
 		return http.StatusForbidden, errBody("forbidden", lockoutReason)
 	}
-	if known && want == password {
+	if known && want.verify(n.net, password) {
 		return 0, nil
 	}
 	if e == nil {
@@ -81,6 +75,9 @@ func (n *Node) login(peer, user, password string, viaSession bool) (int, any) {
 func (n *Node) authenticate(r *http.Request) (int, any, bool) {
 	user, pass, ok := r.BasicAuth()
 	if !ok {
+		if n.cookieUser(r) != "" {
+			return 0, nil, true
+		}
 		if strings.HasPrefix(r.Header.Get("Authorization"), "Basic ") {
 			return http.StatusBadRequest, errBody("bad_request", "Authorization header has invalid base64 value"), false
 		}

@@ -5,11 +5,13 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
@@ -124,42 +126,63 @@ func rangeOf(m couch.ShardMap, id string) string {
 	return ""
 }
 
-// createDB places q ranges with n copies on the coordinator's members (skipping decommissioned ones)
-// and writes the shard map. mem3 rotates the member list by a random offset and deals the copies out
-// round-robin; the emulator rotates by a hash of the name instead, so that placement differs between
-// databases but not between runs, unless NetworkOptions.Placement decides.
+// createDB is fabric_db_create on coordinator coord: mem3:choose_shards places q ranges and writes
+// the shard map. The coordinator's own view decides: its _nodes (members without "decom" true or
+// "true", mem3:allowed_nodes/0; each doc's "zone") and its [cluster] placement. Without placement, n
+// copies go on the allowed nodes, n capped to their number (mem3_util:n_val). With placement
+// ("zone-a:1,zone-b:2"), the n asked is ignored: each rule places its count on the allowed nodes of
+// its zone, capped to them, and a rule whose zone has none fails the creation with
+// no_nodes_in_zone, creating nothing.
+//
+// mem3 rotates each node list by a random offset and deals the copies out round-robin; the emulator
+// rotates by a hash of the name instead, so that placement differs between databases but not
+// between runs, unless NetworkOptions.Placement decides (per zone, when placement is set).
 //
 // Databases _cluster_setup creates get no "props" in their map (CouchDB writes props only for
 // databases created over HTTP); the recorded _dbs sizes show it.
-func (nw *Network) createDB(coord *Node, name string, q, n int, props bool) {
-	var members []string
+func (nw *Network) createDB(coord *Node, name string, q, n int, props bool) error {
+	var allowed []string
 	for _, id := range coord.members() {
 		if d := coord.nodesDB[id]; d.Body["decom"] == true || d.Body["decom"] == "true" {
 			continue
 		}
-		members = append(members, id)
+		allowed = append(allowed, id)
 	}
-	if n > len(members) {
-		n = len(members) // mem3 clamps n to the members it has (and logs an error)
+	rngs := ranges(q)
+	placed := map[string][]string{}
+	rules, err := parsePlacement(coord.config["cluster"]["placement"])
+	if err != nil {
+		return err
+	}
+	if rules == nil {
+		rules = []placementRule{{n: n}}
+	}
+	for _, rule := range rules {
+		nodes := allowed
+		if rule.zone != "" {
+			nodes = nil
+			for _, id := range allowed {
+				if coord.nodesDB[id].Body["zone"] == rule.zone {
+					nodes = append(nodes, id)
+				}
+			}
+		}
+		zn := min(rule.n, len(nodes)) // mem3_util:n_val (which also logs an error)
+		if zn < 1 && len(nodes) > 0 {
+			zn = 1
+		}
+		if zn == 0 {
+			return errNoNodesInZone
+		}
+		for r, ns := range nw.place(name, rngs, zn, nodes) {
+			placed[r] = append(placed[r], ns...)
+		}
 	}
 	// mem3:generate_shard_suffix: "." and the creation time in seconds.
 	suffix := "." + strconv.FormatInt(nw.opts.Clock().Unix(), 10)
 	m := couch.ShardMap{ID: name, ByNode: map[string][]string{}, ByRange: map[string][]string{}, Props: map[string]any{}}
 	for _, r := range suffix {
 		m.ShardSuffix = append(m.ShardSuffix, int(r))
-	}
-	rngs := ranges(q)
-	var placed map[string][]string
-	if nw.opts.Placement != nil {
-		placed = nw.opts.Placement(name, rngs, n, slices.Clone(members))
-	} else {
-		placed = map[string][]string{}
-		off := int(docHash(name) % uint32(max(len(members), 1)))
-		for i, r := range rngs {
-			for k := 0; k < n; k++ {
-				placed[r] = append(placed[r], members[(off+i*n+k)%len(members)])
-			}
-		}
 	}
 	for _, r := range rngs {
 		nodes := slices.Clone(placed[r])
@@ -173,7 +196,55 @@ func (nw *Network) createDB(coord *Node, name string, q, n int, props bool) {
 	}
 	coord.putMapDoc(name, &mapDoc{Rev: revision(1, "", false, mapBody(m)), Map: m})
 	nw.propagate()
+	return nil
 }
+
+// place deals n copies of each range out over nodes (mem3_util:create_partition_map).
+func (nw *Network) place(name string, rngs []string, n int, nodes []string) map[string][]string {
+	if nw.opts.Placement != nil {
+		return nw.opts.Placement(name, rngs, n, slices.Clone(nodes))
+	}
+	placed := map[string][]string{}
+	off := int(docHash(name) % uint32(max(len(nodes), 1)))
+	for i, r := range rngs {
+		for k := 0; k < n; k++ {
+			placed[r] = append(placed[r], nodes[(off+i*n+k)%len(nodes)])
+		}
+	}
+	return placed
+}
+
+// errNoNodesInZone is mem3's error for a placement rule (or a cluster) without an allowed node.
+var errNoNodesInZone = errors.New("no_nodes_in_zone")
+
+// placementRule is one zone:count of [cluster] placement; zone "" is the no-placement default.
+type placementRule struct {
+	zone string
+	n    int
+}
+
+// parsePlacement is mem3:decode_placement_string: "" means no placement.
+func parsePlacement(s string) ([]placementRule, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []placementRule
+	for _, rule := range strings.Split(s, ",") {
+		if rule == "" {
+			continue // string:tokens skips empty tokens
+		}
+		zone, count, ok := strings.Cut(rule, ":")
+		n, err := strconv.Atoi(count)
+		if !ok || zone == "" || strings.Contains(count, ":") || err != nil {
+			return nil, errBadPlacement
+		}
+		out = append(out, placementRule{zone: zone, n: n})
+	}
+	return out, nil
+}
+
+// errBadPlacement is the badmatch a malformed placement string makes in decode_placement_string.
+var errBadPlacement = errors.New("badmatch")
 
 // liveCopies returns the nodes holding rng of m that coord can reach and that serve interactive
 // requests (maintenance mode "true" refuses them), with their copies.

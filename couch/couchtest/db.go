@@ -1,6 +1,8 @@
 package couchtest
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"net/http"
 	"regexp"
@@ -109,7 +111,9 @@ func (n *Node) dbItself(r *http.Request, db string) (int, any) {
 		if v, err := strconv.Atoi(r.URL.Query().Get("n")); err == nil && v > 0 {
 			nv = v
 		}
-		n.net.createDB(n, db, q, nv, true)
+		if err := n.net.createDB(n, db, q, nv, true); err != nil {
+			return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": err.Error(), "ref": refNumber()}
+		}
 		return http.StatusCreated, obj{"ok": true}
 	}
 	return onlyMethods("DELETE,GET,HEAD,POST,PUT")
@@ -180,4 +184,11 @@ func nonNilProps(p map[string]any) map[string]any {
 		return map[string]any{}
 	}
 	return p
+}
+
+// refNumber makes up the "ref" of a 500 answer: CouchDB's is a hash of the stack trace it logged.
+func refNumber() int64 {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.BigEndian.Uint32(b[:]))
 }

@@ -76,6 +76,12 @@ func (n *Node) Handler() http.Handler {
 			hijackClose(w)
 			return
 		}
+		if h, ok := resp.(withHeaders); ok {
+			for k, v := range h.header {
+				w.Header().Set(k, v)
+			}
+			resp = h.body
+		}
 		if t, ok := resp.(prometheusText); ok {
 			w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 			w.WriteHeader(code)
@@ -170,8 +176,8 @@ func (n *Node) serve(r *http.Request, body []byte) (int, any) {
 	if seg[0] == "_up" && len(seg) == 1 {
 		return n.up()
 	}
-	if seg[0] == "_session" && r.Method == http.MethodPost {
-		return n.session(r, body) // credentials come in the body
+	if seg[0] == "_session" && len(seg) == 1 {
+		return n.session(r, body) // credentials come in the body or a cookie; nobody is an answer too
 	}
 	if code, resp, ok := n.authenticate(r); !ok {
 		return code, resp
@@ -198,8 +204,6 @@ func (n *Node) serve(r *http.Request, body []byte) (int, any) {
 		return noDB()
 	case "_scheduler":
 		return n.scheduler(r, seg[1:])
-	case "_session":
-		return n.session(r, body)
 	case "_reshard", "_uuids", "_active_tasks", "_replicate":
 		return n.misc(r, seg)
 	}
@@ -266,28 +270,6 @@ func (n *Node) dbsAllDocs() obj {
 		rows = append(rows, obj{"id": id, "key": id, "value": obj{"rev": n.dbsDB[id].Rev}})
 	}
 	return obj{"total_rows": len(rows), "offset": 0, "rows": rows}
-}
-
-// session is POST /_session (cookie login), which the replicator uses to check its credentials. It
-// is subject to the lockout like basic auth (see login).
-func (n *Node) session(r *http.Request, body []byte) (int, any) {
-	if r.Method == http.MethodGet {
-		user, _, _ := r.BasicAuth()
-		return http.StatusOK, obj{"ok": true, "userCtx": obj{"name": user, "roles": []string{"_admin"}}}
-	}
-	if r.Method != http.MethodPost {
-		return onlyMethods("GET,POST,DELETE")
-	}
-	var req struct{ Name, Password string }
-	if err := json.Unmarshal(body, &req); err != nil {
-		if v, err := url.ParseQuery(string(body)); err == nil {
-			req.Name, req.Password = v.Get("name"), v.Get("password")
-		}
-	}
-	if code, resp := n.login(hostOf(r), req.Name, req.Password, true); code != 0 {
-		return code, resp
-	}
-	return http.StatusOK, obj{"ok": true, "name": req.Name, "roles": []string{"_admin"}}
 }
 
 func (n *Node) misc(r *http.Request, seg []string) (int, any) {

@@ -37,6 +37,12 @@ type NetworkOptions struct {
 	Clock func() time.Time
 	// Replicator times the _replicator scheduler; zero fields take CouchDB's defaults.
 	Replicator ReplicatorOptions
+	// PasswordIterations is the pbkdf2 iteration count of the admin hashes nodes make ([chttpd_auth]
+	// iterations). Default DefaultPasswordIterations (600,000, CouchDB 3.4's). A key is derived only
+	// when a hash string is read (GET _config/admins) or a login must check a hash this node did not
+	// make itself, and each derivation costs about 0.2 s at the default, so benchmarks and tests
+	// that read hashes of many nodes lower it; the string keeps CouchDB's format either way.
+	PasswordIterations int
 
 	// Placement, if set, replaces mem3's initial placement of a new database's copies, which CouchDB
 	// randomises (it rotates the member list by a random offset). It gets the database, its ranges,
@@ -62,6 +68,7 @@ type Network struct {
 	jobs        map[string]*repJob // the replicator's jobs, by _replicator doc id
 	pidSeq      int                // makes up Erlang pids for running jobs
 	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
+	derived     map[string]string  // pbkdf2 keys already derived, by prf, salt, iterations and password
 }
 
 // NewNetwork returns an empty network.
@@ -76,7 +83,11 @@ func NewNetwork(opts NetworkOptions) *Network {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{}}
+	if opts.PasswordIterations <= 0 {
+		opts.PasswordIterations = DefaultPasswordIterations
+	}
+	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{},
+		derived: map[string]string{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).
@@ -91,6 +102,13 @@ type NodeConfig struct {
 	Addr          string   // listen address, default "127.0.0.1:0"; the port is kept across restarts
 	UUID          string   // [couchdb] uuid; random if empty
 	Secret        string   // [chttpd_auth] secret; random if empty
+	// EphemeralIni is a node whose last ini file is rewritten at every start, as in the official
+	// image (etc/local.d is not on the data volume): runtime _config writes, including what
+	// finish_cluster copied there, are gone after a restart; the plaintext AdminPassword is hashed
+	// afresh with a new salt; an empty UUID or Secret is drawn afresh. Without it a restart keeps the
+	// runtime config, as an install whose local.ini persists does (the recorded non-container
+	// cluster). Data, _nodes and _dbs survive either way.
+	EphemeralIni bool
 }
 
 // AddNode creates a stopped node.
@@ -106,49 +124,18 @@ func (nw *Network) AddNode(cfg NodeConfig) (*Node, error) {
 	if _, ok := nw.nodes[cfg.Name]; ok {
 		return nil, fmt.Errorf("couchtest: node %s exists", cfg.Name)
 	}
-	if cfg.Addr == "" {
-		cfg.Addr = "127.0.0.1:0"
-	}
-	if cfg.Cookie == "" {
-		cfg.Cookie = "cookie"
-	}
-	if cfg.N == 0 {
-		cfg.N = 3
-	}
-	if cfg.Q == 0 {
-		cfg.Q = 2
-	}
-	if cfg.BindAddress == "" {
-		cfg.BindAddress = "127.0.0.1"
-	}
-	if cfg.UUID == "" {
-		cfg.UUID = randomHex(16)
-	}
-	if cfg.Secret == "" {
-		cfg.Secret = randomHex(16)
-	}
+	cfg = cfg.withDefaults()
 	n := &Node{
-		net:  nw,
-		name: cfg.Name,
-		cfg:  cfg,
-		config: map[string]map[string]string{
-			"chttpd":      {"bind_address": cfg.BindAddress},
-			"cluster":     {"n": strconv.Itoa(cfg.N), "q": strconv.Itoa(cfg.Q)},
-			"couchdb":     {"uuid": cfg.UUID},
-			"chttpd_auth": {"secret": cfg.Secret},
-		},
-		admins:   map[string]string{},
-		salts:    map[string]string{},
+		net:      nw,
+		name:     cfg.Name,
+		cfg:      cfg,
 		nodesDB:  map[string]*rawDoc{},
 		dbsDB:    map[string]*mapDoc{},
 		copies:   map[string]*shardCopy{},
 		lockouts: map[lockoutKey]*lockoutEntry{},
 		addr:     cfg.Addr,
 	}
-	n.setAdmin(cfg.AdminUser, cfg.AdminPassword)
-	if len(cfg.Seedlist) > 0 {
-		n.config["cluster"]["seedlist"] = strings.Join(cfg.Seedlist, ",")
-	}
+	n.boot()
 	nw.nodes[cfg.Name] = n
 	nw.order = append(nw.order, n)
 	return n, nil
@@ -169,6 +156,50 @@ func (nw *Network) Nodes() []*Node {
 }
 
 // nodeByAddr finds the running node listening on host:port (for add_node and remote setup).
+// withDefaults fills what an unset NodeConfig field means.
+func (cfg NodeConfig) withDefaults() NodeConfig {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.Cookie == "" {
+		cfg.Cookie = "cookie"
+	}
+	if cfg.N == 0 {
+		cfg.N = 3
+	}
+	if cfg.Q == 0 {
+		cfg.Q = 2
+	}
+	if cfg.BindAddress == "" {
+		cfg.BindAddress = "127.0.0.1"
+	}
+	return cfg
+}
+
+// boot reads the node's ini files: the config and admins its NodeConfig gives, with the admin's
+// plaintext password hashed under a fresh salt and an unset uuid or secret drawn at random.
+func (n *Node) boot() {
+	cfg := n.cfg
+	uuid, secret := cfg.UUID, cfg.Secret
+	if uuid == "" {
+		uuid = randomHex(16)
+	}
+	if secret == "" {
+		secret = randomHex(16)
+	}
+	n.config = map[string]map[string]string{
+		"chttpd":      {"bind_address": cfg.BindAddress},
+		"cluster":     {"n": strconv.Itoa(cfg.N), "q": strconv.Itoa(cfg.Q)},
+		"couchdb":     {"uuid": uuid},
+		"chttpd_auth": {"secret": secret},
+	}
+	if len(cfg.Seedlist) > 0 {
+		n.config["cluster"]["seedlist"] = strings.Join(cfg.Seedlist, ",")
+	}
+	n.admins = map[string]*adminHash{}
+	n.setAdmin(cfg.AdminUser, cfg.AdminPassword)
+}
+
 func (nw *Network) nodeByAddr(host string, port int) *Node {
 	for _, n := range nw.order {
 		if !n.running {
@@ -284,13 +315,13 @@ type Node struct {
 	started  time.Time
 
 	config   map[string]map[string]string
-	admins   map[string]string
+	admins   map[string]*adminHash
 	nodesDB  map[string]*rawDoc
 	dbsDB    map[string]*mapDoc
 	copies   map[string]*shardCopy // by shard name "shards/<range>/<db><suffix>"
 	dbsSeq   int                   // update sequence of the node-local _dbs
 	seeded   bool
-	salts    map[string]string // user -> salt of the stored password hash
+	booted   bool // started at least once
 	lockouts map[lockoutKey]*lockoutEntry
 	fault    Fault
 	requests RequestCounts

@@ -58,6 +58,10 @@ func (n *Node) Start() error {
 	if err != nil {
 		return fmt.Errorf("couchtest: listen for %s: %w", n.name, err)
 	}
+	if n.booted && n.cfg.EphemeralIni {
+		n.boot() // the entrypoint rewrote the last ini file: runtime config is gone, the password rehashed
+	}
+	n.booted = true
 	n.listener = ln
 	n.addr = ln.Addr().String()
 	if _, port, err := net.SplitHostPort(n.addr); err == nil {
@@ -141,6 +145,44 @@ func (n *Node) SetAdminPassword(user, password string) {
 	n.net.mu.Lock()
 	defer n.net.mu.Unlock()
 	n.setAdmin(user, password)
+	if user == n.cfg.AdminUser {
+		n.cfg.AdminPassword = password
+	}
+}
+
+// SetBootConfig replaces the ini files and environment the node boots from, as a pod recreated from
+// a changed spec has them. A node with EphemeralIni reads them at its next Start; one without keeps
+// the runtime config it persisted. The name and listen address cannot change.
+func (n *Node) SetBootConfig(cfg NodeConfig) error {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	if cfg.Name != n.name {
+		return fmt.Errorf("couchtest: node %s cannot be renamed %s", n.name, cfg.Name)
+	}
+	if cfg.AdminUser == "" || cfg.AdminPassword == "" {
+		return fmt.Errorf("couchtest: node %s needs an admin (CouchDB 3 refuses to boot without one)", cfg.Name)
+	}
+	cfg = cfg.withDefaults()
+	cfg.Addr = n.addr
+	// The Erlang cookie stays what it is: add_node pushes the coordinator's, and a pod whose spec names
+	// none would otherwise come back unable to reach its cluster.
+	cfg.Cookie = n.cfg.Cookie
+	n.cfg = cfg
+	return nil
+}
+
+// Config returns one of the node's config values ("" and false when unset). Values may be secrets.
+func (n *Node) Config(section, key string) (string, bool) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	if section == "admins" {
+		if h := n.admins[key]; h != nil {
+			return h.String(n.net), true
+		}
+		return "", false
+	}
+	v, ok := n.config[section][key]
+	return v, ok
 }
 
 // Requests returns a copy of the request counters.

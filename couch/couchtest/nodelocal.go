@@ -109,8 +109,15 @@ func (c *shardCopy) localDocs(includeDocs bool) obj {
 func (n *Node) configRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	switch len(seg) {
 	case 0:
-		return http.StatusOK, n.config
+		all := map[string]map[string]string{"admins": n.adminsConfig()}
+		for k, v := range n.config {
+			all[k] = v
+		}
+		return http.StatusOK, all
 	case 1:
+		if seg[0] == "admins" {
+			return http.StatusOK, n.adminsConfig()
+		}
 		sec := n.config[seg[0]]
 		if sec == nil {
 			sec = map[string]string{}
@@ -118,6 +125,9 @@ func (n *Node) configRoute(r *http.Request, seg []string, body []byte) (int, any
 		return http.StatusOK, sec
 	}
 	section, key := seg[0], seg[1]
+	if section == "admins" {
+		return n.adminConfig(r, key, body)
+	}
 	old, has := n.config[section][key]
 	switch r.Method {
 	case http.MethodGet:
@@ -319,4 +329,41 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+func (n *Node) adminsConfig() map[string]string {
+	out := map[string]string{}
+	for u, h := range n.admins {
+		out[u] = h.String(n.net)
+	}
+	return out
+}
+
+// adminConfig serves _config/admins/{user}: a PUT keeps a "-pbkdf2" value as it is and hashes any
+// other with a fresh salt, and answers the old hash.
+func (n *Node) adminConfig(r *http.Request, user string, body []byte) (int, any) {
+	cur := n.admins[user]
+	switch r.Method {
+	case http.MethodGet:
+		if cur == nil {
+			return http.StatusNotFound, errBody("not_found", "unknown_config_value")
+		}
+		return http.StatusOK, cur.String(n.net)
+	case http.MethodPut:
+		var v string
+		if err := json.Unmarshal(body, &v); err != nil {
+			return http.StatusBadRequest, errBody("bad_request", "invalid UTF-8 JSON")
+		}
+		if old := n.setAdmin(user, v); old != nil {
+			return http.StatusOK, old.String(n.net)
+		}
+		return http.StatusOK, ""
+	case http.MethodDelete:
+		if cur == nil {
+			return http.StatusNotFound, errBody("not_found", "unknown_config_value")
+		}
+		delete(n.admins, user)
+		return http.StatusOK, cur.String(n.net)
+	}
+	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,PUT,DELETE allowed")
 }

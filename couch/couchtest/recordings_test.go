@@ -22,6 +22,7 @@ type recordedCase struct {
 	Sub     string // the "### " heading within the section, if any
 	Title   string
 	Method  string
+	Host    string // the recorded address: 127.0.0.1, or a pod IP (10.244.0.x) in the day-2 recordings
 	Port    string
 	Path    string
 	Auth    string // "" (none) or the user named in "(auth user:***)"
@@ -32,20 +33,22 @@ type recordedCase struct {
 	// client's error, e.g. "connection failed: [Errno 111] Connection refused".
 	NoResponse bool
 	Resp       string
+	Cookie     string // the request's "(Cookie: ...)" note, e.g. "AuthSession=<cookie from node 0>"
+	SetCookie  string // the answer's Set-Cookie header, when the recording shows one
 }
 
 var (
-	reqLine  = regexp.MustCompile(`^(GET|PUT|POST|DELETE|HEAD) 127\.0\.0\.1:(\d+)(\S*)(?:\s+with Content-Type: (\S+))?(?:\s+\(auth ([^:]+):\*\*\*\))?`)
+	reqLine  = regexp.MustCompile(`^(GET|PUT|POST|DELETE|HEAD) (127\.0\.0\.1|10\.244\.0\.\d+):(\d+)(\S*)(?:\s+with Content-Type: (\S+))?(?:\s+\(auth ([^:]+):\*\*\*\))?(?:\s*\(Cookie: ([^)]*)\))?`)
 	codeLine = regexp.MustCompile(`^-> HTTP (\d+)`)
 	noResp   = regexp.MustCompile(`^-> HTTP \(no response\)$`)
 )
 
 // Every recorded answer starts with this marker, at the start of its line, whatever the parser makes
 // of it; the poll logs ("t=0.1 s  GET ...  -> HTTP 200") carry it mid-line and are not cases.
-const (
-	answerMarker = "-> HTTP "
-	requestHost  = " 127.0.0.1:"
-)
+const answerMarker = "-> HTTP "
+
+// requestHosts are the addresses the recordings sent requests to: loopback ports, or pod IPs.
+var requestHosts = []string{" 127.0.0.1:", " 10.244.0."}
 
 // countRecorded counts the recorded cases of file without the parser: the lines that start with the
 // answer marker, and the request lines (a method, then the recorded host). The conformance tests
@@ -61,8 +64,10 @@ func countRecorded(t *testing.T, file string) (answers, requests int) {
 			answers++
 		}
 		for _, m := range []string{"GET", "PUT", "POST", "DELETE", "HEAD"} {
-			if strings.HasPrefix(l, m+requestHost) {
-				requests++
+			for _, h := range requestHosts {
+				if strings.HasPrefix(l, m+h) {
+					requests++
+				}
 			}
 		}
 	}
@@ -88,12 +93,15 @@ func upstreamShared() string {
 	return ""
 }
 
+// recordingFiles are the recordings testdata/ holds and the conformance tests replay.
+var recordingFiles = []string{"couchdb-real-responses.md", "couchdb-real-shards.md", "couchdb-real-sessions.md", "couchdb-real-zones.md"}
+
 func TestRecordingsMatchShared(t *testing.T) {
 	up := upstreamShared()
 	if up == "" {
 		t.Skip("no ../shared beside this checkout; testdata copies are used as they are")
 	}
-	for _, f := range []string{"couchdb-real-responses.md", "couchdb-real-shards.md"} {
+	for _, f := range recordingFiles {
 		a, _ := os.ReadFile(filepath.Join(up, f))
 		b, _ := os.ReadFile(filepath.Join("testdata", f))
 		if string(a) != string(b) {
@@ -137,7 +145,7 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 			continue
 		}
 		if m := reqLine.FindStringSubmatch(line); m != nil && cur == nil {
-			cur = &recordedCase{File: filepath.Base(file), Section: section, Sub: sub, Title: title, Method: m[1], Port: m[2], Path: m[3], CType: m[4], Auth: m[5]}
+			cur = &recordedCase{File: filepath.Base(file), Section: section, Sub: sub, Title: title, Method: m[1], Host: m[2], Port: m[3], Path: m[4], CType: m[5], Auth: m[6], Cookie: m[7]}
 			continue
 		}
 		if cur == nil {
@@ -155,6 +163,10 @@ func parseRecordings(t *testing.T, file string) []recordedCase {
 		if noResp.MatchString(line) && !afterCode {
 			cur.NoResponse = true
 			afterCode = true
+			continue
+		}
+		if c, ok := strings.CutPrefix(line, "Set-Cookie: "); ok && afterCode && cur.Resp == "" {
+			cur.SetCookie = c
 			continue
 		}
 		if afterCode {
@@ -194,7 +206,7 @@ func sameFailure(c recordedCase, err error) (bool, string) {
 
 func TestParseRecordings(t *testing.T) {
 	dir := sharedDir(t)
-	for _, f := range []string{"couchdb-real-responses.md", "couchdb-real-shards.md"} {
+	for _, f := range recordingFiles {
 		file := filepath.Join(dir, f)
 		cases := parseRecordings(t, file)
 		answers, requests := countRecorded(t, file)

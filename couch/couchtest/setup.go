@@ -125,7 +125,12 @@ func (n *Node) enableCluster(req map[string]any) (int, any) {
 						fwd[k] = v
 					}
 				}
-				fwd["password"] = n.admins[str0(req, "username")]
+				if h := n.admins[str0(req, "username")]; h != nil && fwd["password"] == nil {
+					fwd["password"] = h.String(n.net) // a stored hash, which the remote keeps as it is
+					if h.plain != "" {
+						fwd["password"] = h.plain
+					}
+				}
 				target.enableCluster(fwd)
 			}
 		}
@@ -202,7 +207,9 @@ func (n *Node) enableSingleNode(req map[string]any) (int, any) {
 	}
 	for _, db := range ensureList(req) {
 		if _, ok := n.dbsDB[db]; !ok {
-			n.net.createDB(n, db, 1, 1, false)
+			if err := n.net.createDB(n, db, 1, 1, false); err != nil {
+				return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": err.Error(), "ref": refNumber()}
+			}
 		}
 	}
 	return http.StatusCreated, obj{"ok": true}
@@ -282,8 +289,9 @@ func (n *Node) finishCluster(req map[string]any) (int, any) {
 	for _, m := range n.members() {
 		if other := n.net.nodes[m]; other != nil && other != n {
 			// sync_admins copies the stored hashes, so the members share the salt too.
-			for u, p := range n.admins {
-				other.admins[u], other.salts[u] = p, n.salts[u]
+			for u, h := range n.admins {
+				c := *h
+				other.admins[u] = &c
 			}
 			other.config["couchdb"]["uuid"] = n.config["couchdb"]["uuid"]
 			other.config["chttpd_auth"]["secret"] = n.config["chttpd_auth"]["secret"]
@@ -300,7 +308,9 @@ func (n *Node) finishCluster(req map[string]any) (int, any) {
 	q, _ := strconv.Atoi(n.config["cluster"]["q"])
 	nn, _ := strconv.Atoi(n.config["cluster"]["n"])
 	for _, db := range missing {
-		n.net.createDB(n, db, q, nn, false)
+		if err := n.net.createDB(n, db, q, nn, false); err != nil {
+			return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": err.Error(), "ref": refNumber()}
+		}
 	}
 	return http.StatusCreated, obj{"ok": true}
 }

@@ -1,7 +1,30 @@
 // Package couchpods runs an emulated CouchDB node (couch/couchtest) for every pod the test kubelet
 // starts, configured from the pod spec exactly as the official image would configure itself: admin
 // from COUCHDB_USER/COUCHDB_PASSWORD, node name from NODENAME or ERL_FLAGS, cookie from
-// COUCHDB_ERLANG_COOKIE, and the Helm chart's seedlist from its mounted ini files.
+// COUCHDB_ERLANG_COOKIE, [chttpd_auth] secret from COUCHDB_SECRET, and [couchdb] uuid, [chttpd_auth]
+// secret, [cluster] n, q and seedlist, [chttpd] bind_address from the ini files the pod gets from
+// ConfigMaps (the Helm chart's way; an ini value wins over COUCHDB_SECRET, as the image's entrypoint
+// writes the variable only when no ini file sets the key).
+//
+// Every start of a pod's container is a fresh official-image container (couchtest's EphemeralIni):
+// the config is read again from the pod spec, the admin password is hashed with a new salt, runtime
+// _config writes (finish_cluster's copies included) are gone, and a uuid or secret the spec does not
+// set is drawn at random, so a hand-made StatefulSet without them gives each start its own values.
+// The node's data, _nodes and _dbs survive, like a PersistentVolumeClaim.
+//
+// Per-pod values (pods of one StatefulSet with different uuids, say) come from a ConfigMap file per
+// pod, mounted by name with subPathExpr, which real Kubernetes supports too:
+//
+//	env:          - name: POD_NAME
+//	                valueFrom: {fieldRef: {fieldPath: metadata.name}}
+//	volumeMounts: - name: per-pod
+//	                mountPath: /opt/couchdb/etc/local.d/99-pod.ini
+//	                subPathExpr: $(POD_NAME).ini
+//	volumes:      - name: per-pod
+//	                configMap: {name: couchdb-per-pod}   # keys couchdb-0.ini, couchdb-1.ini, ...
+//
+// A ConfigMap volume mounted with subPath/subPathExpr gives only the files mounted; other ConfigMap
+// volumes give all their .ini keys. See iniConfig for the order.
 package couchpods
 
 import (
@@ -100,11 +123,16 @@ func (b *Backend) StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (
 	b.mu.Lock()
 	node := b.nodes[key]
 	b.mu.Unlock()
-	if node == nil {
-		cfg, err := b.nodeConfig(ctx, pod)
-		if err != nil {
-			return nil, fmt.Errorf("configure couchdb for pod %s: %w", key, err)
+	cfg, err := b.nodeConfig(ctx, pod)
+	if err != nil {
+		return nil, fmt.Errorf("configure couchdb for pod %s: %w", key, err)
+	}
+	if node != nil {
+		// A new container reads its ini files and environment again, from the pod it now belongs to.
+		if err := node.SetBootConfig(cfg); err != nil {
+			return nil, fmt.Errorf("reconfigure emulated node for pod %s: %w", key, err)
 		}
+	} else {
 		node, err = b.networkOf(pod.Namespace).AddNode(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("add emulated node for pod %s: %w", key, err)
@@ -138,7 +166,13 @@ func (b *Backend) nodeConfig(ctx context.Context, pod *corev1.Pod) (couchtest.No
 		AdminPassword: env["COUCHDB_PASSWORD"],
 		Cookie:        erlangCookie(env),
 		// The official image bakes in bind_address = any, so its nodes boot cluster_enabled.
-		BindAddress: "any",
+		BindAddress:  "any",
+		EphemeralIni: true,
+		UUID:         ini["couchdb"]["uuid"],
+		Secret:       env["COUCHDB_SECRET"],
+	}
+	if v := ini["chttpd_auth"]["secret"]; v != "" {
+		cfg.Secret = v
 	}
 	if v := ini["chttpd"]["bind_address"]; v != "" {
 		cfg.BindAddress = v

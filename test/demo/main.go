@@ -59,7 +59,7 @@ func run(ctx context.Context, exitAfter bool) error {
 	cfg := cp.AdminConfig()
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	addrs := kubelet.NewAddressMap()
-	network := couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: time.Second})
+	network := couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000})
 	backend := couchpods.New(kube, network)
 	kctx, kcancel := context.WithCancel(ctx)
 	defer kcancel()

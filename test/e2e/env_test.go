@@ -52,7 +52,7 @@ func run(m *testing.M) int {
 	env.cp, env.cfg = cp, cp.AdminConfig()
 	env.kube = kubernetes.NewForConfigOrDie(env.cfg)
 	env.addrs = kubelet.NewAddressMap()
-	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond,
+	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond, PasswordIterations: 1000,
 		Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
 	env.backend = couchpods.New(env.kube, env.network)
 	kl := kubelet.New(env.kube, env.backend, env.addrs)
