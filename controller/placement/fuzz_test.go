@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
@@ -19,7 +20,11 @@ import (
 //   - a node leaves _nodes only when no map references it;
 //   - a copy is added only on a live staying member that lacks it;
 //   - a database with a range at risk is not touched;
-//   - ScaleDown lowers spec.replicas by exactly one, never below the target.
+//   - ScaleDown lowers spec.replicas by exactly one, never below the target;
+//   - a plan starts at most MaxMoves fills, at most MaxFillsPerNode on one node, and syncs each
+//     database at most once, after its edits;
+//   - no placement rule it sets names a zone without a live staying member whose _nodes doc carries
+//     it and no decom mark, and a rule naming such a zone is replaced before any other step.
 func FuzzPlan(f *testing.F) {
 	seed := func(m couch.ShardMap) []byte { b, _ := json.Marshal(m); return b }
 	three := smap("a", map[string][]int{"00000000-7fffffff": {0, 1, 2}, "80000000-ffffffff": {0, 1, 2}})
@@ -27,6 +32,8 @@ func FuzzPlan(f *testing.F) {
 	f.Add(seed(three), []byte{3, 0, 0b111, 0, 5, 5, 5, 5, 5, 5})
 	f.Add(seed(three), []byte{5, 3, 0b11111, 0b10000, 9, 1, 9, 9, 0, 9, 9, 9})
 	f.Add(seed(lost), []byte{3, 0, 0b111, 0, 1, 2, 3, 4})
+	f.Add(seed(three), []byte{4, 0b10000011, 0b1101111, 0b1110000, 9, 9, 9, 9, 9, 9}) // zones, rebalance, 7 moves
+	f.Add(seed(three), []byte{0b1011, 2, 0b0100111, 0b10100000, 5, 5, 5, 5, 5, 5})   // zones, a drain, unsafe rules
 	f.Add([]byte(`{"_id":"a","by_node":{"x":["00000000-ffffffff"]},"by_range":{"00000000-ffffffff":["x"]}}`), []byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, mapJSON, ctl []byte) {
 		var m couch.ShardMap
@@ -48,6 +55,23 @@ func FuzzPlan(f *testing.F) {
 		in.Rebalance = byte0(1)&0x80 != 0
 		if byte0(1)&0x40 != 0 {
 			in.Replicate = []string{"a"}
+		}
+		in.MaxMoves, in.MaxFillsPerNode = byte0(3)>>4&7, byte0(3)>>7+byte0(2)>>6
+		if z := byte0(2) >> 5 & 1; z != 0 {
+			// Zones on: member i in zone i%3, its doc in the same zone unless bit i of byte 1 says
+			// it still carries another, and each member's placement one of a few rules.
+			in.Zones, in.NodeZones, in.PlacementConfig = map[string]string{}, map[string]string{}, map[string]string{}
+			in.Decom = map[string]bool{}
+			rules := []string{"", "zone-0:1,zone-1:1,zone-2:1", "zone-0:1,zone-9:1", "zone-0:1,zone-1:1"}
+			for i := 0; i < 8; i++ {
+				in.Zones[name(i)] = fmt.Sprintf("zone-%d", i%3)
+				in.NodeZones[name(i)] = in.Zones[name(i)]
+				if byte0(1)&(1<<(i%6)) != 0 {
+					in.NodeZones[name(i)] = "zone-9"
+				}
+				in.PlacementConfig[name(i)] = rules[(byte0(0)>>3+i)%len(rules)]
+				in.Decom[name(i)] = byte0(3)&(1<<(i%4)) != 0 && i%2 == 0
+			}
 		}
 		ordinal := map[string]int{}
 		for i := 0; i < 8; i++ {
@@ -94,6 +118,9 @@ func checkSafety(in Input, res Result) error {
 	atRisk := map[string]bool{}
 	for _, r := range res.AtRisk {
 		atRisk[r.DB] = true
+	}
+	if err := checkShape(in, res); err != nil {
+		return err
 	}
 	for _, a := range res.Actions {
 		if atRisk[a.DB] && a.DB != "" {
@@ -169,5 +196,87 @@ func TestFuzzPlanSeedsExercise(t *testing.T) {
 	}
 	if checkSafety(in, res) == nil {
 		t.Fatal("checkSafety accepted removing the only caught-up copy")
+	}
+}
+
+// checkShape checks the bounds on concurrent moves and the order of zone steps.
+func checkShape(in Input, res Result) error {
+	maxMoves, maxFills := max(in.MaxMoves, 1), in.MaxFillsPerNode
+	if maxFills <= 0 {
+		maxFills = 2
+	}
+	adds, targets, synced := 0, map[string]int{}, map[string]bool{}
+	served := map[string]bool{}
+	d, draining := Draining(in)
+	for _, m := range in.Members {
+		if z, ok := in.NodeZones[m.Name]; ok && m.Live && !in.Decom[m.Name] && !(draining && d.Name == m.Name) && in.Zones[m.Name] == z {
+			served[z] = true
+		}
+	}
+	safe := func(rule string) bool {
+		for _, part := range strings.Split(rule, ",") {
+			if z, _, _ := strings.Cut(part, ":"); rule != "" && !served[z] {
+				return false
+			}
+		}
+		return true
+	}
+	pending := map[string]bool{} // live members whose rule names a zone nobody serves
+	for _, m := range in.Members {
+		if r, ok := in.PlacementConfig[m.Name]; ok && m.Live && in.Zones != nil && !safe(r) && r != res.Placement {
+			pending[m.Name] = true
+		}
+	}
+	for _, a := range res.Actions {
+		switch a.Kind {
+		case SetPlacement:
+			if !safe(a.Value) {
+				return fmt.Errorf("%s names a zone no allowed node serves (docs %v, decom %v)", a, in.NodeZones, in.Decom)
+			}
+			delete(pending, a.Node)
+			continue
+		case AddCopy, RemoveCopy:
+			if synced[a.DB] {
+				return fmt.Errorf("%s after SyncShards(%s)", a, a.DB)
+			}
+			if a.Kind == AddCopy {
+				adds++
+				if targets[a.Node]++; targets[a.Node] > maxFills {
+					return fmt.Errorf("%d fills on %s, bound %d: %v", targets[a.Node], a.Node, maxFills, res.Actions)
+				}
+			}
+		case SyncShards:
+			if synced[a.DB] {
+				return fmt.Errorf("two SyncShards(%s)", a.DB)
+			}
+			synced[a.DB] = true
+		}
+		if len(pending) > 0 && a.Kind != SetZone {
+			return fmt.Errorf("%s before the unsafe placement of %v is replaced: %v", a, pending, res.Actions)
+		}
+	}
+	if adds > maxMoves {
+		return fmt.Errorf("%d fills started, bound %d: %v", adds, maxMoves, res.Actions)
+	}
+	return nil
+}
+
+// TestCheckShapeRejects keeps checkShape honest: it must refuse a rule naming a zone nobody serves, a
+// step before an unsafe rule is replaced, and too many fills.
+func TestCheckShapeRejects(t *testing.T) {
+	in := Input{Replicas: 3, Members: members(0, 1, 2), Zones: zoned("zone-a", "zone-b", "zone-c"), NodeZones: zoned("zone-a", "zone-b", "zone-x"),
+		PlacementConfig: map[string]string{name(0): "zone-a:1,zone-b:1,zone-c:1"}, Maps: map[string]couch.ShardMap{}}
+	for name, res := range map[string]Result{
+		"unserved zone": {Placement: "zone-a:1,zone-b:1,zone-c:1", Actions: []Action{{Kind: SetPlacement, Node: name(1), Value: "zone-a:1,zone-b:1,zone-c:1"}}},
+		"step first":    {Actions: []Action{{Kind: SetDecom, Node: name(2)}, {Kind: SetPlacement, Node: name(0), Value: ""}}},
+		"two fills":     {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: AddCopy, DB: "a", Range: r0, Node: name(1)}, {Kind: AddCopy, DB: "a", Range: r1, Node: name(2)}}},
+		"sync twice":    {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: SyncShards, DB: "a"}, {Kind: SyncShards, DB: "a"}}},
+	} {
+		if checkShape(in, res) == nil {
+			t.Errorf("%s: accepted %v", name, res.Actions)
+		}
+	}
+	if err := checkShape(in, Plan(in)); err != nil {
+		t.Errorf("Plan's own answer: %v", err)
 	}
 }

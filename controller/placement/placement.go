@@ -1,44 +1,7 @@
-// Package placement decides where shard copies go when CouchDB membership changes. CouchDB never moves
-// shards by itself: new nodes get no copies of existing databases, and nodes that leave stay in the
-// shard maps. Plan is pure: it reads the shard maps, which nodes are live, leaving or draining, and the
-// document counts of the copies it asked about, and returns the next few idempotent steps. The maps
-// and _nodes are the only memory, so a controller restart between any two steps is harmless.
-//
-// Rules, in order:
-//  1. A database with a range that has no live copy is frozen: nothing of it changes, and the ranges are
-//     reported as at risk (scale back up to bring the copies back).
-//  2. A leaving node (departed, or the node being drained) that is still in _nodes is marked
-//     "decom": true there, so CouchDB places no copy of a database created from now on on it; a member
-//     that is no longer leaving loses the mark. This comes before any database is created.
-//  3. The node being drained is put in maintenance mode before anything of it moves, when it is up. A
-//     drained node that is down serves nothing anyway, so its copies are re-created from the other live
-//     copies without waiting for it (rule 5), but they are dropped only once it is back (rule 6).
-//  4. Databases named in couchdb.io/replicate are created when absent, while every staying member is
-//     up (a member that is down may hold the only copy of a newer _dbs).
-//  5. Every range keeps n copies on staying members (n is the database's n, see DBN, capped by the
-//     staying members; every staying member for replicated databases). A missing copy is added on the
-//     staying live member with the fewest copies, then _sync_shards fills it.
-//  6. A copy on a leaving node is dropped from the map only when the range has n copies on staying
-//     members, each of them holds at least as many documents (doc_count + doc_del_count) as every
-//     live copy of the range, and, when the dropped copy is live, mem3's checkpoint of a push from it
-//     to each of them has reached its update_seq (equal counts alone can hide different documents). A
-//     copy on a drained node that is down is kept until the node is back: it may hold writes no other
-//     copy has, and unlike a departed node it is expected to return.
-//  7. With couchdb.io/rebalance, when nothing else is in flight, one copy moves from the fullest member
-//     to the emptiest until they differ by at most one; the extra copy is dropped (rule 6's check) from
-//     the fullest holder.
-//  8. A leaving node that no map references leaves _nodes; a drained node's StatefulSet then shrinks by
-//     one.
-//
-// At most one range is being moved per cluster at a time.
 package placement
 
 import (
-	"encoding/json"
 	"fmt"
-	"math"
-	"slices"
-	"sort"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -186,494 +149,57 @@ type Result struct {
 	Placement string
 }
 
-// Draining returns the member being drained for couchdb.io/target-replicas: the highest ordinal.
-func Draining(in Input) (Member, bool) {
-	if in.TargetReplicas == nil || *in.TargetReplicas >= in.Replicas {
-		return Member{}, false
-	}
-	for _, m := range in.Members {
-		if m.Ordinal == in.Replicas-1 {
-			return m, true
-		}
-	}
-	return Member{}, false
-}
-
-type view struct {
-	in        Input
-	live      map[string]bool
-	staying   []string // members not leaving, sorted
-	leaving   map[string]bool
-	load      map[string]int // copies per staying member
-	drain     string
-	drainDown bool // the drained node is not live: its copies are re-created but not dropped
-	frozen    map[string]bool
-}
-
-func newView(in Input) *view {
-	v := &view{in: in, live: map[string]bool{}, leaving: map[string]bool{}, load: map[string]int{}, frozen: map[string]bool{}}
-	for _, d := range in.Departed {
-		v.leaving[d] = true
-	}
-	if d, ok := Draining(in); ok {
-		v.drain = d.Name
-		v.drainDown = !d.Live
-		v.leaving[d.Name] = true
-	}
-	for _, m := range in.Members {
-		if m.Live {
-			v.live[m.Name] = true
-		}
-		if !v.leaving[m.Name] {
-			v.staying = append(v.staying, m.Name)
-		}
-	}
-	sort.Strings(v.staying)
-	for _, db := range sortedDBs(in.Maps) {
-		for _, node := range in.Maps[db].Nodes() {
-			if !v.leaving[node] {
-				v.load[node] += len(in.Maps[db].ByNode[node])
-			}
-		}
-	}
-	return v
-}
-
-func sortedDBs(m map[string]couch.ShardMap) []string {
-	out := make([]string, 0, len(m))
-	for db := range m {
-		out = append(out, db)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// want is the number of copies each range of db should have on staying members.
-func (v *view) want(db string) int {
-	if slices.Contains(v.in.Replicate, db) {
-		return len(v.staying)
-	}
-	return min(DBN(v.in.Maps[db]), len(v.staying))
-}
-
-// NKey is the field of a database's shard map document in which the controller records the
-// database's n the first time it edits the map. CouchDB keeps no n of its own: the map lists the
-// copies there are now, and GET /{db} cluster.n is computed from it (it counts a copy being added at
-// once, and copies on departed nodes), so during a move the map alone cannot tell a database with
-// n=3 and one copy in flight from one with n=4. mem3 ignores fields it does not know, and every edit
-// re-reads the map and keeps them. Set it by hand to change a database's n.
-const NKey = "couchdb.io/n"
-
-// DBN is the database's n: NKey when the map carries a valid one; otherwise, for a map the controller
-// has never edited (so no move of its own is in flight), the number of copies per range CouchDB gave
-// it: the most common count, the smaller on a tie, copies on departed nodes included.
-func DBN(m couch.ShardMap) int {
-	if n, ok := recordedN(m); ok {
-		return n
-	}
-	return copyCount(m)
-}
-
-func recordedN(m couch.ShardMap) (int, bool) {
-	var f float64
-	switch x := m.Extra[NKey].(type) {
-	case float64:
-		f = x
-	case int:
-		f = float64(x)
-	case json.Number:
-		var err error
-		if f, err = x.Float64(); err != nil {
-			return 0, false
-		}
-	default:
-		return 0, false
-	}
-	if f < 1 || f != math.Trunc(f) || f > 1000 {
-		return 0, false
-	}
-	return int(f), true
-}
-
-// Edit applies an AddCopy or RemoveCopy to a freshly read map with the documented procedure, and
-// records a.N under NKey when the map has no n recorded yet, in the same write: from then on the
-// database's n no longer depends on what is in flight. It reports whether m changed; dropping a
-// range's last copy is refused.
-func Edit(m *couch.ShardMap, a Action) (bool, error) {
-	changed := false
-	switch a.Kind {
-	case AddCopy:
-		changed = m.AddCopy(a.Range, a.Node)
-	case RemoveCopy:
-		if m.HasCopy(a.Range, a.Node) && len(m.ByRange[a.Range]) <= 1 {
-			return false, fmt.Errorf("refusing to remove the last copy of %s/%s", a.DB, a.Range)
-		}
-		changed = m.RemoveCopy(a.Range, a.Node)
-	default:
-		return false, fmt.Errorf("%s is not a shard map edit", a.Kind)
-	}
-	if _, ok := recordedN(*m); !ok && a.N > 0 {
-		if m.Extra == nil {
-			m.Extra = map[string]any{}
-		}
-		m.Extra[NKey] = a.N
-		changed = true
-	}
-	return changed, nil
-}
-
-// copyCount counts a database's copies per range: the most common number (the smaller on a tie).
-func copyCount(m couch.ShardMap) int {
-	counts := map[int]int{}
-	for _, nodes := range m.ByRange {
-		counts[len(nodes)]++
-	}
-	n, best := 0, 0
-	for c, k := range counts {
-		if k > best || k == best && c < n {
-			n, best = c, k
-		}
-	}
-	return n
-}
-
-func (v *view) liveCopies(m couch.ShardMap, rng string) []string {
-	var out []string
-	for _, n := range m.ByRange[rng] {
-		if v.live[n] {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-func (v *view) stayingCopies(m couch.ShardMap, rng string) []string {
-	var out []string
-	for _, n := range m.ByRange[rng] {
-		if !v.leaving[n] && slices.Contains(v.staying, n) {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
-// SizesNeeded lists the ranges whose copy size (Input.RangeBytes) Plan needs: with rebalance on, those
-// of the databases it may move.
-func SizesNeeded(in Input) []RangeRef {
-	return nil
-}
-
-// StatsNeeded lists the copies whose document counts Plan needs now: every live copy of the ranges
-// that have a copy to drop.
-func StatsNeeded(in Input) []CopyKey {
-	v := newView(in)
-	var out []CopyKey
-	for _, db := range sortedDBs(in.Maps) {
-		m := in.Maps[db]
-		for _, rng := range m.Ranges() {
-			if len(v.removable(db, m, rng)) == 0 {
-				continue
-			}
-			for _, n := range v.liveCopies(m, rng) {
-				out = append(out, CopyKey{db, rng, n})
-			}
-		}
-	}
-	return out
-}
-
-// SourcesNeeded lists the live copies Plan may drop now, whose internal-replication checkpoints it
-// needs (CopyStat.Pushed) to know that every staying copy holds what they hold.
-func SourcesNeeded(in Input) []CopyKey {
-	v := newView(in)
-	var out []CopyKey
-	for _, db := range sortedDBs(in.Maps) {
-		m := in.Maps[db]
-		for _, rng := range m.Ranges() {
-			for _, n := range v.removable(db, m, rng) {
-				if v.live[n] {
-					out = append(out, CopyKey{db, rng, n})
-				}
-			}
-		}
-	}
-	return out
-}
-
-// removable lists copies of rng that rule 6 or 7 would drop once the others have caught up.
-func (v *view) removable(db string, m couch.ShardMap, rng string) []string {
-	out, _ := v.droppable(db, m, rng)
-	return out
-}
-
-// droppable is removable, and also whether a copy on the drained node was held back because that node
-// is down.
-func (v *view) droppable(db string, m couch.ShardMap, rng string) ([]string, bool) {
-	staying := v.stayingCopies(m, rng)
-	n := v.want(db)
-	if len(staying) < n || n == 0 {
-		return nil, false
-	}
-	var out []string
-	held := false
-	for _, node := range m.ByRange[rng] {
-		switch {
-		case node == v.drain && v.drainDown:
-			held = true
-		case v.leaving[node]:
-			out = append(out, node)
-		}
-	}
-	if len(out) == 0 && !held && len(staying) > n && !slices.Contains(v.in.Replicate, db) {
-		// An extra copy (a rebalance move in flight, or n lowered): drop it from the fullest holder.
-		out = append(out, v.fullest(staying))
-	}
-	return out, held
-}
-
-// downStaying names a staying member that is not live, if any.
-func (v *view) downStaying() string {
-	for _, n := range v.staying {
-		if !v.live[n] {
-			return n
-		}
-	}
-	return ""
-}
-
-func (v *view) fullest(nodes []string) string {
-	best := ""
-	for _, n := range nodes {
-		if best == "" || v.load[n] > v.load[best] || v.load[n] == v.load[best] && n > best {
-			best = n
-		}
-	}
-	return best
-}
-
-func (v *view) emptiest(exclude []string) string {
-	best := ""
-	for _, n := range v.staying {
-		if !v.live[n] || slices.Contains(exclude, n) {
-			continue
-		}
-		if best == "" || v.load[n] < v.load[best] {
-			best = n
-		}
-	}
-	return best
-}
-
-// caughtUp reports whether every staying copy of rng holds at least as many documents as every live
-// copy, and, when the copy to drop is live, whether each staying copy is known to hold everything it
-// holds; or why not yet. Equal counts alone prove nothing: a drained copy in maintenance mode misses
-// the writes a staying copy took while the drained one took writes the staying one missed while it
-// was down, and the counts can match. Only mem3's checkpoint of a push from the dropped copy to the
-// staying one, at the dropped copy's current update_seq, says the staying copy holds all of it.
-func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, string) {
-	var maxTotal int64
-	for _, n := range v.liveCopies(m, rng) {
-		s, ok := v.in.Stats[CopyKey{db, rng, n}]
-		if !ok {
-			return false, fmt.Sprintf("no document counts yet for %s/%s on %s", db, rng, n)
-		}
-		maxTotal = max(maxTotal, s.total())
-	}
-	for _, n := range v.stayingCopies(m, rng) {
-		if !v.live[n] {
-			return false, fmt.Sprintf("copy %s/%s on %s is not reachable", db, rng, n)
-		}
-		if s := v.in.Stats[CopyKey{db, rng, n}]; s.total() < maxTotal {
-			return false, fmt.Sprintf("copy %s/%s on %s is catching up (%d of %d documents)", db, rng, n, s.total(), maxTotal)
-		}
-	}
-	src := v.in.Stats[CopyKey{db, rng, drop}]
-	switch {
-	case !v.live[drop]:
-		return true, "" // a departed node that is down: its copy is unreadable, the live ones are the sources
-	case src.Seq == 0 && src.total() == 0:
-		return true, "" // never written to: nothing of it can be missing elsewhere
-	case src.Seq <= 0:
-		return false, fmt.Sprintf("no update_seq yet for %s/%s on %s", db, rng, drop)
-	}
-	for _, n := range v.stayingCopies(m, rng) {
-		if n == drop {
-			continue
-		}
-		t := v.in.Stats[CopyKey{db, rng, n}]
-		if t.UUID == "" || src.Pushed == nil || src.Pushed[t.UUID] < src.Seq {
-			return false, fmt.Sprintf("copy %s/%s on %s is not yet known to hold everything the copy on %s holds (no internal-replication checkpoint at its update_seq %d)", db, rng, n, drop, src.Seq)
-		}
-	}
-	return true, ""
-}
-
-// Plan returns the next steps.
+// Plan returns the next steps. It is a pure function of in.
 func Plan(in Input) Result {
 	v := newView(in)
 	var r Result
 	r.Draining = v.drain
-	for _, db := range sortedDBs(in.Maps) {
-		m := in.Maps[db]
-		n := v.want(db)
-		for _, rng := range m.Ranges() {
-			live := len(v.liveCopies(m, rng))
-			switch {
-			case live == 0:
-				r.Health.Unavailable++
-				r.AtRisk = append(r.AtRisk, RangeRef{db, rng})
-				v.frozen[db] = true
-			case live < max(n, 1) || len(v.stayingCopies(m, rng)) < n:
-				r.Health.UnderReplicated++
-			default:
-				r.Health.Healthy++
-			}
-		}
-	}
+	v.health(&r)
+	r.Placement = v.placementRule()
+	// A rule naming a zone nobody can serve breaks every database creation through that node, so its
+	// fix precedes everything, CreateDB included.
+	fix, zoneSteps := v.zoneSteps(&r)
+	r.Actions = append(r.Actions, fix...)
+	r.Actions = append(r.Actions, zoneSteps...)
 	for _, m := range in.Members {
 		if m.Maintenance && m.Name != v.drain && m.Live {
 			r.Actions = append(r.Actions, Action{Kind: ClearMaintenance, Node: m.Name})
 		}
 	}
-	// Before anything else, and so before any database is created: CouchDB must not place new copies
-	// on a node that is leaving.
-	for _, node := range sortedKeys(in.Decom) {
-		switch decom := in.Decom[node]; {
-		case v.leaving[node] && !decom:
-			r.Actions = append(r.Actions, Action{Kind: SetDecom, Node: node})
-		case !v.leaving[node] && decom && slices.Contains(v.staying, node):
-			r.Actions = append(r.Actions, Action{Kind: ClearDecom, Node: node})
-		}
-	}
+	r.Actions = append(r.Actions, v.decomSteps()...)
 	if d, ok := Draining(in); ok && !d.Maintenance && d.Live {
 		// Clients stop using the draining node before its copies move. A drained node that is down
 		// cannot be switched (its config API is down with it) and serves no client either.
 		r.Actions = append(r.Actions, Action{Kind: SetMaintenance, Node: d.Name})
 		return r
 	}
-	for _, db := range in.Replicate {
-		if _, ok := in.Maps[db]; ok || slices.Contains(in.DBs, db) || len(v.staying) == 0 {
-			continue
-		}
-		if down := v.downStaying(); down != "" {
-			// The coordinator's _dbs may be stale: the database may have been created while it was down,
-			// through a member that is down now. Creating it again would give _dbs two first revisions of
-			// its map, and the losing one's copies would be dropped with whatever was written to them.
-			if r.Waiting == "" {
-				r.Waiting = fmt.Sprintf("database %s (%s) is created once every member is up: %s is not", db, "couchdb.io/replicate", down)
-			}
-			continue
-		}
-		r.Actions = append(r.Actions, Action{Kind: CreateDB, DB: db, N: len(v.staying)})
+	if a, wait := v.createReplicated(); a != nil {
+		r.Actions = append(r.Actions, *a)
 		return r
+	} else if wait != "" && r.Waiting == "" {
+		r.Waiting = wait
 	}
-	heldBack := ""
-	for _, db := range sortedDBs(in.Maps) {
-		if v.frozen[db] {
-			continue
-		}
-		m := in.Maps[db]
-		n := v.want(db)
-		for _, rng := range m.Ranges() {
-			staying := v.stayingCopies(m, rng)
-			if len(staying) < n {
-				target := v.emptiest(m.ByRange[rng])
-				if target == "" {
-					r.Waiting = fmt.Sprintf("no live member can take a copy of %s/%s", db, rng)
-					continue
-				}
-				r.Actions = append(r.Actions, Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m)}, Action{Kind: SyncShards, DB: db})
-				return r
-			}
-			drop, held := v.droppable(db, m, rng)
-			if held && heldBack == "" {
-				heldBack = fmt.Sprintf("%s/%s", db, rng)
-			}
-			if len(drop) > 0 {
-				ok, why := v.caughtUp(db, m, rng, drop[0])
-				if !ok {
-					r.Waiting = why
-					r.Actions = append(r.Actions, Action{Kind: SyncShards, DB: db})
-					return r
-				}
-				r.Actions = append(r.Actions, Action{Kind: RemoveCopy, DB: db, Range: rng, Node: drop[0], N: DBN(m)})
-				return r
-			}
-		}
+	p := newPlanner(v)
+	heldBack := v.planDrops(p)
+	v.planHeal(p)
+	v.planZoneFix(p)
+	if heldBack != "" && p.waiting == "" {
+		p.waiting = fmt.Sprintf("drained node %s is down: its copies (%s first) have been re-created on staying members and are dropped once it is back and they are verified; if it is gone for good, lower spec.replicas instead of waiting", v.drain, heldBack)
 	}
-	if heldBack != "" && r.Waiting == "" {
-		r.Waiting = fmt.Sprintf("drained node %s is down: its copies (%s first) have been re-created on staying members and are dropped once it is back and they are verified; if it is gone for good, lower spec.replicas instead of waiting", v.drain, heldBack)
+	if len(r.AtRisk) == 0 && in.Rebalance {
+		v.planRebalance(p)
 	}
-	if len(r.AtRisk) > 0 {
+	if p.waiting != "" && r.Waiting == "" {
+		r.Waiting = p.waiting
+	}
+	shardSteps := p.actions()
+	r.Actions = append(r.Actions, shardSteps...)
+	if len(r.AtRisk) > 0 && r.Waiting == "" {
 		r.Waiting = "some ranges have no live copy; their databases are left as they are"
+	}
+	if len(shardSteps) > 0 || len(r.AtRisk) > 0 {
 		return r
 	}
-	if in.Rebalance && len(v.staying) > 1 {
-		if a, ok := v.rebalanceMove(); ok {
-			r.Actions = append(r.Actions, a, Action{Kind: SyncShards, DB: a.DB})
-			return r
-		}
-	}
-	referenced := map[string]bool{}
-	for _, m := range in.Maps {
-		for _, node := range m.Nodes() {
-			referenced[node] = true
-		}
-	}
-	for _, d := range in.Departed {
-		if !referenced[d] {
-			r.Actions = append(r.Actions, Action{Kind: RemoveNode, Node: d})
-		}
-	}
-	if v.drain != "" && !referenced[v.drain] {
-		r.Actions = append(r.Actions, Action{Kind: RemoveNode, Node: v.drain})
-	}
-	if len(r.Actions) > 0 {
-		return r
-	}
-	if in.TargetReplicas != nil && *in.TargetReplicas < in.Replicas {
-		if _, stillMember := Draining(in); !stillMember {
-			r.Actions = append(r.Actions, Action{Kind: ScaleDown, Replicas: in.Replicas - 1})
-		}
-	}
+	r.Actions = append(r.Actions, v.leaveSteps(len(r.Actions) > 0)...)
 	return r
-}
-
-// rebalanceMove picks one copy to add on the emptiest member, from a range the fullest member holds.
-func (v *view) rebalanceMove() (Action, bool) {
-	var liveStaying []string
-	for _, n := range v.staying {
-		if v.live[n] {
-			liveStaying = append(liveStaying, n)
-		}
-	}
-	if len(liveStaying) < 2 {
-		return Action{}, false
-	}
-	full, empty := v.fullest(liveStaying), v.emptiest(nil)
-	if v.load[full]-v.load[empty] <= 1 {
-		return Action{}, false
-	}
-	for _, db := range sortedDBs(v.in.Maps) {
-		m := v.in.Maps[db]
-		if v.frozen[db] || slices.Contains(v.in.Replicate, db) {
-			continue
-		}
-		for _, rng := range m.ByNode[full] {
-			if !m.HasCopy(rng, empty) {
-				// The copy about to be dropped is an extra one only while n is recorded (Edit does it).
-				return Action{Kind: AddCopy, DB: db, Range: rng, Node: empty, N: DBN(m)}, true
-			}
-		}
-	}
-	return Action{}, false
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

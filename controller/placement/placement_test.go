@@ -177,10 +177,15 @@ func TestPlanRules(t *testing.T) {
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2}, r1: {0, 1, 2}})}},
 			want: []string{"AddCopy(a/" + r0 + " on " + name(3) + ")", "SyncShards(a)"},
 		},
-		"rebalance moves one-range databases too": {
+		"rebalance moves one-range databases too, by bytes once each database is balanced": {
+			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
+				Maps:       map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 2}}), "b": smap("b", map[string][]int{all: {0, 1, 2}})},
+				RangeBytes: map[RangeRef]int64{{"a", all}: 100, {"b", all}: 100}},
+			want: []string{"AddCopy(a/" + all + " on " + name(3) + ")", "SyncShards(a)"},
+		},
+		"rebalance: one-range databases with unknown sizes are balanced per database already": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 2}}), "b": smap("b", map[string][]int{all: {0, 1, 2}})}},
-			want: []string{"AddCopy(a/" + all + " on " + name(3) + ")", "SyncShards(a)"},
 		},
 		"rebalance: an extra copy is dropped from the fullest holder once verified": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),

@@ -115,7 +115,38 @@ type propCluster struct {
 	kinds     map[Kind]int
 	nodeDocs  map[string]couch.NodeDoc // _nodes docs by id, as last read (a doc is re-read when its rev changes)
 	recreated map[string]bool
+
+	// Drawn per sequence: the number of zones (0: zones off), the zone of each pod's Node (a pod may
+	// come back on a Node of another zone), each database's copy size, and the move bounds.
+	zoneCount          int
+	seen               map[string]int // what the sequence exercised, for the summary
+	zoneOf             map[int]string
+	size               map[string]int64
+	maxMoves, maxFills int
 }
+
+// sizeFor draws the size of one copy of a new database: the user database a dwarfs the others, as
+// user data dwarfs _users and _replicator in a real cluster.
+func (c *propCluster) sizeFor(db string) int64 {
+	if db == "a" {
+		return int64(1+c.rng.Intn(4)) << 20
+	}
+	return int64(1+c.rng.Intn(64)) << 10
+}
+
+// zones is what Kubernetes says: each pod's Node's zone label, or nil with zones off.
+func (c *propCluster) zones() map[string]string {
+	if c.zoneCount == 0 {
+		return nil
+	}
+	out := map[string]string{}
+	for ord := range c.nodes {
+		out[name(ord)] = c.zoneOf[ord]
+	}
+	return out
+}
+
+func (c *propCluster) zoneName(i int) string { return fmt.Sprintf("zone-%c", 'a'+i) }
 
 func (c *propCluster) fatalf(format string, args ...any) {
 	c.t.Helper()
@@ -200,7 +231,15 @@ func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
 	c := &propCluster{t: t, ctx: context.Background(), rng: rand.New(rand.NewSource(seed)), out: out,
 		nw:    couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: propSyncDelay}),
 		nodes: map[int]*couchtest.Node{}, handlers: map[int]http.Handler{}, clients: map[int]*couch.Client{}, up: map[int]bool{},
-		replicas: 3, nTrue: map[string]int{}, acked: map[string]map[string]bool{}, kinds: map[Kind]int{}, nodeDocs: map[string]couch.NodeDoc{}, recreated: map[string]bool{}}
+		replicas: 3, nTrue: map[string]int{}, acked: map[string]map[string]bool{}, kinds: map[Kind]int{}, nodeDocs: map[string]couch.NodeDoc{}, recreated: map[string]bool{},
+		zoneOf: map[int]string{}, size: map[string]int64{}, seen: map[string]int{}}
+	c.zoneCount = []int{0, 0, 2, 3}[c.rng.Intn(4)]
+	c.maxMoves, c.maxFills = 1+c.rng.Intn(8), 1+c.rng.Intn(3)
+	for ord := 0; ord < propMaxReplicas; ord++ {
+		if c.zoneCount > 0 {
+			c.zoneOf[ord] = c.zoneName(ord % c.zoneCount)
+		}
+	}
 	for i := 0; i < 3; i++ {
 		c.startPod(i)
 	}
@@ -215,6 +254,7 @@ func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
 	}
 	for _, db := range []string{"_replicator", "_users"} {
 		c.nTrue[db] = 3
+		c.size[db] = c.sizeFor(db)
 	}
 	for _, db := range []struct {
 		name string
@@ -224,6 +264,7 @@ func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
 			c.fatalf("create %s: %v", db.name, err)
 		}
 		c.nTrue[db.name] = db.n
+		c.size[db.name] = c.sizeFor(db.name)
 	}
 	for i := 0; i < 6; i++ {
 		c.write()
@@ -377,7 +418,11 @@ func (c *propCluster) observe() (observation, bool) {
 	api := c.clients[o.coord]
 	o.members, o.connected = mem.ClusterNodes, mem.AllNodes
 	in := Input{Replicas: c.replicas, TargetReplicas: c.target, Replicate: slices.Clone(c.replicate), Rebalance: c.rebalance,
-		Maps: map[string]couch.ShardMap{}, Stats: map[CopyKey]CopyStat{}, Decom: map[string]bool{}}
+		Maps: map[string]couch.ShardMap{}, Stats: map[CopyKey]CopyStat{}, Decom: map[string]bool{},
+		Zones: c.zones(), DefaultN: 3, MaxMoves: c.maxMoves, MaxFillsPerNode: c.maxFills}
+	if in.Zones != nil {
+		in.NodeZones, in.PlacementConfig = map[string]string{}, map[string]string{}
+	}
 	departed := map[string]bool{}
 	for _, n := range mem.ClusterNodes {
 		ord := ordinalOf(n)
@@ -389,6 +434,9 @@ func (c *propCluster) observe() (observation, bool) {
 		mm := Member{Name: n, Ordinal: ord, Live: live}
 		if live {
 			mm.Maintenance = c.nodes[ord].MaintenanceMode() == "true"
+			if in.Zones != nil {
+				in.PlacementConfig[n] = c.placementOf(ord)
+			}
 		}
 		in.Members = append(in.Members, mm)
 	}
@@ -414,6 +462,9 @@ func (c *propCluster) observe() (observation, bool) {
 			c.nodeDocs[r.ID] = d
 		}
 		in.Decom[r.ID] = d.Decom
+		if in.NodeZones != nil {
+			in.NodeZones[r.ID] = d.Zone
+		}
 	}
 	var dbs []string
 	if code := c.get(o.coord, "/_all_dbs", &dbs); code != http.StatusOK {
@@ -436,6 +487,12 @@ func (c *propCluster) observe() (observation, bool) {
 		in.Departed = append(in.Departed, n)
 	}
 	sort.Strings(in.Departed)
+	if sizes := SizesNeeded(in); len(sizes) > 0 {
+		in.RangeBytes = map[RangeRef]int64{}
+		for _, k := range sizes {
+			in.RangeBytes[k] = c.size[k.DB]
+		}
+	}
 	for _, k := range StatsNeeded(in) {
 		var info couch.DBInfo
 		if c.get(o.coord, "/_node/"+url.PathEscape(k.Node)+"/"+url.PathEscape(in.Maps[k.DB].ShardName(k.Range)), &info) != http.StatusOK {
@@ -481,6 +538,7 @@ func (c *propCluster) step(crash bool) bool {
 		}
 	}
 	res := Plan(o.in)
+	c.checkPlanShape(o.in, res)
 	actions = append(actions, res.Actions...)
 	planned := len(actions) > 0
 	if crash && len(actions) > 0 {
@@ -535,6 +593,7 @@ func (c *propCluster) apply(o observation, a Action) {
 		err = api.AddNodeDoc(c.ctx, a.Node)
 	case CreateDB:
 		c.checkDecomBeforeCreate(api)
+		c.checkPlacementServed(api, a)
 		if err = api.CreateDB(c.ctx, a.DB, 0, a.N); err == nil {
 			c.checkCreated(api, a.DB)
 		}
@@ -550,6 +609,16 @@ func (c *propCluster) apply(o observation, a Action) {
 		_, err = api.SetMaintenanceMode(c.ctx, a.Node, v)
 	case SetDecom, ClearDecom:
 		err = c.setDecom(api, a.Node, a.Kind == SetDecom)
+	case SetZone:
+		err = c.setZone(api, a.Node, a.Value)
+	case SetPlacement:
+		if a.Value == "" {
+			if _, err = api.DeleteConfig(c.ctx, a.Node, "cluster", "placement"); couch.IsNotFound(err) {
+				err = nil
+			}
+		} else {
+			_, err = api.SetConfig(c.ctx, a.Node, "cluster", "placement", a.Value)
+		}
 	case RemoveNode:
 		for _, db := range c.dbs() {
 			if m, err := api.GetShardMap(c.ctx, db); err == nil && slices.Contains(m.Nodes(), a.Node) {
@@ -569,6 +638,67 @@ func (c *propCluster) apply(o observation, a Action) {
 	}
 	if err != nil {
 		c.fatalf("%s: %v", a, err)
+	}
+	switch a.Kind {
+	case SetZone, SetPlacement, SetDecom, RemoveNode:
+		c.checkPlacementServed(api, a)
+	}
+}
+
+// placementOf reads [cluster] placement of a running pod ("" when unset).
+func (c *propCluster) placementOf(ord int) string {
+	var v string
+	if c.get(ord, "/_node/_local/_config/cluster/placement", &v) != http.StatusOK {
+		return ""
+	}
+	return v
+}
+
+func (c *propCluster) setZone(api *couch.Client, node, zone string) error {
+	d, err := api.GetNodeDoc(c.ctx, node)
+	if err != nil || d.Zone == zone {
+		return err
+	}
+	d.Zone = zone
+	_, err = api.PutNodeDoc(c.ctx, d)
+	return err
+}
+
+// checkPlacementServed: no running member's [cluster] placement names a zone without a node in
+// _nodes whose doc carries that zone and no decom mark: CouchDB would fail every database creation
+// through that member with 500 no_nodes_in_zone. Only the controller changes _nodes docs and
+// placement, so this holds after each of its steps, whatever pods do.
+func (c *propCluster) checkPlacementServed(api *couch.Client, after Action) {
+	if c.zoneCount == 0 {
+		return
+	}
+	mem, err := api.Membership(c.ctx)
+	if err != nil {
+		c.fatalf("membership: %v", err)
+	}
+	served := map[string]bool{}
+	for _, n := range mem.ClusterNodes {
+		d, err := api.GetNodeDoc(c.ctx, n)
+		if err != nil {
+			c.fatalf("_nodes doc %s: %v", n, err)
+		}
+		if !d.Decom && d.Zone != "" {
+			served[d.Zone] = true
+		}
+	}
+	for ord := range c.nodes {
+		if !c.up[ord] || !slices.Contains(mem.ClusterNodes, name(ord)) {
+			continue
+		}
+		rule := c.placementOf(ord)
+		if rule == "" {
+			continue
+		}
+		for _, part := range strings.Split(rule, ",") {
+			if z, _, _ := strings.Cut(part, ":"); !served[z] {
+				c.fatalf("after %s, %s's placement %q names %s, which no allowed node serves (creations through it fail with no_nodes_in_zone)", after, name(ord), rule, z)
+			}
+		}
 	}
 }
 
@@ -703,6 +833,9 @@ func (c *propCluster) checkCreated(api *couch.Client, db string) {
 		c.recreated[db] = true
 	}
 	c.nTrue[db] = copyCount(m)
+	if c.size[db] == 0 {
+		c.size[db] = c.sizeFor(db)
+	}
 	c.log = append(c.log, fmt.Sprintf("created %s n=%d", db, c.nTrue[db]))
 }
 
@@ -776,8 +909,16 @@ func (c *propCluster) restart(ord int) {
 			}
 		}
 	}
+	if c.zoneCount > 0 && c.rng.Intn(3) == 0 {
+		c.zoneOf[ord] = c.zoneName(c.rng.Intn(c.zoneCount)) // rescheduled onto a Node of another zone
+	}
 	c.startPod(ord)
-	c.log = append(c.log, fmt.Sprintf("pod %d up", ord))
+	// Runtime config lives in an ini file that is not on the volume: a restarted CouchDB has lost its
+	// placement rule, and the controller must set it again.
+	req := httptest.NewRequest(http.MethodDelete, fmt.Sprintf("http://db-%d.test/_node/_local/_config/cluster/placement", ord), nil)
+	req.SetBasicAuth("admin", propPassword)
+	c.handlers[ord].ServeHTTP(httptest.NewRecorder(), req)
+	c.log = append(c.log, fmt.Sprintf("pod %d up in %q", ord, c.zoneOf[ord]))
 }
 
 // settle brings every pod below spec.replicas up and runs quiet steps, with the replication timers
@@ -804,7 +945,9 @@ func (c *propCluster) settle(limit int) bool {
 // copies per range (capped by the staying members; one per staying member when replicated), all on
 // live staying members; leaving nodes are out of the maps and of _nodes and drains are finished
 // unless a range at risk holds them; decom marks and maintenance mode are where they belong; with
-// rebalance the members' loads differ by at most one; and without a kubectl scale down, no
+// rebalance (zones off) every database's copies are spread evenly over the members and the bytes
+// they hold are within the band; with zones on every range covers as many zones as it can, the _nodes
+// docs carry the zones and every member has the placement rule; and without a kubectl scale down, no
 // acknowledged document was lost.
 func (c *propCluster) check() {
 	o, ok := c.observe()
@@ -881,23 +1024,13 @@ func (c *propCluster) check() {
 			c.fatalf("%s left in maintenance mode", mem.Name)
 		}
 	}
-	if c.rebalance && len(res.AtRisk) == 0 {
-		load := map[string]int{}
-		for _, n := range staying {
-			load[n] = 0
-		}
-		for _, m := range o.in.Maps {
-			for n, rs := range m.ByNode {
-				load[n] += len(rs)
-			}
-		}
-		lo, hi := 1<<30, 0
-		for _, l := range load {
-			lo, hi = min(lo, l), max(hi, l)
-		}
-		if hi-lo > 1 {
-			c.fatalf("rebalance left loads %v", load)
-		}
+	c.checkZones(o, res, staying, frozen)
+	if c.rebalance && len(res.AtRisk) == 0 && c.zoneCount == 0 {
+		c.checkBalance(o, staying)
+		c.seen["balance checked"]++
+	}
+	if c.zoneCount > 0 {
+		c.seen["zones checked"]++
 	}
 	if !c.plainDown {
 		for _, db := range c.dbs() {
@@ -932,6 +1065,7 @@ func TestPlacementProperty(t *testing.T) {
 	var (
 		mu     sync.Mutex
 		kinds  = map[Kind]int{}
+		seen   = map[string]int{}
 		steps  atomic.Int64
 		next   atomic.Int64
 		failed atomic.Bool
@@ -983,6 +1117,9 @@ func TestPlacementProperty(t *testing.T) {
 					for k, v := range c.kinds {
 						kinds[k] += v
 					}
+					for k, v := range c.seen {
+						seen[k] += v
+					}
 					mu.Unlock()
 				}
 			})
@@ -991,10 +1128,130 @@ func TestPlacementProperty(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	t.Logf("placement property: %d sequences from seed %d, %d interleaved steps, %s, actions %v", sequences, *propSeed, steps.Load(), time.Since(start).Round(time.Millisecond), kinds)
-	for _, k := range []Kind{AddCopy, RemoveCopy, SyncShards, SetMaintenance, ClearMaintenance, RemoveNode, ScaleDown, CreateDB, SetDecom, ClearDecom} {
+	t.Logf("placement property: %d sequences from seed %d, %d interleaved steps, %s, actions %v, exercised %v", sequences, *propSeed, steps.Load(), time.Since(start).Round(time.Millisecond), kinds, seen)
+	for _, k := range []string{"plans filling several copies", "plans editing several databases", "balance checked", "zones checked"} {
+		if seen[k] == 0 && sequences >= 100 {
+			t.Errorf("no sequence exercised %s", k)
+		}
+	}
+	for _, k := range []Kind{AddCopy, RemoveCopy, SyncShards, SetMaintenance, ClearMaintenance, RemoveNode, ScaleDown, CreateDB, SetDecom, ClearDecom, SetZone, SetPlacement} {
 		if kinds[k] == 0 && sequences >= 100 {
 			t.Errorf("no sequence exercised %s", k)
 		}
+	}
+}
+
+// checkZones asserts, with zones on, that the _nodes docs carry each member's zone, that every running
+// member has the placement rule of the zones with staying members (one copy each, when there are at
+// least n=3 of them), and that every range covers min(its copies, zones) distinct zones.
+func (c *propCluster) checkZones(o observation, res Result, staying []string, frozen map[string]bool) {
+	if c.zoneCount == 0 {
+		if res.Placement != "" || res.Health.ZoneViolation != 0 {
+			c.fatalf("zones off, yet placement %q and %d zone violations", res.Placement, res.Health.ZoneViolation)
+		}
+		return
+	}
+	zones := map[string]bool{}
+	for _, n := range staying {
+		zones[c.zoneOf[ordinalOf(n)]] = true
+		if got := c.nodeDocs[n].Zone; got != c.zoneOf[ordinalOf(n)] {
+			c.fatalf("_nodes doc of %s has zone %q, its Node is in %q", n, got, c.zoneOf[ordinalOf(n)])
+		}
+	}
+	rule := ""
+	if len(zones) >= 3 {
+		rule = strings.Join([]string{c.zoneName(0) + ":1", c.zoneName(1) + ":1", c.zoneName(2) + ":1"}, ",")
+	}
+	for _, mem := range o.in.Members {
+		if got := c.placementOf(mem.Ordinal); got != rule {
+			c.fatalf("%s has placement %q, want %q (zones %v)", mem.Name, got, rule, zones)
+		}
+	}
+	if res.Health.ZoneViolation != 0 {
+		c.fatalf("%d ranges short of zones at the fixpoint", res.Health.ZoneViolation)
+	}
+	for db, m := range o.in.Maps {
+		if frozen[db] {
+			continue
+		}
+		for _, rng := range m.Ranges() {
+			have := map[string]bool{}
+			for _, n := range m.ByRange[rng] {
+				have[c.zoneOf[ordinalOf(n)]] = true
+			}
+			if want := min(len(m.ByRange[rng]), len(zones)); len(have) < want {
+				c.fatalf("%s/%s copies %v cover zones %v, want %d distinct", db, rng, m.ByRange[rng], have, want)
+			}
+		}
+	}
+}
+
+// checkBalance asserts rule 8: every database's copies are spread floor/ceil over the staying members,
+// then the bytes each member holds are within 10% of the mean or the largest copy.
+func (c *propCluster) checkBalance(o observation, staying []string) {
+	bytes := map[string]int64{}
+	var total, largest int64
+	for db, m := range o.in.Maps {
+		count := map[string]int{}
+		for _, n := range staying {
+			count[n] = 0
+		}
+		for n, rs := range m.ByNode {
+			count[n] += len(rs)
+			bytes[n] += int64(len(rs)) * c.size[db]
+			total += int64(len(rs)) * c.size[db]
+			largest = max(largest, c.size[db])
+		}
+		lo, hi := 1<<30, 0
+		for _, k := range count {
+			lo, hi = min(lo, k), max(hi, k)
+		}
+		if hi-lo > 1 {
+			c.fatalf("rebalance left %s spread as %v", db, count)
+		}
+	}
+	mean := float64(total) / float64(len(staying))
+	band := max(mean/10, float64(largest))
+	for _, n := range staying {
+		if d := float64(bytes[n]) - mean; d > band || -d > band {
+			c.fatalf("rebalance left %s with %d bytes, mean %.0f, band %.0f (%v)", n, bytes[n], mean, band, bytes)
+		}
+	}
+}
+
+// checkPlanShape: a plan starts at most MaxMoves fills, a node is the target of at most
+// MaxFillsPerNode of them, and each database gets at most one SyncShards, after all its edits.
+func (c *propCluster) checkPlanShape(in Input, res Result) {
+	adds, targets, synced := 0, map[string]int{}, map[string]bool{}
+	dbs := map[string]bool{}
+	for _, a := range res.Actions {
+		switch a.Kind {
+		case AddCopy, RemoveCopy:
+			if synced[a.DB] {
+				c.fatalf("plan %v edits %s after its SyncShards", res.Actions, a.DB)
+			}
+			dbs[a.DB] = true
+			if a.Kind == AddCopy {
+				adds++
+				targets[a.Node]++
+				if targets[a.Node] > in.MaxFillsPerNode {
+					c.fatalf("plan %v fills %d copies on %s at once, bound %d", res.Actions, targets[a.Node], a.Node, in.MaxFillsPerNode)
+				}
+			}
+		case SyncShards:
+			if synced[a.DB] {
+				c.fatalf("plan %v syncs %s twice", res.Actions, a.DB)
+			}
+			synced[a.DB] = true
+		}
+	}
+	if adds > in.MaxMoves {
+		c.fatalf("plan %v starts %d fills, bound %d", res.Actions, adds, in.MaxMoves)
+	}
+	if adds > 1 {
+		c.seen["plans filling several copies"]++
+	}
+	if len(dbs) > 1 {
+		c.seen["plans editing several databases"]++
 	}
 }

@@ -1,0 +1,192 @@
+package placement
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// decomSteps marks leaving nodes "decom": true in _nodes (and unmarks members that stay after all),
+// so CouchDB places no copy of a database created from now on on a node that is leaving.
+func (v *view) decomSteps() []Action {
+	var out []Action
+	for _, node := range sortedKeys(v.in.Decom) {
+		switch decom := v.in.Decom[node]; {
+		case v.leaving[node] && !decom:
+			out = append(out, Action{Kind: SetDecom, Node: node})
+		case !v.leaving[node] && decom && v.isStaying[node]:
+			out = append(out, Action{Kind: ClearDecom, Node: node})
+		}
+	}
+	return out
+}
+
+// removable lists copies of rng that rule 7 would drop once the others have caught up.
+func (v *view) removable(db string, m couch.ShardMap, rng string) []string {
+	out, _ := v.droppable(db, m, rng)
+	return out
+}
+
+// droppable is removable, and also whether a copy on the drained node was held back because that node
+// is down. Copies on leaving nodes go first; a range with more staying copies than wanted then loses
+// the one extraDrop picks.
+func (v *view) droppable(db string, m couch.ShardMap, rng string) ([]string, bool) {
+	staying := v.stayingCopies(m, rng)
+	n := v.want(db)
+	if len(staying) < n || n == 0 {
+		return nil, false
+	}
+	var out []string
+	held := false
+	for _, node := range m.ByRange[rng] {
+		switch {
+		case node == v.drain && v.drainDown:
+			held = true
+		case v.leaving[node]:
+			out = append(out, node)
+		}
+	}
+	if len(out) == 0 && !held && len(staying) > n && !v.replicated(db) {
+		out = append(out, v.extraDrop(db, m, rng, staying))
+	}
+	return out, held
+}
+
+// extraDrop picks which of a range's staying copies a move in flight drops: the one whose loss keeps
+// the most zones, then the one on the member with the most copies of db (the source the move meant
+// to empty: the target has fewer, or the move would not have been planned), then the most bytes,
+// then not the copy added last (the one being filled), then the highest name. It reads only the
+// maps, so it picks the same copy after a controller restart.
+func (v *view) extraDrop(db string, m couch.ShardMap, rng string, staying []string) string {
+	newest := newestCopy(m, rng)
+	best := ""
+	var bestKey [4]int64
+	for _, c := range staying {
+		rest := slices.DeleteFunc(slices.Clone(staying), func(s string) bool { return s == c })
+		notNewest := int64(0)
+		if c != newest {
+			notNewest = 1
+		}
+		key := [4]int64{int64(v.coverage(db, rest)), int64(v.count[db][c]), v.bytes[c], notNewest}
+		if best == "" || cmpKey(key, bestKey) > 0 || cmpKey(key, bestKey) == 0 && c > best {
+			best, bestKey = c, key
+		}
+	}
+	return best
+}
+
+func cmpKey(a, b [4]int64) int {
+	for i := range a {
+		switch {
+		case a[i] > b[i]:
+			return 1
+		case a[i] < b[i]:
+			return -1
+		}
+	}
+	return 0
+}
+
+// caughtUp reports whether every staying copy of rng holds at least as many documents as every live
+// copy, and, when the copy to drop is live, whether each staying copy is known to hold everything it
+// holds; or why not yet. Equal counts alone prove nothing: a drained copy in maintenance mode misses
+// the writes a staying copy took while the drained one took writes the staying one missed while it
+// was down, and the counts can match. Only mem3's checkpoint of a push from the dropped copy to the
+// staying one, at the dropped copy's current update_seq, says the staying copy holds all of it.
+func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, string) {
+	var maxTotal int64
+	for _, n := range v.liveCopies(m, rng) {
+		s, ok := v.in.Stats[CopyKey{db, rng, n}]
+		if !ok {
+			return false, fmt.Sprintf("no document counts yet for %s/%s on %s", db, rng, n)
+		}
+		maxTotal = max(maxTotal, s.total())
+	}
+	for _, n := range v.stayingCopies(m, rng) {
+		if !v.live[n] {
+			return false, fmt.Sprintf("copy %s/%s on %s is not reachable", db, rng, n)
+		}
+		if s := v.in.Stats[CopyKey{db, rng, n}]; s.total() < maxTotal {
+			return false, fmt.Sprintf("copy %s/%s on %s is catching up (%d of %d documents)", db, rng, n, s.total(), maxTotal)
+		}
+	}
+	src := v.in.Stats[CopyKey{db, rng, drop}]
+	switch {
+	case !v.live[drop]:
+		return true, "" // a departed node that is down: its copy is unreadable, the live ones are the sources
+	case src.Seq == 0 && src.total() == 0:
+		return true, "" // never written to: nothing of it can be missing elsewhere
+	case src.Seq <= 0:
+		return false, fmt.Sprintf("no update_seq yet for %s/%s on %s", db, rng, drop)
+	}
+	for _, n := range v.stayingCopies(m, rng) {
+		if n == drop {
+			continue
+		}
+		t := v.in.Stats[CopyKey{db, rng, n}]
+		if t.UUID == "" || src.Pushed == nil || src.Pushed[t.UUID] < src.Seq {
+			return false, fmt.Sprintf("copy %s/%s on %s is not yet known to hold everything the copy on %s holds (no internal-replication checkpoint at its update_seq %d)", db, rng, n, drop, src.Seq)
+		}
+	}
+	return true, ""
+}
+
+// planDrops completes the moves in flight: every copy to drop whose staying copies are verified to
+// hold all of it is removed (several ranges at once), and a database with a copy still catching up
+// gets a SyncShards. It returns the first range whose copy on a drained node that is down is held.
+func (v *view) planDrops(p *planner) string {
+	heldBack := ""
+	for _, db := range sortedDBs(v.in.Maps) {
+		if v.frozen[db] {
+			continue
+		}
+		m := v.in.Maps[db]
+		for _, rng := range m.Ranges() {
+			drop, held := v.droppable(db, m, rng)
+			if held && heldBack == "" {
+				heldBack = fmt.Sprintf("%s/%s", db, rng)
+			}
+			for _, node := range drop {
+				ok, why := v.caughtUp(db, m, rng, node)
+				if !ok {
+					p.wait(why)
+					p.sync(db)
+					continue
+				}
+				p.edit(Action{Kind: RemoveCopy, DB: db, Range: rng, Node: node, N: DBN(m)})
+			}
+		}
+	}
+	return heldBack
+}
+
+// leaveSteps removes leaving nodes that no map references from _nodes and, once the drained node is
+// gone from _nodes (and nothing else was planned), shrinks the StatefulSet by one.
+func (v *view) leaveSteps(planned bool) []Action {
+	referenced := map[string]bool{}
+	for _, m := range v.in.Maps {
+		for _, node := range m.Nodes() {
+			referenced[node] = true
+		}
+	}
+	var out []Action
+	for _, d := range v.in.Departed {
+		if !referenced[d] {
+			out = append(out, Action{Kind: RemoveNode, Node: d})
+		}
+	}
+	if v.drain != "" && !referenced[v.drain] {
+		out = append(out, Action{Kind: RemoveNode, Node: v.drain})
+	}
+	if len(out) > 0 || planned {
+		return out
+	}
+	in := v.in
+	if in.TargetReplicas != nil && *in.TargetReplicas < in.Replicas {
+		if _, stillMember := Draining(in); !stillMember {
+			out = append(out, Action{Kind: ScaleDown, Replicas: in.Replicas - 1})
+		}
+	}
+	return out
+}

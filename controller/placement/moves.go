@@ -1,0 +1,107 @@
+package placement
+
+import (
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// findInFlight reads the moves in flight from the maps alone: a range with a copy to drop (on a
+// leaving node, or one more than wanted on staying members) is one move per copy to drop. The copy
+// to drop and the copy added last (the one being filled) each occupy a fill slot of their node, and
+// the projected counts (what the members hold once these moves end) lose the copies to drop.
+func (v *view) findInFlight() {
+	for _, db := range sortedDBs(v.in.Maps) {
+		if v.frozen[db] {
+			continue
+		}
+		m := v.in.Maps[db]
+		for _, rng := range m.Ranges() {
+			drop := v.removable(db, m, rng)
+			if len(drop) == 0 {
+				continue
+			}
+			v.busy[RangeRef{db, rng}] = true
+			v.inFlight += len(drop)
+			for _, node := range drop {
+				if v.live[node] {
+					v.fills[node]++
+				}
+				if v.isStaying[node] {
+					v.proj[db][node]--
+					v.projBytes[node] -= v.in.RangeBytes[RangeRef{db, rng}]
+				}
+			}
+			if n := newestCopy(m, rng); v.isStaying[n] {
+				v.fills[n]++
+			}
+		}
+	}
+}
+
+// planner collects one plan's shard steps: map edits in order, then one SyncShards per database
+// that needs one (the controller batches one database's edits into one _dbs write).
+type planner struct {
+	v       *view
+	edits   []Action
+	syncs   []string
+	synced  map[string]bool
+	waiting string
+}
+
+func newPlanner(v *view) *planner { return &planner{v: v, synced: map[string]bool{}} }
+
+func (p *planner) edit(a Action) {
+	p.edits = append(p.edits, a)
+}
+
+func (p *planner) sync(db string) {
+	if !p.synced[db] {
+		p.synced[db] = true
+		p.syncs = append(p.syncs, db)
+	}
+}
+
+func (p *planner) wait(why string) {
+	if p.waiting == "" {
+		p.waiting = why
+	}
+}
+
+// budget is how many more copies may start filling in this plan.
+func (p *planner) budget() int { return p.v.maxMoves - p.v.inFlight }
+
+// canFill reports whether node may take part in one more move.
+func (p *planner) canFill(node string) bool { return node == "" || p.v.fills[node] < p.v.maxFills }
+
+// add plans a new copy of db/rng on target, to be filled by _sync_shards; src is the copy the move
+// will drop (a leaving node's, or a staying member's for a rebalance or zone move; "" when none: a
+// range short of copies). It updates the projected counts so later choices in this plan see it.
+func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
+	v := p.v
+	p.edit(Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m)})
+	p.sync(db)
+	rr := RangeRef{db, rng}
+	size := v.in.RangeBytes[rr]
+	v.busy[rr] = true
+	v.inFlight++
+	v.fills[target]++
+	v.proj[db][target]++
+	v.projBytes[target] += size
+	if src != "" {
+		if v.live[src] {
+			v.fills[src]++
+		}
+		if v.isStaying[src] {
+			v.proj[db][src]--
+			v.projBytes[src] -= size
+		}
+	}
+}
+
+// actions returns the edits, then the SyncShards.
+func (p *planner) actions() []Action {
+	out := append([]Action(nil), p.edits...)
+	for _, db := range p.syncs {
+		out = append(out, Action{Kind: SyncShards, DB: db})
+	}
+	return out
+}

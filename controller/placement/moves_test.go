@@ -1,0 +1,127 @@
+package placement
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+func TestConcurrentMoves(t *testing.T) {
+	gone := []string{name(3)}
+	threeRanges := func() map[string]couch.ShardMap {
+		return map[string]couch.ShardMap{
+			"a": smap("a", map[string][]int{r0: {0, 1, 3}, r1: {0, 2, 3}}),
+			"b": smap("b", map[string][]int{all: {1, 2, 3}}),
+		}
+	}
+	cases := map[string]struct {
+		in   Input
+		want []string
+	}{
+		"one move at a time by default": {
+			in:   Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, Maps: threeRanges()},
+			want: []string{"AddCopy(a/" + r0 + " on " + name(2) + ")", "SyncShards(a)"},
+		},
+		"several at once: edits first, one SyncShards per database after them": {
+			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, Maps: threeRanges(), MaxMoves: 8, MaxFillsPerNode: 4},
+			want: []string{"AddCopy(a/" + r0 + " on " + name(2) + ")", "AddCopy(a/" + r1 + " on " + name(1) + ")", "AddCopy(b/" + all + " on " + name(0) + ")",
+				"SyncShards(a)", "SyncShards(b)"},
+		},
+		"the per-node bound: each member takes one fill": {
+			in: Input{Replicas: 4, Members: members(0, 1, 2, 4), Departed: gone, MaxMoves: 8, MaxFillsPerNode: 1,
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 3}, r1: {0, 1, 3}, "x": {0, 1, 3}})}},
+			want: []string{"AddCopy(a/" + r0 + " on " + name(2) + ")", "AddCopy(a/" + r1 + " on " + name(4) + ")", "SyncShards(a)"},
+		},
+		"moves in flight use the budget: a verified one completes, the others wait": {
+			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, MaxMoves: 2,
+				Maps: map[string]couch.ShardMap{
+					"a": withN(smap("a", map[string][]int{r0: {0, 1, 3, 2}, r1: {0, 1, 3, 2}}), 3),
+					"b": smap("b", map[string][]int{all: {1, 2, 3}}),
+				},
+				Stats: func() map[CopyKey]CopyStat {
+					st := stats("a", r0, 4, 0, 1, 2)
+					for k, v := range stats("a", r1, 4, 0, 1) {
+						st[k] = v
+					}
+					st[CopyKey{"a", r1, name(2)}] = CopyStat{Docs: 1, Seq: 1, UUID: "u" + name(2)}
+					return st
+				}()},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "SyncShards(a)"},
+		},
+		"several verified copies of one database dropped together": {
+			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, MaxMoves: 2,
+				Maps: map[string]couch.ShardMap{"a": withN(smap("a", map[string][]int{r0: {0, 1, 3, 2}, r1: {0, 1, 3, 2}}), 3)},
+				Stats: func() map[CopyKey]CopyStat {
+					st := stats("a", r0, 4, 0, 1, 2)
+					for k, v := range stats("a", r1, 4, 0, 1, 2) {
+						st[k] = v
+					}
+					return st
+				}()},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "RemoveCopy(a/" + r1 + " on " + name(3) + ")"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			res := Plan(tc.in)
+			if diff := cmp.Diff(tc.want, strs(res)); diff != "" {
+				t.Errorf("actions (-want +got):\n%s\nwaiting %q", diff, res.Waiting)
+			}
+			if err := checkSafety(tc.in, res); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestMovesInFlightSurviveARestart applies a concurrent plan's edits and plans again from the maps
+// alone (a restarted controller): the moves in flight are recognised, none is started twice, and
+// the budget counts them.
+func TestMovesInFlightSurviveARestart(t *testing.T) {
+	in := Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), MaxMoves: 3, MaxFillsPerNode: 3,
+		Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{"0": {0, 1, 2}, "4": {0, 1, 2}, "8": {0, 1, 2}, "c": {0, 1, 2}})}}
+	first := Plan(in)
+	adds := 0
+	m := in.Maps["a"].Clone()
+	for _, a := range first.Actions {
+		if a.Kind == AddCopy {
+			adds++
+			if _, err := Edit(&m, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if adds != 3 {
+		t.Fatalf("first plan %v: want 3 moves started", strs(first))
+	}
+	in.Maps = map[string]couch.ShardMap{"a": m}
+	again := Plan(in) // no document counts yet: the copies are filling
+	for _, a := range again.Actions {
+		if a.Kind == AddCopy || a.Kind == RemoveCopy {
+			t.Errorf("after a restart with 3 moves in flight and a budget of 3: %v", strs(again))
+		}
+	}
+	if diff := cmp.Diff([]string{"SyncShards(a)"}, strs(again)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	// The copies the moves drop are the sources they meant: never the copy being filled.
+	for _, k := range SourcesNeeded(in) {
+		if n := newestCopy(m, k.Range); n == k.Node {
+			t.Errorf("%v: the copy being filled is the one to drop", k)
+		}
+	}
+}
+
+// TestExtraDropKeepsTheNewCopy: with every holder tied on zones, copies and bytes, the copy added
+// last (the one a move is filling) is not the one dropped.
+func TestExtraDropKeepsTheNewCopy(t *testing.T) {
+	m := withN(smap("a", map[string][]int{r0: {0, 1}}), 2)
+	m.AddCopy(r0, name(2))
+	in := Input{Replicas: 3, Members: members(0, 1, 2), Maps: map[string]couch.ShardMap{"a": m}}
+	v := newView(in)
+	if got := v.extraDrop("a", m, r0, v.stayingCopies(m, r0)); got == name(2) {
+		t.Errorf("dropped the newest copy %s", got)
+	}
+}
