@@ -12,31 +12,33 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
+
+// via returns a client for the pod with ordinal ord.
+func (c *Controller) via(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, ord int) (CouchAPI, error) {
+	p := o.Pods[ord]
+	if p == nil {
+		return nil, fmt.Errorf("no pod with ordinal %d", ord)
+	}
+	scheme := "http"
+	if sts.Annotations[AnnotationScheme] == "https" {
+		scheme = "https"
+	}
+	var ca []byte
+	if scheme == "https" {
+		var err error
+		if ca, err = c.caBundle(ctx, sts); err != nil {
+			return nil, err
+		}
+	}
+	return c.client(st, scheme, ca, p)
+}
 
 // apply performs one action. Each is idempotent: repeating it after a crash or a lost answer is
 // harmless, because CouchDB and the API server are re-observed before the next plan.
 func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, a Action) error {
-	via := func() (CouchAPI, error) {
-		p := o.Pods[a.Via]
-		if p == nil {
-			return nil, fmt.Errorf("no pod with ordinal %d", a.Via)
-		}
-		scheme := "http"
-		if sts.Annotations[AnnotationScheme] == "https" {
-			scheme = "https"
-		}
-		var ca []byte
-		if scheme == "https" {
-			var err error
-			if ca, err = c.caBundle(ctx, sts); err != nil {
-				return nil, err
-			}
-		}
-		return c.client(st, scheme, ca, p)
-	}
+	via := func() (CouchAPI, error) { return c.via(ctx, st, sts, o, a.Via) }
 	switch a.Kind {
 	case ActEnableCluster:
 		api, err := via()
@@ -110,7 +112,7 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Created database %s with a copy on each of %d members (%s)", a.DB, a.NodeCount, AnnotationReplicate)
 		return nil
 	case ActAddCopy, ActRemoveCopy:
-		return c.editShardMap(ctx, api, sts, a)
+		return c.editShardMap(ctx, api, sts, []Action{a})
 	case ActSyncShards:
 		return api.SyncShards(ctx, a.DB)
 	case ActSetMaintenance:
@@ -124,6 +126,10 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return err
 	case ActSetDecom, ActClearDecom:
 		return setDecom(ctx, api, a.Node, a.Kind == ActSetDecom)
+	case ActSetZone:
+		return setZone(ctx, api, a.Node, a.Text)
+	case ActSetPlacement:
+		return c.setPlacement(ctx, st, o, api, a.Node, a.Text)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
 }
@@ -135,21 +141,41 @@ func derefInt(p *int) int {
 	return *p
 }
 
-// setDecom sets or clears "decom" on a _nodes doc by read-modify-write with its _rev, keeping the
-// doc's other fields. It is a no-op when the doc already says so or is gone; a concurrent update
-// (409) is retried once with a fresh revision.
+// setDecom sets or clears "decom" on a _nodes doc (see editNodeDoc).
 func setDecom(ctx context.Context, api CouchAPI, node string, decom bool) error {
+	return editNodeDoc(ctx, api, node, func(d *couch.NodeDoc) bool {
+		changed := d.Decom != decom
+		d.Decom = decom
+		return changed
+	})
+}
+
+// setZone writes a member's zone on its _nodes doc (see editNodeDoc).
+func setZone(ctx context.Context, api CouchAPI, node, zone string) error {
+	return editNodeDoc(ctx, api, node, func(d *couch.NodeDoc) bool {
+		changed := d.Zone != zone
+		d.Zone = zone
+		return changed
+	})
+}
+
+// editNodeDoc changes a _nodes doc by read-modify-write with its _rev, keeping the doc's other
+// fields. It is a no-op when edit reports nothing to change or the doc is gone; a concurrent update
+// (409) is retried once with a fresh revision.
+func editNodeDoc(ctx context.Context, api CouchAPI, node string, edit func(*couch.NodeDoc) bool) error {
 	var err error
 	for range 2 {
 		var d couch.NodeDoc
 		d, err = api.GetNodeDoc(ctx, node)
-		if couch.IsNotFound(err) || err == nil && d.Decom == decom {
+		if couch.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		d.Decom = decom
+		if !edit(&d) {
+			return nil
+		}
 		if _, err = api.PutNodeDoc(ctx, d); !couch.IsConflict(err) {
 			return err
 		}
@@ -157,40 +183,21 @@ func setDecom(ctx context.Context, api CouchAPI, node string, decom bool) error 
 	return err
 }
 
-// editShardMap re-reads the map and adds or removes one copy with the documented procedure (and
-// records the database's n in a map that has none yet), so a repeat after a crash is a no-op; a
-// concurrent edit answers 409 and the next sync re-plans.
-func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, a Action) error {
-	m, err := api.GetShardMap(ctx, a.DB)
-	if err != nil {
-		return err
-	}
-	kind := placement.AddCopy
-	if a.Kind == ActRemoveCopy {
-		kind = placement.RemoveCopy
-	}
-	had := m.HasCopy(a.Range, a.Node)
-	changed, err := placement.Edit(&m, placement.Action{Kind: kind, DB: a.DB, Range: a.Range, Node: a.Node, N: a.NodeCount})
-	if err != nil {
-		return err
-	}
-	if !changed {
-		return nil
-	}
-	if _, err := api.PutShardMap(ctx, m); err != nil {
-		c.metrics.ShardMove("error")
-		return err
-	}
-	if had == (a.Kind == ActAddCopy) {
-		return nil // only n was recorded: the copy was already as planned
-	}
-	if a.Kind == ActAddCopy {
-		c.metrics.ShardMove("added")
-		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Added a copy of %s range %s on %s", a.DB, a.Range, a.Node)
+// setPlacement sets a member's [cluster] placement, or deletes it when rule is "" (an unset key is
+// already what was asked).
+func (c *Controller) setPlacement(ctx context.Context, st *clusterState, o Observed, api CouchAPI, node, rule string) error {
+	var err error
+	if rule == "" {
+		if _, err = api.DeleteConfig(ctx, node, "cluster", "placement"); couch.IsNotFound(err) {
+			err = nil
+		}
 	} else {
-		c.metrics.ShardMove("removed")
-		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyRemoved, "Removed the copy of %s range %s on %s from the shard map (its file stays on disk)", a.DB, a.Range, a.Node)
+		_, err = api.SetConfig(ctx, node, "cluster", "placement", rule)
 	}
+	if err != nil {
+		return err
+	}
+	c.noteConfig(st, o, node, "placement", rule)
 	return nil
 }
 

@@ -63,9 +63,12 @@ type Controller struct {
 	kube        kubernetes.Interface
 	factory     informers.SharedInformerFactory
 	podFactory  informers.SharedInformerFactory
+	nodeFactory informers.SharedInformerFactory
 	stsLister   appslisters.StatefulSetLister
 	epLister    corelisters.EndpointsLister
 	podLister   corelisters.PodLister
+	podIndexer  cache.Indexer
+	nodeLister  corelisters.NodeLister
 	synced      []cache.InformerSynced
 	queue       workqueue.TypedRateLimitingInterface[cache.ObjectName]
 	recorder    record.EventRecorder
@@ -119,11 +122,19 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 		informers.WithNamespace(cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = podNameLabel }),
 		informers.WithTransform(trimPod))
+	// Nodes are cluster-scoped and unlabelled by us: a member's zone is a label of its pod's Node.
+	// Only names and labels are kept.
+	c.nodeFactory = informers.NewSharedInformerFactoryWithOptions(cfg.KubeClient, 0, informers.WithTransform(trimNode))
 	sts := c.factory.Apps().V1().StatefulSets()
 	eps := c.factory.Core().V1().Endpoints()
 	pods := c.podFactory.Core().V1().Pods()
-	c.stsLister, c.epLister, c.podLister = sts.Lister(), eps.Lister(), pods.Lister()
-	c.synced = []cache.InformerSynced{sts.Informer().HasSynced, eps.Informer().HasSynced, pods.Informer().HasSynced}
+	nodes := c.nodeFactory.Core().V1().Nodes()
+	if err := pods.Informer().AddIndexers(cache.Indexers{podNodeIndex: podNodeName}); err != nil {
+		return nil, fmt.Errorf("pod index: %w", err)
+	}
+	c.stsLister, c.epLister, c.podLister, c.nodeLister = sts.Lister(), eps.Lister(), pods.Lister(), nodes.Lister()
+	c.podIndexer = pods.Informer().GetIndexer()
+	c.synced = []cache.InformerSynced{sts.Informer().HasSynced, eps.Informer().HasSynced, pods.Informer().HasSynced, nodes.Informer().HasSynced}
 
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedMaxOfRateLimiter(
@@ -161,6 +172,13 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("pod handler: %w", err)
 	}
+	if _, err := nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueueNode,
+		UpdateFunc: c.enqueueNodeUpdate,
+		DeleteFunc: c.enqueueNode,
+	}); err != nil {
+		return nil, fmt.Errorf("node handler: %w", err)
+	}
 	return c, nil
 }
 
@@ -176,6 +194,8 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	}
 	c.factory.Start(ctx.Done())
 	c.podFactory.Start(ctx.Done())
+	c.nodeFactory.Start(ctx.Done())
+	defer c.nodeFactory.Shutdown()
 	defer c.podFactory.Shutdown()
 	defer c.factory.Shutdown()
 	logger.Info("Starting couchdb-controller", "workers", workers, "namespace", c.cfg.Namespace)
@@ -303,7 +323,7 @@ func trimPod(obj any) (any, error) {
 			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
 			Labels: pod.Labels, OwnerReferences: pod.OwnerReferences, DeletionTimestamp: pod.DeletionTimestamp,
 		},
-		Spec: corev1.PodSpec{ReadinessGates: pod.Spec.ReadinessGates},
+		Spec: corev1.PodSpec{ReadinessGates: pod.Spec.ReadinessGates, NodeName: pod.Spec.NodeName},
 		Status: corev1.PodStatus{
 			Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, Conditions: pod.Status.Conditions,
 		},

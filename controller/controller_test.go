@@ -294,6 +294,8 @@ func (f *fixture) cache(obj runtime.Object) {
 		err = f.c.factory.Core().V1().Endpoints().Informer().GetIndexer().Add(o)
 	case *corev1.Pod:
 		err = f.c.podFactory.Core().V1().Pods().Informer().GetIndexer().Add(o)
+	case *corev1.Node:
+		err = f.c.nodeFactory.Core().V1().Nodes().Informer().GetIndexer().Add(o)
 	default:
 		return // Services, Secrets: read from the API, not from a cache
 	}

@@ -12,6 +12,12 @@ const (
 	AnnotationReplicate      = "couchdb.io/replicate"
 	AnnotationRebalance      = "couchdb.io/rebalance"
 	AnnotationTargetReplicas = "couchdb.io/target-replicas"
+	// AnnotationZoneLabel names the Kubernetes Node label whose value is a member's zone; "" turns
+	// zones off. Absent, DefaultZoneLabel is used.
+	AnnotationZoneLabel = "couchdb.io/zone-label"
+
+	// DefaultZoneLabel is the well-known topology label cloud providers set on every Node.
+	DefaultZoneLabel = "topology.kubernetes.io/zone"
 
 	// ConditionMember is the pod readiness gate and condition the controller owns.
 	ConditionMember = "couchdb.io/member"
@@ -41,6 +47,7 @@ const (
 	ReasonDataAtRisk         = "DataAtRisk"
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
 	ReasonInvalidAnnotation  = "InvalidAnnotation"
+	ReasonUnderReplicated    = "UnderReplicated"
 
 	ReasonCouchDBVersionUnsupported = "CouchDBVersionUnsupported"
 	ReasonCouchDBBadResponse        = "CouchDBBadResponse"

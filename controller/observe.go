@@ -72,6 +72,7 @@ func (c *Controller) observeKube(ctx context.Context, sts *appsv1.StatefulSet, o
 		}
 		o.Pods[ord] = podObs(pod, ord, port)
 	}
+	c.observeZones(sts, o)
 	return nil
 }
 
@@ -167,7 +168,8 @@ func endpointsPort(ep *corev1.Endpoints) int {
 }
 
 func podObs(pod *corev1.Pod, ord, port int) *PodObs {
-	p := &PodObs{Name: pod.Name, Ordinal: ord, UID: string(pod.UID), IP: pod.Status.PodIP, Port: port, Terminating: pod.DeletionTimestamp != nil}
+	p := &PodObs{Name: pod.Name, Ordinal: ord, UID: string(pod.UID), IP: pod.Status.PodIP, Port: port, Terminating: pod.DeletionTimestamp != nil,
+		Node: pod.Spec.NodeName, Identity: identityKey(pod)}
 	if p.Port == 0 {
 		p.Port = containerPort(pod)
 	}
@@ -340,7 +342,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		return
 	}
 	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{},
-		Maintenance: map[string]bool{}, Decom: map[string]bool{}}
+		Maintenance: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
 	for _, db := range dbs {
 		m, err := api.GetShardMap(ctx, db)
 		if err != nil {
@@ -361,6 +363,9 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 			return
 		default:
 			obs.Decom[name] = d.Decom
+			if d.Zone != "" {
+				obs.NodeZones[name] = d.Zone
+			}
 		}
 	}
 	for _, name := range coord.Membership.ClusterNodes {
@@ -373,13 +378,17 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		}
 		obs.Maintenance[name] = v == "true"
 	}
+	c.askZoneConfig(ctx, st, api, o, coord, obs)
 	o.Shards = obs
 	in := placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)
+	c.askSizes(ctx, st, api, in, obs)
+	in.RangeBytes = obs.RangeBytes
 	for _, k := range placement.StatsNeeded(in) {
 		info, err := api.ShardCopyInfo(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
 		if err != nil {
 			continue // unknown counts: placement waits for this copy
 		}
+		c.noteCopySize(st, k, info)
 		obs.Stats[k] = placement.CopyStat{Docs: info.DocCount, Deleted: info.DocDelCount, Seq: copySeq(info.UpdateSeq), UUID: info.UUID}
 	}
 	for _, k := range placement.SourcesNeeded(in) {

@@ -40,6 +40,15 @@ type Observed struct {
 	// Nodes by ordinal: what each pod's CouchDB said.
 	Nodes map[int]*NodeObs
 
+	// ZoneLabel is the Node label a member's zone is read from (couchdb.io/zone-label); "" when zones
+	// are off. Zones maps the ordinal of every pod bound to a Node to that Node's value of the label
+	// ("" when the Node lacks it or is not known); nil when zones are off.
+	ZoneLabel string
+	Zones     map[int]string
+
+	// MaxMoves and MaxFillsPerNode are the controller's bounds on concurrent shard moves.
+	MaxMoves, MaxFillsPerNode int
+
 	// Shards is what the coordinator said about databases and their shard maps; nil when they were
 	// not read in this sync (they are read when placement has work to consider, see needShards).
 	Shards *ShardObs
@@ -52,6 +61,13 @@ type ShardObs struct {
 	Stats       map[placement.CopyKey]placement.CopyStat
 	Maintenance map[string]bool // node -> maintenance_mode "true"
 	Decom       map[string]bool // node of this StatefulSet in _nodes -> its doc carries "decom": true
+	// NodeZones is the "zone" field of the _nodes doc of every node of this StatefulSet that has one.
+	NodeZones map[string]string
+	// PlacementConfig is [cluster] placement of each live member whose config was read ("" = unset);
+	// read only while zones are on.
+	PlacementConfig map[string]string
+	DefaultN        int                          // the coordinator's [cluster] n; 0 when unknown
+	RangeBytes      map[placement.RangeRef]int64 // sizes.file of one copy of each range placement asked about
 }
 
 // Problem is a condition a human must fix.
@@ -72,6 +88,8 @@ type PodObs struct {
 	HasMemberGate   bool      // declares readinessGates couchdb.io/member
 	MemberCondition *bool     // current couchdb.io/member condition, nil when absent
 	Terminating     bool
+	Node            string // spec.nodeName: the Kubernetes Node the pod is bound to
+	Identity        string // changes whenever the CouchDB process may have changed (identityKey)
 }
 
 // NodeObs is what one pod's CouchDB said. Reached is false when nothing was asked (pod not ready,

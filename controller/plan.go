@@ -72,6 +72,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case ActScaleDown:
 		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
+	case ActSetZone, ActSetPlacement:
+		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Text)
 	}
 	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
 }
@@ -90,6 +92,10 @@ type Plan struct {
 	Requeue    time.Duration     // sooner than the resync period when something is in flight; 0 = resync
 	Shards     *placement.Health // shard range health, when the maps were read
 	Draining   string            // the node a target-replicas drain is emptying
+	Shortfalls []Shortfall       // databases under-replicated because members < n, when the maps were read
+	// Filling: the only work left is waiting for new copies to fill (every action is a SyncShards);
+	// the next look is scheduled from how long they have been filling (fillRequeue).
+	Filling bool
 }
 
 // Node states, as the node_state metric reports them.
@@ -342,9 +348,11 @@ func drainingOrdinal(o Observed) (int, bool) {
 // coordinator's _nodes that are pods of this StatefulSet below spec.replicas; departed are names
 // (in _nodes or in a shard map) of pods at or above spec.replicas.
 func placementInput(o Observed, members, connected []string) placement.Input {
-	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance}
+	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance,
+		MaxMoves: o.MaxMoves, MaxFillsPerNode: o.MaxFillsPerNode}
 	if o.Shards != nil {
 		in.DBs, in.Maps, in.Stats, in.Decom = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom
+		in.NodeZones, in.PlacementConfig, in.DefaultN, in.RangeBytes = o.Shards.NodeZones, o.Shards.PlacementConfig, o.Shards.DefaultN, o.Shards.RangeBytes
 	}
 	reached := map[string]bool{}
 	for _, n := range o.Nodes {
@@ -378,6 +386,11 @@ func placementInput(o Observed, members, connected []string) placement.Input {
 		in.Departed = append(in.Departed, n)
 	}
 	sortStrings(in.Departed)
+	names := slices.Clone(in.Departed)
+	for _, m := range in.Members {
+		names = append(names, m.Name)
+	}
+	in.Zones = memberZones(o, names)
 	return in
 }
 
@@ -411,15 +424,25 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 			"shard ranges with no live copy: %s; every reference is kept and those databases are left unchanged: scale the StatefulSet back up (to at least its former size) so the nodes holding them return",
 			strings.Join(parts, "; "))})
 	}
+	if len(res.Shortfalls) > 0 {
+		p.Shortfalls = shortfalls(res.Shortfalls)
+		p.Warnings = append(p.Warnings, underReplicated(o, p.Shortfalls))
+	}
 	if res.Waiting != "" && p.Wait == "" {
 		p.Wait = res.Waiting
 	}
 	for _, a := range res.Actions {
 		p.Actions = append(p.Actions, Action{Kind: placementKinds[a.Kind], Via: coord.Ordinal, Node: a.Node,
-			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas})
+			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas, Text: a.Value})
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue
+	}
+	p.Filling = res.Waiting != ""
+	for _, a := range res.Actions {
+		if a.Kind != placement.SyncShards {
+			p.Filling = false
+		}
 	}
 }
 

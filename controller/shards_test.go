@@ -291,7 +291,7 @@ func TestSyncScaleDownMovesCopies(t *testing.T) {
 			}
 			// The first sync sees the fourth node's ranges short of a copy on the staying members.
 			want := map[string]float64{`shard_ranges{state="healthy"}`: float64(totalRanges(before) - k),
-				`shard_ranges{state="under_replicated"}`: float64(k), `shard_ranges{state="unavailable"}`: 0}
+				`shard_ranges{state="under_replicated"}`: float64(k), `shard_ranges{state="unavailable"}`: 0, `shard_ranges{state="zone_violation"}`: 0}
 			if diff := cmp.Diff(want, f.series("shard_ranges")); diff != "" {
 				t.Errorf("shard_ranges after the first sync (-want +got):\n%s", diff)
 			}
@@ -355,7 +355,7 @@ func TestSyncScaleDownMovesCopies(t *testing.T) {
 				t.Errorf("counter increases (-want +got):\n%s", diff)
 			}
 			wantGauges := map[string]float64{
-				`shard_ranges{state="healthy"}`: float64(totalRanges(after)), `shard_ranges{state="under_replicated"}`: 0, `shard_ranges{state="unavailable"}`: 0,
+				`shard_ranges{state="healthy"}`: float64(totalRanges(after)), `shard_ranges{state="under_replicated"}`: 0, `shard_ranges{state="unavailable"}`: 0, `shard_ranges{state="zone_violation"}`: 0,
 				`cluster_nodes{kind="desired"}`: 3, `cluster_nodes{kind="member"}`: 3, `cluster_nodes{kind="reachable"}`: 3,
 				`node_state{pod="db-0",state="member"}`: 1, `node_state{pod="db-1",state="member"}`: 1, `node_state{pod="db-2",state="member"}`: 1,
 			}
@@ -612,7 +612,7 @@ func TestSyncDataAtRisk(t *testing.T) {
 		t.Errorf("events after scaling back up: %v", ev)
 	}
 	t.Run("shard health is current once Ready", func(t *testing.T) {
-		want := map[string]float64{`shard_ranges{state="healthy"}`: float64(totalRanges(f.maps(0))), `shard_ranges{state="under_replicated"}`: 0, `shard_ranges{state="unavailable"}`: 0}
+		want := map[string]float64{`shard_ranges{state="healthy"}`: float64(totalRanges(f.maps(0))), `shard_ranges{state="under_replicated"}`: 0, `shard_ranges{state="unavailable"}`: 0, `shard_ranges{state="zone_violation"}`: 0}
 		if diff := cmp.Diff(want, f.series("shard_ranges")); diff != "" {
 			t.Errorf("shard_ranges once Ready again (-want +got):\n%s", diff)
 		}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 )
 
 // ClusterStatus is what the status API shows for one cluster. It never holds credentials.
@@ -18,10 +20,13 @@ type ClusterStatus struct {
 	Members        []string     `json:"members"`
 	Nodes          []NodeStatus `json:"nodes"`
 	Shards         ShardHealth  `json:"shards"`
-	Waiting        string       `json:"waiting,omitempty"`
-	Warnings       []string     `json:"warnings,omitempty"`
-	LastSync       time.Time    `json:"lastSync"`
-	LastError      string       `json:"lastError,omitempty"`
+	// Shortfalls are the databases with fewer copies per range than their n because the cluster
+	// has fewer members than n (the UnderReplicated Warning).
+	Shortfalls []Shortfall `json:"shortfalls,omitempty"`
+	Waiting    string      `json:"waiting,omitempty"`
+	Warnings   []string    `json:"warnings,omitempty"`
+	LastSync   time.Time   `json:"lastSync"`
+	LastError  string      `json:"lastError,omitempty"`
 }
 
 // NodeStatus is one pod's node.
@@ -29,6 +34,7 @@ type NodeStatus struct {
 	Pod         string     `json:"pod"`
 	Node        string     `json:"node,omitempty"`
 	State       string     `json:"state"`
+	Zone        string     `json:"zone,omitempty"` // the zone label's value on the pod's Node
 	MemberSince *time.Time `json:"memberSince,omitempty"`
 	LastError   string     `json:"lastError,omitempty"`
 }
@@ -38,6 +44,15 @@ type ShardHealth struct {
 	Healthy         int `json:"healthy"`
 	UnderReplicated int `json:"underReplicated"`
 	Unavailable     int `json:"unavailable"`
+	ZoneViolation   int `json:"zoneViolation"`
+}
+
+// Shortfall is one database under-replicated because members < n.
+type Shortfall struct {
+	DB      string `json:"db"`
+	N       int    `json:"n"`
+	Copies  int    `json:"copies"` // the fewest live copies of any of its ranges
+	Members int    `json:"members"`
 }
 
 // clusterState is the controller's memory of one cluster. None of it drives decisions (CouchDB's
@@ -62,14 +77,19 @@ type clusterState struct {
 	lockedOut     bool        // the last rejection was CouchDB's lockout
 	shardsRead    time.Time   // last time the shard maps were read
 	shardHealth   ShardHealth // from the last read
+	shortfalls    []Shortfall // from the last read
+	fillingSince  time.Time   // since when the plans only wait for new copies to fill
 	// shardsUnsettled: the last read found ranges not healthy or a decom mark on a staying node.
 	shardsUnsettled bool
+	configs         map[string]cachedConfig          // node + "\x00" + [cluster] key -> last value read or written
+	copySizes       map[placement.CopyKey]cachedSize // sizes.file of copies read recently
 }
 
 func newClusterState() *clusterState {
 	return &clusterState{
 		warnings: map[string]bool{}, identity: map[string]nodeIdentity{}, joining: map[string]time.Time{}, readySeen: map[string]time.Time{},
 		memberSince: map[string]time.Time{}, failingSince: map[string]time.Time{}, clients: map[string]CouchAPI{},
+		configs: map[string]cachedConfig{}, copySizes: map[placement.CopyKey]cachedSize{},
 	}
 }
 

@@ -41,7 +41,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		return nil
 	}
 	st := c.state(key)
-	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed}
+	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed, MaxMoves: c.cfg.MaxMoves, MaxFillsPerNode: c.cfg.MaxFillsPerNode}
 	if len(all) > 1 {
 		names := make([]string, 0, len(all))
 		for _, s := range all {
@@ -94,21 +94,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	plan := PlanCluster(o)
 	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase, "formed", plan.Formed, "coordinatorSetup", coordinatorSetup(o))
 
-	var applyErr error
-	for _, a := range plan.Actions {
-		if c.cfg.BeforeAction != nil {
-			if applyErr = c.cfg.BeforeAction(ctx, key, a); applyErr != nil {
-				break
-			}
-		}
-		if applyErr = c.apply(ctx, st, sts, o, a); applyErr != nil {
-			c.metrics.Action(string(a.Kind), "error")
-			applyErr = fmt.Errorf("%s: %w", a, applyErr)
-			break
-		}
-		c.metrics.Action(string(a.Kind), "success")
-		logger.V(2).Info("Applied action", "action", a.String())
-	}
+	applyErr := c.applyActions(ctx, key, st, sts, o, plan.Actions)
 	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
 	warnings = append(warnings, c.unreachable(st, sts, o)...)
 	c.warn(ctx, st, sts, warnings)
@@ -120,6 +106,14 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	next := c.cfg.Resync
 	if plan.Requeue > 0 && plan.Requeue < next {
 		next = plan.Requeue
+	}
+	if plan.Filling && len(plan.Actions) == countKind(plan.Actions, ActSyncShards) {
+		if st.fillingSince.IsZero() {
+			st.fillingSince = start
+		}
+		next = min(c.cfg.Resync, fillRequeue(start.Sub(st.fillingSince)))
+	} else {
+		st.fillingSince = time.Time{}
 	}
 	if o.CredentialsRejected {
 		next = min(next, 10*time.Second) // notice a fixed Secret soon; CouchDB is asked only after the backoff
@@ -342,7 +336,7 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 		TargetReplicas: o.TargetReplicas, Members: p.Members, Waiting: p.Wait, LastSync: at}
 	for _, ord := range sortedOrdinals(o.Pods) {
 		pod := o.Pods[ord]
-		ns := NodeStatus{Pod: pod.Name, State: p.NodeStates[pod.Name]}
+		ns := NodeStatus{Pod: pod.Name, State: p.NodeStates[pod.Name], Zone: o.Zones[ord]}
 		if n := o.Nodes[ord]; n != nil {
 			ns.Node, ns.LastError = n.Name, n.Err
 			if n.Reached {
@@ -369,11 +363,12 @@ func (c *Controller) record(key cache.ObjectName, st *clusterState, sts *appsv1.
 	c.metrics.SetClusterFormed(ns, name, p.Formed)
 	c.metrics.SetClusterPhase(ns, name, p.Phase)
 	if p.Shards != nil {
-		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable)
-		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable}
-		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || decomOnStayingNode(o)
+		c.metrics.SetShardRanges(ns, name, p.Shards.Healthy, p.Shards.UnderReplicated, p.Shards.Unavailable, p.Shards.ZoneViolation)
+		st.shardHealth = ShardHealth{Healthy: p.Shards.Healthy, UnderReplicated: p.Shards.UnderReplicated, Unavailable: p.Shards.Unavailable, ZoneViolation: p.Shards.ZoneViolation}
+		st.shortfalls = p.Shortfalls
+		st.shardsUnsettled = p.Shards.UnderReplicated > 0 || p.Shards.Unavailable > 0 || p.Shards.ZoneViolation > 0 || decomOnStayingNode(o)
 	}
-	status.Shards = st.shardHealth
+	status.Shards, status.Shortfalls = st.shardHealth, st.shortfalls
 	c.setStatus(key, status)
 }
 

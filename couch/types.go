@@ -144,6 +144,15 @@ type DBInfo struct {
 	UUID        string         `json:"uuid,omitempty"` // a shard copy's file uuid (node-local info only)
 	Props       map[string]any `json:"props,omitempty"`
 	Cluster     *DBCluster     `json:"cluster,omitempty"`
+	Sizes       *DBSizes       `json:"sizes,omitempty"`
+}
+
+// DBSizes is the "sizes" object of a database's info: File is the bytes on disk (of one shard copy,
+// in node-local info), what balancing copies by size compares.
+type DBSizes struct {
+	File     int64 `json:"file"`
+	External int64 `json:"external"`
+	Active   int64 `json:"active"`
 }
 
 // DBCluster is the "cluster" object of GET /{db}.

@@ -60,7 +60,7 @@ func registryLabels(t *testing.T) map[string]map[string]bool {
 	r.SetClusterNodes("ns", "c", 1, 1, 1)
 	r.SetClusterFormed("ns", "c", true)
 	r.SetClusterPhase("ns", "c", "Ready")
-	r.SetShardRanges("ns", "c", 1, 0, 0)
+	r.SetShardRanges("ns", "c", 1, 0, 0, 0)
 	r.ShardMove("added")
 	r.ObserveSync("success", time.Millisecond)
 	r.Action("AddNode", "success")
@@ -360,6 +360,7 @@ func TestAlertsCoverTheRequiredConditions(t *testing.T) {
 		{"CouchDBNodeNotJoined", "5m", "couchdb_controller_node_state"},
 		{"CouchDBDataAtRisk", "", "couchdb_controller_shard_ranges"}, // at once: a range has no live copy
 		{"CouchDBUnderReplicated", "15m", "couchdb_controller_shard_ranges"},
+		{"CouchDBZoneViolation", "15m", "couchdb_controller_shard_ranges"},
 		{"CouchDBControllerSyncErrors", "20m", "couchdb_controller_syncs_total"},
 		{"CouchDBControllerNoLeader", "5m", "couchdb_controller_leader"},
 	}

@@ -69,7 +69,7 @@ func New(reg prometheus.Registerer) *Recorder {
 		clusterPhase: f.NewGaugeVec(prometheus.GaugeOpts(opts("cluster_phase",
 			"Phase of each cluster (1 for its current phase, 0 otherwise).")), []string{"namespace", "cluster", "phase"}),
 		shardRanges: f.NewGaugeVec(prometheus.GaugeOpts(opts("shard_ranges",
-			"Shard ranges of all databases by health: healthy, under_replicated (fewer live copies than n), unavailable (no live copy).")), []string{"namespace", "cluster", "state"}),
+			"Shard ranges of all databases by health: healthy, under_replicated (fewer live copies than the database's n), unavailable (no live copy); zone_violation counts, among them, the ranges whose copies cover fewer zones than they could.")), []string{"namespace", "cluster", "state"}),
 		shardMoves: f.NewCounterVec(prometheus.CounterOpts(opts("shard_moves_total",
 			"Shard copy additions and removals by result.")), []string{"result"}),
 		syncs: f.NewCounterVec(prometheus.CounterOpts(opts("syncs_total",
@@ -153,11 +153,13 @@ func (r *Recorder) SetClusterPhase(ns, cluster, phase string) {
 	}
 }
 
-// SetShardRanges records shard range health counts.
-func (r *Recorder) SetShardRanges(ns, cluster string, healthy, underReplicated, unavailable int) {
+// SetShardRanges records shard range health counts. zoneViolation overlaps the other three: a
+// healthy range can have all its copies in one zone.
+func (r *Recorder) SetShardRanges(ns, cluster string, healthy, underReplicated, unavailable, zoneViolation int) {
 	r.shardRanges.WithLabelValues(ns, cluster, "healthy").Set(float64(healthy))
 	r.shardRanges.WithLabelValues(ns, cluster, "under_replicated").Set(float64(underReplicated))
 	r.shardRanges.WithLabelValues(ns, cluster, "unavailable").Set(float64(unavailable))
+	r.shardRanges.WithLabelValues(ns, cluster, "zone_violation").Set(float64(zoneViolation))
 }
 
 // ShardMove counts one shard copy change.

@@ -33,7 +33,7 @@ func exercise(r *Recorder) {
 	r.SetClusterNodes("ns", "c", 3, 2, 3)
 	r.SetClusterFormed("ns", "c", true)
 	r.SetClusterPhase("ns", "c", "Ready")
-	r.SetShardRanges("ns", "c", 4, 1, 0)
+	r.SetShardRanges("ns", "c", 4, 1, 0, 2)
 	r.ShardMove("added")
 	r.ObserveSync("success", time.Millisecond)
 	r.Action("AddNode", "success")
@@ -115,7 +115,7 @@ func TestForgetClusterRemovesOnlyThatCluster(t *testing.T) {
 		r.SetClusterNodes("ns", c, 1, 1, 1)
 		r.SetClusterFormed("ns", c, true)
 		r.SetClusterPhase("ns", c, "Ready")
-		r.SetShardRanges("ns", c, 1, 0, 0)
+		r.SetShardRanges("ns", c, 1, 0, 0, 0)
 	}
 	r.ForgetCluster("ns", "a")
 	for name, col := range map[string]prometheus.Collector{"node_state": r.nodeState, "cluster_nodes": r.clusterNodes,

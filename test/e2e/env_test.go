@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/couchdb-controller/couchdb-controller/controller"
 	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
 	"github.com/couchdb-controller/couchdb-controller/test/couchpods"
 	"github.com/couchdb-controller/couchdb-controller/test/harness"
@@ -55,7 +57,14 @@ func run(m *testing.M) int {
 	env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond, PasswordIterations: 1000,
 		Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
 	env.backend = couchpods.New(env.kube, env.network)
-	kl := kubelet.New(env.kube, env.backend, env.addrs)
+	// The default Node takes every pod; the zone Nodes only pods of a zones cluster (clusterSpec.zones),
+	// which select and tolerate them.
+	nodes := []kubelet.NodeSpec{{Name: kubelet.NodeName}}
+	for _, z := range testZones {
+		nodes = append(nodes, kubelet.NodeSpec{Name: zoneNode(z), Labels: map[string]string{controller.DefaultZoneLabel: z, zonePoolKey: "true"},
+			Taints: []corev1.Taint{{Key: zonePoolKey, Value: "true", Effect: corev1.TaintEffectNoSchedule}}})
+	}
+	kl := kubelet.NewWithOptions(env.kube, env.backend, env.addrs, kubelet.Options{Nodes: nodes})
 	kctx, kcancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

@@ -31,7 +31,16 @@ type clusterSpec struct {
 	serviceLabels bool // label the Service (default true via newSpec)
 	serviceLate   bool // create the Service after the StatefulSet
 	userFromCM    bool // COUCHDB_USER from a ConfigMap (configMapKeyRef) instead of the Secret
+	zones         bool // pods run on the zone Nodes (zone-a/b/c, by ordinal mod 3), not the default Node
 }
+
+// testZones are the zones of the suite's zone Nodes; pod i of a zones cluster runs in testZones[i%3].
+var testZones = []string{"zone-a", "zone-b", "zone-c"}
+
+// zonePoolKey labels and taints the zone Nodes, so only pods of zones clusters run there.
+const zonePoolKey = "couchdb-e2e/zones"
+
+func zoneNode(zone string) string { return zone + "-node" }
 
 func newSpec(name string, replicas int32) clusterSpec {
 	return clusterSpec{name: name, cluster: name, replicas: replicas, password: "e2e-" + name + "-pw-7731", serviceLabels: true}
@@ -117,6 +126,10 @@ func (s clusterSpec) create(t *testing.T, ns string) {
 	} else {
 		podSpec.Containers[0].Env = append(podSpec.Containers[0].Env,
 			corev1.EnvVar{Name: "NODENAME", Value: fmt.Sprintf("$(POD_NAME).%s.$(POD_NAMESPACE).svc.cluster.local", s.name)})
+	}
+	if s.zones {
+		podSpec.NodeSelector = map[string]string{zonePoolKey: "true"}
+		podSpec.Tolerations = []corev1.Toleration{{Key: zonePoolKey, Operator: corev1.TolerationOpEqual, Value: "true", Effect: corev1.TaintEffectNoSchedule}}
 	}
 	if s.memberGate {
 		podSpec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: controller.ConditionMember}}

@@ -12,6 +12,8 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,9 +48,23 @@ type Backend interface {
 	StartPod(ctx context.Context, pod *corev1.Pod, podIP string) (Workload, error)
 }
 
+// NodeSpec is one fake Node: its labels (e.g. topology.kubernetes.io/zone) and taints.
+type NodeSpec struct {
+	Name   string
+	Labels map[string]string
+	Taints []corev1.Taint
+}
+
 // Options tune a Kubelet; zero values take the defaults.
 type Options struct {
-	NodeName     string        // default NodeName
+	NodeName string // default NodeName; ignored when Nodes is set
+	// Nodes are the fake Nodes this Kubelet registers and runs pods on (default: one Node named
+	// NodeName, without taints). As the scheduler it binds a pending pod to one of the Nodes that its
+	// spec.nodeSelector matches and whose NoSchedule taints it tolerates: the (ordinal mod count)-th
+	// of them in this order, where the ordinal is the number after the pod name's last "-" (a
+	// StatefulSet pod's), 0 for other pods. So db-0, db-1, db-2 land on three different Nodes, and a
+	// deleted db-1 comes back on the same one.
+	Nodes        []NodeSpec
 	ProbePeriod  time.Duration // readiness probe interval, default 100ms
 	ProbeTimeout time.Duration // per probe, default 1s
 	// FailureThreshold is how many probes in a row must fail before a ready pod turns NotReady; the
@@ -97,6 +113,10 @@ func NewWithOptions(kube kubernetes.Interface, backend Backend, addrs *AddressMa
 	if opts.NodeName == "" {
 		opts.NodeName = NodeName
 	}
+	if len(opts.Nodes) == 0 {
+		opts.Nodes = []NodeSpec{{Name: opts.NodeName}}
+	}
+	opts.NodeName = opts.Nodes[0].Name
 	if opts.ProbePeriod <= 0 {
 		opts.ProbePeriod = 100 * time.Millisecond
 	}
@@ -118,8 +138,18 @@ func NewWithOptions(kube kubernetes.Interface, backend Backend, addrs *AddressMa
 	}
 }
 
-// NodeName is the name of the Node this Kubelet registers.
+// NodeName is the name of the (first) Node this Kubelet registers.
 func (k *Kubelet) NodeName() string { return k.opts.NodeName }
+
+// owns reports whether node is one of this Kubelet's Nodes.
+func (k *Kubelet) owns(node string) bool {
+	for _, n := range k.opts.Nodes {
+		if n.Name == node {
+			return true
+		}
+	}
+	return false
+}
 
 // IP returns the address the Kubelet gave a pod name ("" if none yet). It stays the same when a pod
 // of that name is deleted and comes back.
@@ -136,15 +166,17 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("node", k.opts.NodeName)
 	ctx = klog.NewContext(ctx, logger)
 	// Registration is retried for a while: the API server may still be settling (or restarting).
-	var regErr error
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		regErr = k.registerNode(ctx)
-		return regErr == nil, nil
-	}); err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped before it started
+	for _, spec := range k.opts.Nodes {
+		var regErr error
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			regErr = k.registerNode(ctx, spec)
+			return regErr == nil, nil
+		}); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped before it started
+			}
+			return regErr
 		}
-		return regErr
 	}
 	factory := informers.NewSharedInformerFactory(k.kube, 0)
 	inf := factory.Core().V1().Pods().Informer()
@@ -192,7 +224,7 @@ func (k *Kubelet) mine(obj any) bool {
 		obj = d.Obj
 	}
 	pod, ok := obj.(*corev1.Pod)
-	return ok && (pod.Spec.NodeName == "" || pod.Spec.NodeName == k.opts.NodeName)
+	return ok && (pod.Spec.NodeName == "" && k.nodeFor(pod) != "" || k.owns(pod.Spec.NodeName))
 }
 
 func (k *Kubelet) enqueue(obj any) {
@@ -235,7 +267,7 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 	switch {
 	case pod.Spec.NodeName == "" && pod.DeletionTimestamp == nil:
 		return k.bind(ctx, pod)
-	case pod.Spec.NodeName != k.opts.NodeName:
+	case !k.owns(pod.Spec.NodeName):
 		return nil
 	case pod.DeletionTimestamp != nil:
 		return k.terminate(ctx, key, pod)
@@ -261,10 +293,59 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 	return nil
 }
 
+// nodeFor picks the Node a pending pod is bound to (see Options.Nodes); "" when none fits.
+func (k *Kubelet) nodeFor(pod *corev1.Pod) string {
+	var fit []string
+	for _, n := range k.opts.Nodes {
+		if schedulable(pod, n) {
+			fit = append(fit, n.Name)
+		}
+	}
+	if len(fit) == 0 {
+		return ""
+	}
+	ord := 0
+	if i := strings.LastIndexByte(pod.Name, '-'); i >= 0 {
+		if v, err := strconv.Atoi(pod.Name[i+1:]); err == nil && v >= 0 {
+			ord = v
+		}
+	}
+	return fit[ord%len(fit)]
+}
+
+// schedulable: the pod's nodeSelector matches the Node's labels and it tolerates every NoSchedule
+// taint of the Node.
+func schedulable(pod *corev1.Pod, n NodeSpec) bool {
+	for k, v := range pod.Spec.NodeSelector {
+		if n.Labels[k] != v {
+			return false
+		}
+	}
+	for _, t := range n.Taints {
+		if t.Effect != corev1.TaintEffectNoSchedule {
+			continue
+		}
+		tolerated := false
+		for _, tol := range pod.Spec.Tolerations {
+			if tol.ToleratesTaint(klog.Background(), &t, false) {
+				tolerated = true
+			}
+		}
+		if !tolerated {
+			return false
+		}
+	}
+	return true
+}
+
 func (k *Kubelet) bind(ctx context.Context, pod *corev1.Pod) error {
+	node := k.nodeFor(pod)
+	if node == "" {
+		return nil // no Node fits: it stays pending, as with a real scheduler
+	}
 	b := &corev1.Binding{
 		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID},
-		Target:     corev1.ObjectReference{Kind: "Node", Name: k.opts.NodeName},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: node},
 	}
 	err := k.kube.CoreV1().Pods(pod.Namespace).Bind(ctx, b, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {

@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -343,5 +345,65 @@ func TestProbeFailureThreshold(t *testing.T) {
 				t.Errorf("ContainersReady reports %v, want %v after the first ready one", reports, tc.want)
 			}
 		})
+	}
+}
+
+// TestKubeletBindsAcrossNodes: with several Nodes, a pod goes to the (ordinal mod count)-th Node it
+// fits (nodeSelector, NoSchedule taints), the same one again when it comes back, and a pod that
+// tolerates no taint stays on the untainted Node.
+func TestKubeletBindsAcrossNodes(t *testing.T) {
+	const zoneKey = "topology.kubernetes.io/zone"
+	taint := corev1.Taint{Key: "example.com/pool", Value: "zones", Effect: corev1.TaintEffectNoSchedule}
+	nodes := []NodeSpec{{Name: "plain"}}
+	for _, z := range []string{"zone-a", "zone-b", "zone-c"} {
+		nodes = append(nodes, NodeSpec{Name: z + "-node", Labels: map[string]string{zoneKey: z, "example.com/pool": "zones"}, Taints: []corev1.Taint{taint}})
+	}
+	zonal := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: "uid-" + types.UID(name)},
+			Spec: corev1.PodSpec{NodeSelector: map[string]string{"example.com/pool": "zones"},
+				Tolerations: []corev1.Toleration{{Key: taint.Key, Operator: corev1.TolerationOpEqual, Value: taint.Value, Effect: taint.Effect}}}}
+	}
+	plain := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-4", Namespace: "ns", UID: "uid-web"}}
+	objs := []runtime.Object{plain}
+	for i := range 5 {
+		objs = append(objs, zonal(fmt.Sprintf("db-%d", i)))
+	}
+	kube := fake.NewClientset(objs...)
+	kube.PrependReactor("create", "pods", bindReactor(kube))
+	k := NewWithOptions(kube, &fakeBackend{workloads: map[string][]*fakeWorkload{}}, NewAddressMap(), Options{Nodes: nodes, ProbePeriod: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	want := map[string]string{"db-0": "zone-a-node", "db-1": "zone-b-node", "db-2": "zone-c-node", "db-3": "zone-a-node", "db-4": "zone-b-node", "web-4": "plain"}
+	got := map[string]string{}
+	if err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		for name := range want {
+			p, err := kube.CoreV1().Pods("ns").Get(ctx, name, metav1.GetOptions{})
+			if err != nil || p.Status.PodIP == "" {
+				return false, nil
+			}
+			got[name] = p.Spec.NodeName
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("pods not all bound and running: %v (bound: %v)", err, got)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("bindings (-want +got):\n%s", diff)
+	}
+	for _, n := range nodes {
+		node, err := kube.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if node.Labels[zoneKey] != n.Labels[zoneKey] || len(node.Spec.Taints) != len(n.Taints) || len(node.Status.Conditions) != 1 {
+			t.Errorf("node %s: labels %v, taints %v, conditions %v", n.Name, node.Labels, node.Spec.Taints, node.Status.Conditions)
+		}
 	}
 }

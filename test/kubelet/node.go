@@ -12,18 +12,30 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// registerNode creates the fake Node (or adopts one left by an earlier Kubelet) and marks it Ready.
+// registerNode creates a fake Node (or adopts one left by an earlier Kubelet, taking the spec's
+// labels and taints) and marks it Ready.
 // EndpointSlices skip pods whose Node does not exist, so the Node must be real. Nothing renews its
 // heartbeat: the harness runs kube-controller-manager without the node-lifecycle controller, which
 // would otherwise mark it Unknown and evict its pods.
-func (k *Kubelet) registerNode(ctx context.Context) error {
-	name := k.opts.NodeName
+func (k *Kubelet) registerNode(ctx context.Context, spec NodeSpec) error {
+	name := spec.Name
 	nodes := k.kube.CoreV1().Nodes()
-	node, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
-		"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-	}}}, metav1.CreateOptions{})
+	labels := map[string]string{"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+	for k, v := range spec.Labels {
+		labels[k] = v
+	}
+	node, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Spec: corev1.NodeSpec{Taints: spec.Taints}}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		node, err = nodes.Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			// Another run's labels or taints may differ: this Kubelet's spec wins.
+			p, merr := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}, "spec": map[string]any{"taints": spec.Taints}})
+			if merr != nil {
+				return merr
+			}
+			node, err = nodes.Patch(ctx, name, types.MergePatchType, p, metav1.PatchOptions{})
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("register node %s: %w", name, err)

@@ -1,0 +1,171 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+)
+
+// applyActions applies a plan in order and stops at the first error. Consecutive AddCopy and
+// RemoveCopy actions of one database become one read-modify-write of its map document (it is one
+// document: several concurrent moves of a database cost one GET and one PUT), and a database's
+// _sync_shards is posted once per batch of edits. BeforeAction still sees every action, in order: a
+// hook that stops at the k-th edit of a batch lets the edits before it be written, as if the process
+// had died between two single edits.
+func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st *clusterState, sts *appsv1.StatefulSet, o Observed, actions []Action) error {
+	logger := klog.FromContext(ctx)
+	synced := map[string]bool{} // databases whose _sync_shards was posted since their last edit
+	hook := func(a Action) error {
+		if c.cfg.BeforeAction == nil {
+			return nil
+		}
+		return c.cfg.BeforeAction(ctx, key, a)
+	}
+	for i := 0; i < len(actions); {
+		a := actions[i]
+		if isMapEdit(a) {
+			j := i + 1
+			for j < len(actions) && isMapEdit(actions[j]) && actions[j].DB == a.DB {
+				j++
+			}
+			batch := actions[i:j]
+			var stop error
+			for k, b := range batch {
+				if err := hook(b); err != nil {
+					batch, stop = batch[:k], err
+					break
+				}
+			}
+			if len(batch) > 0 {
+				if err := c.applyBatch(ctx, st, sts, o, batch); err != nil {
+					return err
+				}
+				delete(synced, a.DB)
+			}
+			if stop != nil {
+				return stop
+			}
+			i = j
+			continue
+		}
+		i++
+		if a.Kind == ActSyncShards {
+			if synced[a.DB] {
+				continue
+			}
+			synced[a.DB] = true
+		}
+		if err := hook(a); err != nil {
+			return err
+		}
+		if err := c.apply(ctx, st, sts, o, a); err != nil {
+			c.metrics.Action(string(a.Kind), "error")
+			return fmt.Errorf("%s: %w", a, err)
+		}
+		c.metrics.Action(string(a.Kind), "success")
+		logger.V(2).Info("Applied action", "action", a.String())
+	}
+	return nil
+}
+
+func isMapEdit(a Action) bool { return a.Kind == ActAddCopy || a.Kind == ActRemoveCopy }
+
+// applyBatch writes edits of one database's map in one request, through the node the first names.
+func (c *Controller) applyBatch(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, batch []Action) error {
+	api, err := c.via(ctx, st, sts, o, batch[0].Via)
+	if err == nil {
+		err = c.editShardMap(ctx, api, sts, batch)
+	}
+	result := "success"
+	if err != nil {
+		result = "error"
+	}
+	for _, a := range batch {
+		c.metrics.Action(string(a.Kind), result)
+	}
+	if err != nil {
+		if len(batch) == 1 {
+			return fmt.Errorf("%s: %w", batch[0], err)
+		}
+		return fmt.Errorf("%d edits of %s's shard map (%s first): %w", len(batch), batch[0].DB, batch[0], err)
+	}
+	klog.FromContext(ctx).V(2).Info("Applied shard map edits", "db", batch[0].DB, "actions", Plan{Actions: batch}.summary())
+	return nil
+}
+
+// editShardMap re-reads db's map and applies every edit of batch (all of one database) with the
+// documented procedure, recording the database's n in a map that has none yet, then writes it once.
+// A repeat after a crash is a no-op; a concurrent edit answers 409 and the next sync re-plans. If any
+// edit is refused (the last copy of a range), nothing is written.
+func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, batch []Action) error {
+	db := batch[0].DB
+	m, err := api.GetShardMap(ctx, db)
+	if err != nil {
+		return err
+	}
+	type done struct {
+		a     Action
+		moved bool // the copy itself changed, not only the recorded n
+	}
+	var changes []done
+	for _, a := range batch {
+		if a.DB != db {
+			return fmt.Errorf("%s in a batch of %s edits", a, db)
+		}
+		kind := placement.AddCopy
+		if a.Kind == ActRemoveCopy {
+			kind = placement.RemoveCopy
+		}
+		had := m.HasCopy(a.Range, a.Node)
+		changed, err := placement.Edit(&m, placement.Action{Kind: kind, DB: a.DB, Range: a.Range, Node: a.Node, N: a.NodeCount})
+		if err != nil {
+			return err
+		}
+		if changed {
+			changes = append(changes, done{a, had != (a.Kind == ActAddCopy)})
+		}
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	if _, err := api.PutShardMap(ctx, m); err != nil {
+		c.metrics.ShardMove("error")
+		return err
+	}
+	for _, d := range changes {
+		switch {
+		case !d.moved:
+		case d.a.Kind == ActAddCopy:
+			c.metrics.ShardMove("added")
+			c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Added a copy of %s range %s on %s", d.a.DB, d.a.Range, d.a.Node)
+		default:
+			c.metrics.ShardMove("removed")
+			c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyRemoved, "Removed the copy of %s range %s on %s from the shard map (its file stays on disk)", d.a.DB, d.a.Range, d.a.Node)
+		}
+	}
+	return nil
+}
+
+// fillRequeue schedules the next look at moves in flight from how long they have been filling: soon
+// while a copy is fresh (a small copy fills in about 0.1 s), less often as it takes longer, never
+// later than a second.
+func fillRequeue(waiting time.Duration) time.Duration {
+	return min(max(waiting/4, 200*time.Millisecond), time.Second)
+}
+
+func countKind(actions []Action, kind ActionKind) int {
+	n := 0
+	for _, a := range actions {
+		if a.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
