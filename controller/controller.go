@@ -252,7 +252,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 func (c *Controller) enqueueUpdate(logger klog.Logger, old, cur any) {
 	o, ok1 := old.(metav1.Object)
 	n, ok2 := cur.(metav1.Object)
-	if ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion() {
+	if ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion() || !updateMatters(old, cur) {
 		return
 	}
 	c.enqueueObject(logger, old) // the label may have changed: the old cluster must notice
@@ -275,7 +275,7 @@ func (c *Controller) enqueueObject(_ klog.Logger, obj any) {
 func (c *Controller) enqueuePodUpdate(old, cur any) {
 	o, ok1 := old.(*corev1.Pod)
 	n, ok2 := cur.(*corev1.Pod)
-	if ok1 && ok2 && o.ResourceVersion == n.ResourceVersion {
+	if ok1 && ok2 && o.ResourceVersion == n.ResourceVersion || !updateMatters(old, cur) {
 		return
 	}
 	c.enqueuePod(cur)

@@ -474,5 +474,7 @@ func (m *meter) end() Meta {
 // networkOptions configures every emulated cluster: internal replication 1 s after a write (CouchDB:
 // 5 s; shorter so loading data settles quickly) and copies filled at the recorded rate.
 func networkOptions(o options) couchtest.NetworkOptions {
+	// Admin hashes at 1,000 pbkdf2 iterations: 600,000 (CouchDB's) cost seconds per node boot under
+	// the emulator's one lock, on the cores the controller is measured on.
 	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000}
 }

@@ -478,16 +478,18 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 var (
 	shardPath = regexp.MustCompile(`shards%2F[^/]+`)
 	nodePath  = regexp.MustCompile(`couchdb@[^/]+`)
-	dbPath    = regexp.MustCompile(`^/db\d+`)
+	dbPath    = regexp.MustCompile(`^/db\d+|/_dbs/[^/]+`)
 )
 
 // requestKinds is what the cluster's nodes were asked since their counters were reset, by method and
 // path with database, shard and node names replaced, most frequent first: the readiness probes and
 // the bench's own reader excluded, this is the controller's work.
-func (cl *moveCluster) requestKinds() []PathCount {
+func (cl *moveCluster) requestKinds() []PathCount { return requestKinds(cl.w, cl.ns, 5) }
+
+func requestKinds(w *world, ns string, pods int) []PathCount {
 	counts := map[string]int{}
-	for i := 0; i < 5; i++ {
-		n := cl.w.backend.Node(cl.ns, fmt.Sprintf("db-%d", i))
+	for i := 0; i < pods; i++ {
+		n := w.backend.Node(ns, fmt.Sprintf("db-%d", i))
 		if n == nil {
 			continue
 		}
@@ -498,11 +500,20 @@ func (cl *moveCluster) requestKinds() []PathCount {
 			method, p, _ := strings.Cut(path, " ")
 			p = shardPath.ReplaceAllString(p, "{shard}")
 			p = nodePath.ReplaceAllString(p, "{node}")
-			p = dbPath.ReplaceAllString(p, "/{db}")
+			p = dbPath.ReplaceAllStringFunc(p, func(m string) string {
+				if strings.HasPrefix(m, "/_dbs/") {
+					return "/_dbs/{db}"
+				}
+				return "/{db}"
+			})
 			p = strings.ReplaceAll(p, "%2F", "/")
 			counts[method+" "+p] += c
 		}
 	}
+	return sortCounts(counts)
+}
+
+func sortCounts(counts map[string]int) []PathCount {
 	var out []PathCount
 	for k, v := range counts {
 		out = append(out, PathCount{k, v})
