@@ -1,6 +1,7 @@
 # couchdb-controller
 #   make demo   run the whole thing locally on a real Kubernetes API server (no cluster needed)
 #   make test   unit tests + end-to-end tests on a real kube-apiserver/etcd/kube-controller-manager
+#   COUCHDB_REL=<CouchDB release dir> make e2e   the e2e suite on real CouchDB 3.4 nodes
 
 SHELL       := /bin/bash
 GO          ?= go
@@ -28,7 +29,7 @@ build:
 # property tests, 73 s) and the e2e suite 3 minutes; the timeouts leave 5x margin and keep a cold CI
 # run (about 10 minutes of control-plane build first) far inside its 90 minutes.
 UNIT_TIMEOUT ?= 10m
-E2E_TIMEOUT  ?= 15m
+E2E_TIMEOUT  ?= $(if $(COUCHDB_REL),60m,15m)
 
 ## test: everything CI runs: vet, unit tests (race), fuzz seed corpora, and the e2e suite on a real API server.
 test: vet controlplane build
