@@ -66,7 +66,10 @@ func TestUpdateMatters(t *testing.T) {
 		}), ep(5984, func(e *corev1.Endpoints) { e.ResourceVersion = "2" }), false},
 		{"endpoints port", ep(5984, nil), ep(6984, func(e *corev1.Endpoints) { e.ResourceVersion = "2" }), true},
 		{"endpoints label", ep(5984, nil), ep(5984, func(e *corev1.Endpoints) { e.ResourceVersion, e.Labels = "2", nil }), true},
-		{"pod bound to a node (not kept by trimPod)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.Spec.NodeName = "2", "n1" })), false},
+		{"pod bound to a node (its zone)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.Spec.NodeName = "2", "n1" })), true},
+		{"pod annotation (not kept by trimPod)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
+			p.ResourceVersion, p.Annotations = "2", map[string]string{"x": "y"}
+		})), false},
 		{"pod containers ready", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
 			p.ResourceVersion = "2"
 			p.Status.Conditions[0].Status = corev1.ConditionTrue
