@@ -49,7 +49,7 @@ func TestRestartedNodeCatchesUpByInternalReplication(t *testing.T) {
 		return true
 	})
 	nodes[2].Stop()
-	putDocs(t, nodes[0], "cu", 5, 25)  // w=2 of 3: still 201
+	putDocs(t, nodes[0], "cu", 5, 25) // w=2 of 3: still 201
 	// The sync round after the writes runs, and cannot reach node2.
 	waitUntil(t, "the post-write sync round", func() bool {
 		nw.mu.Lock()
