@@ -216,13 +216,18 @@ func newestCopy(m couch.ShardMap, rng string) string {
 	return ""
 }
 
-// SizesNeeded lists the ranges whose copy size (Input.RangeBytes) Plan needs: with rebalance on,
-// every range of every database it may move (not frozen, not replicated to every member).
+// SizesNeeded lists the ranges whose copy size (Input.RangeBytes) Plan needs: with rebalance on and
+// ready to move (nothing to heal or drain first), every range of every database it may move (not
+// frozen, not replicated to every member). Sizes only steer where copies go, never whether one may
+// be dropped, so a size read a while ago (a cache) does as well.
 func SizesNeeded(in Input) []RangeRef {
 	if !in.Rebalance {
 		return nil
 	}
 	v := newView(in)
+	if !v.rebalanceReady() {
+		return nil
+	}
 	var out []RangeRef
 	for _, db := range sortedDBs(in.Maps) {
 		if v.frozen[db] || v.replicated(db) {

@@ -22,6 +22,14 @@ func TestSizesNeeded(t *testing.T) {
 	if diff := cmp.Diff([]RangeRef{{"a", r0}, {"a", r1}}, SizesNeeded(in)); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
+	// Healing first: no sizes read while a range is short of copies.
+	in.Members = append(in.Members, Member{Name: name(3), Ordinal: 3, Live: true})
+	in.Replicas = 4
+	in.Maps["b"] = smap("b", map[string][]int{all: {0, 4}})
+	in.Departed = []string{name(4)}
+	if got := SizesNeeded(in); got != nil {
+		t.Errorf("while healing: %v", got)
+	}
 }
 
 func TestNewestCopy(t *testing.T) {
