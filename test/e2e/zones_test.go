@@ -21,6 +21,18 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
+// pollFor waits until cond returns nil; on timeout it fails with cond's last answer.
+func pollFor(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) error) {
+	t.Helper()
+	last := fmt.Errorf("not checked yet")
+	if err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		last = cond(ctx)
+		return last == nil, nil
+	}); err != nil {
+		t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, last)
+	}
+}
+
 // allMaps reads the shard map of every database through pod.
 func allMaps(ctx context.Context, t *testing.T, s clusterSpec, ns, pod string) (map[string]couch.ShardMap, error) {
 	c := couchdb(t, ns, pod, s.password)
@@ -183,28 +195,25 @@ func TestRebalanceSpreadsEachDatabaseAndItsBytes(t *testing.T) {
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	var perDB map[string]int
 	var bytes map[string]int64
-	var why error
-	poll(t, 180*time.Second, "acc1 spread 2 or 3 copies per member and bytes balanced, with no move in flight", func(ctx context.Context) (bool, error) {
+	pollFor(t, 180*time.Second, "acc1 spread 2 or 3 copies per member and bytes balanced, with no move in flight", func(ctx context.Context) error {
 		maps, err := allMaps(ctx, t, s, ns, podName(s, 0))
 		if err != nil {
-			return false, nil
+			return err
 		}
-		if why = settled(maps, s, ns, 5); why != nil {
-			return false, nil
+		if err := settled(maps, s, ns, 5); err != nil {
+			return err
 		}
 		perDB = map[string]int{}
 		for i := 0; i < 5; i++ {
 			node := s.nodeName(ns, i)
 			perDB[node] = len(maps["acc1"].ByNode[node])
 			if c := perDB[node]; c < 2 || c > 3 {
-				why = fmt.Errorf("%s holds %d of acc1's copies", node, c)
-				return false, nil
+				return fmt.Errorf("%s holds %d of acc1's copies", node, c)
 			}
 		}
 		var largest int64
 		if bytes, largest, err = copyBytes(ctx, t, s, ns, maps, 5); err != nil {
-			why = err
-			return false, nil
+			return err
 		}
 		var total int64
 		for _, b := range bytes {
@@ -214,11 +223,10 @@ func TestRebalanceSpreadsEachDatabaseAndItsBytes(t *testing.T) {
 		bound := max(mean/10, largest)
 		for node, b := range bytes {
 			if b < mean-bound || b > mean+bound {
-				why = fmt.Errorf("%s holds %d bytes; mean %d, bound %d", node, b, mean, bound)
-				return false, nil
+				return fmt.Errorf("%s holds %d bytes; mean %d, bound %d (all: %v)", node, b, mean, bound, bytes)
 			}
 		}
-		return true, nil
+		return nil
 	})
 	t.Logf("converged %s after the scale-up: acc1 copies per member %v, bytes per member %v", time.Since(start).Round(time.Millisecond), perDB, bytes)
 	if n := stopReading(); n > 0 {
@@ -296,33 +304,29 @@ func TestZonesKeepCopiesInDistinctZones(t *testing.T) {
 	// check waits for copies in distinct zones, nothing in flight, and the zones on the _nodes docs.
 	check := func(stage string, members, via int) {
 		t.Helper()
-		var why error
-		poll(t, 120*time.Second, stage+": every range in distinct zones and _nodes carrying the zones", func(ctx context.Context) (bool, error) {
+		pollFor(t, 120*time.Second, stage+": every range in distinct zones and _nodes carrying the zones", func(ctx context.Context) error {
 			zones, err := zoneOf(ctx, members)
 			if err != nil {
-				why = err
-				return false, nil
+				return err
 			}
 			maps, err := allMaps(ctx, t, s, ns, podName(s, via))
 			if err != nil {
-				why = err
-				return false, nil
+				return err
 			}
-			if why = settled(maps, s, ns, members); why != nil {
-				return false, nil
+			if err := settled(maps, s, ns, members); err != nil {
+				return err
 			}
-			if why = zoneSpread(maps, zones); why != nil {
-				return false, nil
+			if err := zoneSpread(maps, zones); err != nil {
+				return err
 			}
 			c := couchdb(t, ns, podName(s, via), s.password)
 			for node, z := range zones {
 				d, err := c.GetNodeDoc(ctx, node)
 				if err != nil || d.Zone != z {
-					why = fmt.Errorf("_nodes doc of %s: zone %q, want %q (%v)", node, d.Zone, z, err)
-					return false, nil
+					return fmt.Errorf("_nodes doc of %s: zone %q, want %q (%v)", node, d.Zone, z, err)
 				}
 			}
-			return true, nil
+			return nil
 		})
 		if v := metricValue(t, rc, "couchdb_controller_shard_ranges", map[string]string{"namespace": ns, "state": "zone_violation"}); v != 0 {
 			t.Errorf("%s: shard_ranges{zone_violation} = %v", stage, v)
@@ -350,19 +354,22 @@ func TestZonesKeepCopiesInDistinctZones(t *testing.T) {
 	// (0 and 3) are deleted; their replacements stay pending.
 	outage := corev1.Taint{Key: "couchdb-e2e/outage", Value: "true", Effect: corev1.TaintEffectNoSchedule}
 	setTaints(t, zoneNode("zone-a"), outage)
-	for _, i := range []int{0, 3} {
-		if err := env.kube.CoreV1().Pods(ns).Delete(ctx, podName(s, i), metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	poll(t, 60*time.Second, "zone-a's pods gone and their replacements pending", func(ctx context.Context) (bool, error) {
+		pending := 0
 		for _, i := range []int{0, 3} {
 			p, err := env.kube.CoreV1().Pods(ns).Get(ctx, podName(s, i), metav1.GetOptions{})
-			if err != nil || p.Spec.NodeName != "" {
-				return false, nil
+			switch {
+			case err != nil:
+			case p.Spec.NodeName == "":
+				pending++
+			case p.DeletionTimestamp == nil:
+				// The original pod, or a replacement bound before the scheduler saw the taint.
+				if err := env.kube.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+					return false, err
+				}
 			}
 		}
-		return true, nil
+		return pending == 2, nil
 	})
 	// While zone-a is empty, a client creates a database through a live member.
 	poll(t, 30*time.Second, "a database created while zone-a is empty", func(context.Context) (bool, error) {

@@ -28,17 +28,19 @@ func (k *Kubelet) registerNode(ctx context.Context, spec NodeSpec) error {
 		Spec: corev1.NodeSpec{Taints: spec.Taints}}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		node, err = nodes.Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			// Another run's labels or taints may differ: this Kubelet's spec wins.
-			p, merr := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}, "spec": map[string]any{"taints": spec.Taints}})
-			if merr != nil {
-				return merr
-			}
-			node, err = nodes.Patch(ctx, name, types.MergePatchType, p, metav1.PatchOptions{})
-		}
 	}
 	if err != nil {
 		return fmt.Errorf("register node %s: %w", name, err)
+	}
+	// The spec's labels and taints win over another run's; and the API server's TaintNodesByCondition
+	// admission gives a new Node the node.kubernetes.io/not-ready taint, which the node lifecycle
+	// controller (not run by the harness) would remove once the Node is Ready, as it is below.
+	p, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}, "spec": map[string]any{"taints": spec.Taints}})
+	if err != nil {
+		return err
+	}
+	if node, err = nodes.Patch(ctx, name, types.MergePatchType, p, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("label node %s: %w", name, err)
 	}
 	now := metav1.Now()
 	capacity := corev1.ResourceList{
