@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // Issue 15 end to end: session cookies valid on every pod, config drift, rollouts that wait for
@@ -88,6 +89,16 @@ func waitCookiesEverywhere(t *testing.T, s clusterSpec, ns string, n int, what s
 	t.Logf("cookies valid on all %d pods %s after %s", n, what, time.Since(start).Round(time.Millisecond))
 }
 
+// waitFinished waits until every pod lists the members and finish_cluster has run (it copies the
+// coordinator's admin hash, uuid and secret once: restarts before it would be undone by it).
+func waitFinished(t *testing.T, s clusterSpec, ns string) {
+	t.Helper()
+	waitMembers(t, s, ns, int(s.replicas), 60*time.Second)
+	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
+		return setupState(t, ns, podName(s, 0)) == couch.StateClusterFinished, nil
+	})
+}
+
 // restartPod deletes a pod and waits for its successor (a new UID) to be Ready.
 func restartPod(t *testing.T, ns, pod string) {
 	t.Helper()
@@ -119,7 +130,7 @@ func TestSessionCookiesValidOnEveryPod(t *testing.T) {
 	s.memberGate = true
 	startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
+	waitFinished(t, s, ns)
 	waitCookiesEverywhere(t, s, ns, 3, "after formation")
 
 	scaleTo(t, ns, s.name, 4)
@@ -172,12 +183,16 @@ func TestConfigDriftReportedAndCleared(t *testing.T) {
 	putPerPodINI(t, ns, s, []string{"11111111111111111111111111111111", "22222222222222222222222222222222", "11111111111111111111111111111111"})
 	rc := startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
+	waitFinished(t, s, ns)
 	// finish_cluster copied db-0's uuid at runtime; the pods' own values come back at their next
 	// start, which is when drift shows.
 	for i := 0; i < 3; i++ {
 		restartPod(t, ns, podName(s, i))
 	}
+	poll(t, 30*time.Second, podName(s, 1)+" to run with its own uuid", func(ctx context.Context) (bool, error) {
+		u, err := couchdb(t, ns, podName(s, 1), s.password).GetConfig(ctx, "_local", "couchdb", "uuid")
+		return err == nil && u == "22222222222222222222222222222222", nil
+	})
 	poll(t, 60*time.Second, "a ConfigDrift Warning", func(context.Context) (bool, error) {
 		return len(events(t, ns, controller.ReasonConfigDrift)) > 0, nil
 	})
@@ -315,10 +330,7 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	s.memberGate = true
 	startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
-	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
-		return setupState(t, ns, podName(s, 0)) == "cluster_finished", nil
-	})
+	waitFinished(t, s, ns)
 	if err := couchdb(t, ns, podName(s, 0), s.password).CreateDB(context.Background(), "load", 2, 3); err != nil {
 		t.Fatal(err)
 	}
