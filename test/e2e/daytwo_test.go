@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
@@ -242,14 +243,15 @@ func TestConfigDriftReportedAndCleared(t *testing.T) {
 // writeLoad writes one document at a time to the pods in turn, skipping pods that are down, and
 // records the ids CouchDB acknowledged (201 or 202).
 type writeLoad struct {
-	mu    sync.Mutex
-	acked []string
+	mu     sync.Mutex
+	acked  []string
+	failed map[string]int // refused writes by status (or error), for the failure message
 	stop  chan struct{}
 	done  chan struct{}
 }
 
 func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every time.Duration) *writeLoad {
-	w := &writeLoad{stop: make(chan struct{}), done: make(chan struct{})}
+	w := &writeLoad{stop: make(chan struct{}), done: make(chan struct{}), failed: map[string]int{}}
 	go func() {
 		defer close(w.done)
 		client := &http.Client{Timeout: 2 * time.Second}
@@ -269,15 +271,20 @@ func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every tim
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := client.Do(req)
 			if err != nil {
+				w.mu.Lock()
+				w.failed["error"]++
+				w.mu.Unlock()
 				continue
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
 			_ = resp.Body.Close()
+			w.mu.Lock()
 			if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusAccepted {
-				w.mu.Lock()
 				w.acked = append(w.acked, id)
-				w.mu.Unlock()
+			} else {
+				w.failed[resp.Status]++
 			}
+			w.mu.Unlock()
 		}
 	}()
 	t.Cleanup(w.halt)
@@ -340,7 +347,12 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	}
 	waitReadyAddresses(t, ns, s.name, 3)
 	load := startWriteLoad(t, ns, s, "load", 10*time.Millisecond)
-	poll(t, 10*time.Second, "the first writes", func(context.Context) (bool, error) { return len(load.ackedSoFar()) > 20, nil })
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return len(load.ackedSoFar()) > 20, nil
+	}); err != nil {
+		load.mu.Lock()
+		t.Fatalf("no writes acknowledged: refused %v", load.failed)
+	}
 
 	// Watch deletions: at each one after the first, the pod restarted before must hold every
 	// document acknowledged so far in each of its copies.
@@ -358,12 +370,51 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	var mu sync.Mutex
 	var deletions []deletion
 	seen := map[types.UID]bool{}
+	// missingOn lists the acknowledged documents of acked that the pod's copies lack.
+	missingOn := func(pod string, acked []string) []string {
+		var missing []string
+		node := s.nodeName(ns, ordinalOf(pod))
+		for _, rng := range m.Ranges() {
+			if !m.HasCopy(rng, node) {
+				continue
+			}
+			ids, err := copyIDs(t, ns, pod, s.password, m.ShardName(rng))
+			if err != nil {
+				missing = append(missing, err.Error())
+				continue
+			}
+			for _, id := range acked {
+				if shardOf(m.Ranges(), id) == rng && !ids[id] {
+					missing = append(missing, rng+"/"+id)
+				}
+			}
+		}
+		return missing
+	}
+	// The moment a recreated pod's gate opens, its copies must hold what was acknowledged before
+	// its predecessor went down (what it missed is the catch-up).
+	ackedAtDeletion := map[string][]string{}
+	gateChecked := map[types.UID]bool{}
+	var gateMissing []string
+	watched := make(chan struct{})
 	go func() {
+		defer close(watched)
 		for ev := range w.ResultChan() {
 			p, ok := ev.Object.(*corev1.Pod)
+			if ok && p.DeletionTimestamp == nil && !gateChecked[p.UID] && !seen[p.UID] && memberTrue(p) {
+				if acked, ok := ackedAtDeletion[p.Name]; ok {
+					gateChecked[p.UID] = true
+					if miss := missingOn(p.Name, acked); len(miss) > 0 {
+						mu.Lock()
+						gateMissing = append(gateMissing, fmt.Sprintf("%s: %d missing, e.g. %v", p.Name, len(miss), miss[:min(3, len(miss))]))
+						mu.Unlock()
+					}
+				}
+			}
 			if !ok || ev.Type != watch.Modified && ev.Type != watch.Deleted || p.DeletionTimestamp == nil || seen[p.UID] {
 				continue
 			}
+			ackedAtDeletion[p.Name] = load.ackedSoFar()
 			seen[p.UID] = true
 			d := deletion{pod: p.Name, at: time.Now()}
 			mu.Lock()
@@ -373,23 +424,7 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 			}
 			mu.Unlock()
 			if prev != "" {
-				acked := load.ackedSoFar()
-				node := s.nodeName(ns, ordinalOf(prev))
-				for _, rng := range m.Ranges() {
-					if !m.HasCopy(rng, node) {
-						continue
-					}
-					ids, err := copyIDs(t, ns, prev, s.password, m.ShardName(rng))
-					if err != nil {
-						d.missing = append(d.missing, err.Error())
-						continue
-					}
-					for _, id := range acked {
-						if shardOf(m.Ranges(), id) == rng && !ids[id] {
-							d.missing = append(d.missing, rng+"/"+id)
-						}
-					}
-				}
+				d.missing = missingOn(prev, load.ackedSoFar())
 			}
 			mu.Lock()
 			deletions = append(deletions, d)
@@ -414,9 +449,13 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	took := time.Since(start)
 	load.halt()
 	cancel()
+	<-watched
 	t.Logf("rolling update of 3 pods under %d acknowledged writes took %s", len(load.ackedSoFar()), took.Round(time.Millisecond))
 
 	mu.Lock()
+	for _, g := range gateMissing {
+		t.Errorf("couchdb.io/member turned True before the restarted pod caught up: %s", g)
+	}
 	if len(deletions) != 3 {
 		t.Errorf("%d pod deletions, want 3: %+v", len(deletions), deletions)
 	}
@@ -478,4 +517,13 @@ func shardOf(ranges []string, id string) string {
 		}
 	}
 	return ""
+}
+
+func memberTrue(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == controller.ConditionMember {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
