@@ -18,9 +18,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/couchdb-controller/couchdb-controller/controller"
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // Issue 15 end to end: session cookies valid on every pod, config drift, rollouts that wait for
@@ -88,6 +90,16 @@ func waitCookiesEverywhere(t *testing.T, s clusterSpec, ns string, n int, what s
 	t.Logf("cookies valid on all %d pods %s after %s", n, what, time.Since(start).Round(time.Millisecond))
 }
 
+// waitFinished waits until every pod lists the members and finish_cluster has run (it copies the
+// coordinator's admin hash, uuid and secret once: restarts before it would be undone by it).
+func waitFinished(t *testing.T, s clusterSpec, ns string) {
+	t.Helper()
+	waitMembers(t, s, ns, int(s.replicas), 60*time.Second)
+	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
+		return setupState(t, ns, podName(s, 0)) == couch.StateClusterFinished, nil
+	})
+}
+
 // restartPod deletes a pod and waits for its successor (a new UID) to be Ready.
 func restartPod(t *testing.T, ns, pod string) {
 	t.Helper()
@@ -119,7 +131,7 @@ func TestSessionCookiesValidOnEveryPod(t *testing.T) {
 	s.memberGate = true
 	startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
+	waitFinished(t, s, ns)
 	waitCookiesEverywhere(t, s, ns, 3, "after formation")
 
 	scaleTo(t, ns, s.name, 4)
@@ -172,12 +184,16 @@ func TestConfigDriftReportedAndCleared(t *testing.T) {
 	putPerPodINI(t, ns, s, []string{"11111111111111111111111111111111", "22222222222222222222222222222222", "11111111111111111111111111111111"})
 	rc := startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
+	waitFinished(t, s, ns)
 	// finish_cluster copied db-0's uuid at runtime; the pods' own values come back at their next
 	// start, which is when drift shows.
 	for i := 0; i < 3; i++ {
 		restartPod(t, ns, podName(s, i))
 	}
+	poll(t, 30*time.Second, podName(s, 1)+" to run with its own uuid", func(ctx context.Context) (bool, error) {
+		u, err := couchdb(t, ns, podName(s, 1), s.password).GetConfig(ctx, "_local", "couchdb", "uuid")
+		return err == nil && u == "22222222222222222222222222222222", nil
+	})
 	poll(t, 60*time.Second, "a ConfigDrift Warning", func(context.Context) (bool, error) {
 		return len(events(t, ns, controller.ReasonConfigDrift)) > 0, nil
 	})
@@ -227,14 +243,15 @@ func TestConfigDriftReportedAndCleared(t *testing.T) {
 // writeLoad writes one document at a time to the pods in turn, skipping pods that are down, and
 // records the ids CouchDB acknowledged (201 or 202).
 type writeLoad struct {
-	mu    sync.Mutex
-	acked []string
+	mu     sync.Mutex
+	acked  []string
+	failed map[string]int // refused writes by status (or error), for the failure message
 	stop  chan struct{}
 	done  chan struct{}
 }
 
 func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every time.Duration) *writeLoad {
-	w := &writeLoad{stop: make(chan struct{}), done: make(chan struct{})}
+	w := &writeLoad{stop: make(chan struct{}), done: make(chan struct{}), failed: map[string]int{}}
 	go func() {
 		defer close(w.done)
 		client := &http.Client{Timeout: 2 * time.Second}
@@ -254,15 +271,20 @@ func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every tim
 			req.Header.Set("Content-Type", "application/json")
 			resp, err := client.Do(req)
 			if err != nil {
+				w.mu.Lock()
+				w.failed["error"]++
+				w.mu.Unlock()
 				continue
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
 			_ = resp.Body.Close()
+			w.mu.Lock()
 			if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusAccepted {
-				w.mu.Lock()
 				w.acked = append(w.acked, id)
-				w.mu.Unlock()
+			} else {
+				w.failed[resp.Status]++
 			}
+			w.mu.Unlock()
 		}
 	}()
 	t.Cleanup(w.halt)
@@ -315,10 +337,7 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	s.memberGate = true
 	startController(t, ns)
 	s.create(t, ns)
-	waitMembers(t, s, ns, 3, 60*time.Second)
-	poll(t, 30*time.Second, "cluster_finished", func(context.Context) (bool, error) {
-		return setupState(t, ns, podName(s, 0)) == "cluster_finished", nil
-	})
+	waitFinished(t, s, ns)
 	if err := couchdb(t, ns, podName(s, 0), s.password).CreateDB(context.Background(), "load", 2, 3); err != nil {
 		t.Fatal(err)
 	}
@@ -328,7 +347,12 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	}
 	waitReadyAddresses(t, ns, s.name, 3)
 	load := startWriteLoad(t, ns, s, "load", 10*time.Millisecond)
-	poll(t, 10*time.Second, "the first writes", func(context.Context) (bool, error) { return len(load.ackedSoFar()) > 20, nil })
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return len(load.ackedSoFar()) > 20, nil
+	}); err != nil {
+		load.mu.Lock()
+		t.Fatalf("no writes acknowledged: refused %v", load.failed)
+	}
 
 	// Watch deletions: at each one after the first, the pod restarted before must hold every
 	// document acknowledged so far in each of its copies.
@@ -346,12 +370,51 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	var mu sync.Mutex
 	var deletions []deletion
 	seen := map[types.UID]bool{}
+	// missingOn lists the acknowledged documents of acked that the pod's copies lack.
+	missingOn := func(pod string, acked []string) []string {
+		var missing []string
+		node := s.nodeName(ns, ordinalOf(pod))
+		for _, rng := range m.Ranges() {
+			if !m.HasCopy(rng, node) {
+				continue
+			}
+			ids, err := copyIDs(t, ns, pod, s.password, m.ShardName(rng))
+			if err != nil {
+				missing = append(missing, err.Error())
+				continue
+			}
+			for _, id := range acked {
+				if shardOf(m.Ranges(), id) == rng && !ids[id] {
+					missing = append(missing, rng+"/"+id)
+				}
+			}
+		}
+		return missing
+	}
+	// The moment a recreated pod's gate opens, its copies must hold what was acknowledged before
+	// its predecessor went down (what it missed is the catch-up).
+	ackedAtDeletion := map[string][]string{}
+	gateChecked := map[types.UID]bool{}
+	var gateMissing []string
+	watched := make(chan struct{})
 	go func() {
+		defer close(watched)
 		for ev := range w.ResultChan() {
 			p, ok := ev.Object.(*corev1.Pod)
+			if ok && p.DeletionTimestamp == nil && !gateChecked[p.UID] && !seen[p.UID] && memberTrue(p) {
+				if acked, ok := ackedAtDeletion[p.Name]; ok {
+					gateChecked[p.UID] = true
+					if miss := missingOn(p.Name, acked); len(miss) > 0 {
+						mu.Lock()
+						gateMissing = append(gateMissing, fmt.Sprintf("%s: %d missing, e.g. %v", p.Name, len(miss), miss[:min(3, len(miss))]))
+						mu.Unlock()
+					}
+				}
+			}
 			if !ok || ev.Type != watch.Modified && ev.Type != watch.Deleted || p.DeletionTimestamp == nil || seen[p.UID] {
 				continue
 			}
+			ackedAtDeletion[p.Name] = load.ackedSoFar()
 			seen[p.UID] = true
 			d := deletion{pod: p.Name, at: time.Now()}
 			mu.Lock()
@@ -361,23 +424,7 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 			}
 			mu.Unlock()
 			if prev != "" {
-				acked := load.ackedSoFar()
-				node := s.nodeName(ns, ordinalOf(prev))
-				for _, rng := range m.Ranges() {
-					if !m.HasCopy(rng, node) {
-						continue
-					}
-					ids, err := copyIDs(t, ns, prev, s.password, m.ShardName(rng))
-					if err != nil {
-						d.missing = append(d.missing, err.Error())
-						continue
-					}
-					for _, id := range acked {
-						if shardOf(m.Ranges(), id) == rng && !ids[id] {
-							d.missing = append(d.missing, rng+"/"+id)
-						}
-					}
-				}
+				d.missing = missingOn(prev, load.ackedSoFar())
 			}
 			mu.Lock()
 			deletions = append(deletions, d)
@@ -402,9 +449,13 @@ func TestRollingUpdateWaitsForCatchUp(t *testing.T) {
 	took := time.Since(start)
 	load.halt()
 	cancel()
+	<-watched
 	t.Logf("rolling update of 3 pods under %d acknowledged writes took %s", len(load.ackedSoFar()), took.Round(time.Millisecond))
 
 	mu.Lock()
+	for _, g := range gateMissing {
+		t.Errorf("couchdb.io/member turned True before the restarted pod caught up: %s", g)
+	}
 	if len(deletions) != 3 {
 		t.Errorf("%d pod deletions, want 3: %+v", len(deletions), deletions)
 	}
@@ -466,4 +517,13 @@ func shardOf(ranges []string, id string) string {
 		}
 	}
 	return ""
+}
+
+func memberTrue(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == controller.ConditionMember {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
