@@ -31,8 +31,8 @@ func updateMatters(old, cur any) bool {
 			return true
 		}
 		// The cache holds pods as trimPod leaves them, with only the fields sync reads: any
-		// difference but the resourceVersion matters (the binding to a node alone does not, unless
-		// trimPod keeps the node name). Copies of the structs keep the cached objects untouched.
+		// difference but the resourceVersion matters, and nothing trimPod drops does. Copies of the
+		// structs keep the cached objects untouched.
 		oc, cc := *o, *c
 		oc.ResourceVersion, cc.ResourceVersion = "", ""
 		return !equality.Semantic.DeepEqual(oc, cc)
