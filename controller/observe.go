@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -241,21 +242,33 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	if len(ords) == 0 {
 		return
 	}
-	ask := func(ord int) {
+	ask := func(ord int, verified bool) {
 		p, n := o.Pods[ord], o.Nodes[ord]
 		api, err := c.client(st, scheme, ca, p)
 		if err != nil {
 			n.Err = err.Error()
 			return
 		}
-		c.askNode(ctx, st, api, podsByOrd[ord], p, n)
+		c.askNode(ctx, st, api, podsByOrd[ord], p, n, verified)
 	}
-	ask(ords[0])
-	if first := o.Nodes[ords[0]]; first.authFailed() {
+	ask(ords[0], false)
+	first := o.Nodes[ords[0]]
+	if first.authFailed() {
 		o.CredentialsRejected, o.CredentialsLocked = true, first.locked
 		return
 	}
 	var wg sync.WaitGroup
+	// The first node asked is the coordinator whenever it is a member of its own _nodes (no lower
+	// ordinal answered, see coordinator): its setup state is asked alongside the other nodes, one
+	// round trip less on every sync's path, a join's included.
+	early := ords[0] < o.Replicas && first.Valid() && first.Membership != nil && slices.Contains(first.Membership.ClusterNodes, first.Name)
+	if early {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.askSetup(ctx, st, scheme, ca, o, first)
+		}()
+	}
 	sem := make(chan struct{}, maxConcurrentNodes)
 	for _, ord := range ords[1:] {
 		wg.Add(1)
@@ -263,7 +276,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 		go func(ord int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ask(ord)
+			ask(ord, true)
 		}(ord)
 	}
 	wg.Wait()
@@ -277,7 +290,9 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 	if coord == nil {
 		return
 	}
-	c.askSetup(ctx, st, scheme, ca, o, coord)
+	if !early || coord != first {
+		c.askSetup(ctx, st, scheme, ca, o, coord)
+	}
 	if coord.Setup == couch.StateClusterFinished {
 		c.askShards(ctx, st, scheme, ca, o, coord)
 		return
@@ -432,30 +447,52 @@ func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme stri
 	}
 }
 
-func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, pod *corev1.Pod, p *PodObs, n *NodeObs) {
+// askNode asks one node who it is (once per CouchDB process) and whom it knows. With verified (another
+// node accepted the credentials in this sync) a new process's three questions go out at once, one
+// round trip instead of three on a join's path; otherwise one at a time, so that credentials CouchDB
+// rejects cost one failed login, not three (CouchDB locks an account after five).
+func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, pod *corev1.Pod, p *PodObs, n *NodeObs, verified bool) {
 	key := identityKey(pod)
 	c.mu.Lock()
 	id, cached := st.identity[key]
 	c.mu.Unlock()
+	var m couch.Membership
+	var merr error
 	if !cached {
 		// Asked once per CouchDB process: its version decides whether this controller may manage it.
-		w, err := api.Welcome(ctx)
-		if err != nil {
+		var w couch.Welcome
+		var werr, nerr error
+		if verified {
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				w, werr = api.Welcome(ctx)
+			}()
+			go func() {
+				defer wg.Done()
+				id.name, nerr = api.LocalNodeName(ctx)
+			}()
+			m, merr = api.Membership(ctx)
+			wg.Wait()
+		} else if w, werr = api.Welcome(ctx); werr == nil {
+			if id.name, nerr = api.LocalNodeName(ctx); nerr == nil {
+				m, merr = api.Membership(ctx)
+			}
+		}
+		if err := cmp.Or(werr, nerr); err != nil {
 			n.fail(err)
 			return
 		}
 		id.version = w.Version
-		if id.name, err = api.LocalNodeName(ctx); err != nil {
-			n.fail(err)
-			return
-		}
 		c.mu.Lock()
 		st.identity[key] = id
 		c.mu.Unlock()
+	} else {
+		m, merr = api.Membership(ctx)
 	}
-	m, err := api.Membership(ctx)
-	if err != nil {
-		n.fail(err)
+	if merr != nil {
+		n.fail(merr)
 		return
 	}
 	n.Reached = true

@@ -70,6 +70,7 @@ func TestUpdateMatters(t *testing.T) {
 		{"pod annotation (not kept by trimPod)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
 			p.ResourceVersion, p.Annotations = "2", map[string]string{"x": "y"}
 		})), false},
+		{"pod host IP (not kept by trimPod)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.Status.HostIP = "2", "192.168.0.1" })), false},
 		{"pod containers ready", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
 			p.ResourceVersion = "2"
 			p.Status.Conditions[0].Status = corev1.ConditionTrue
@@ -87,6 +88,12 @@ func TestUpdateMatters(t *testing.T) {
 				t.Errorf("updateMatters = %t, want %t", got, tc.want)
 			}
 		})
+	}
+	// Whatever trimPod keeps matters, whoever added it: a field read by sync is never filtered out.
+	if out, _ := trimPod(pod(func(p *corev1.Pod) { p.Spec.NodeName = "n1" })); out.(*corev1.Pod).Spec.NodeName != "" {
+		if !updateMatters(trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.Spec.NodeName = "2", "n1" }))) {
+			t.Error("a new node name is kept by trimPod but filtered out")
+		}
 	}
 	// The comparison must not change the cached objects.
 	p := trimmed(pod(nil))

@@ -34,6 +34,7 @@ func (w *world) single(ctx context.Context, o options) (*SingleResult, error) {
 		return nil, err
 	}
 	r := &SingleResult{}
+	var kinds []PathCount
 	before := histogramOf(c.get("/metrics"), formationMetric)
 	for i := 0; i < o.formations; i++ {
 		d, err := w.formOne(ctx, fmt.Sprintf("form-%d", i))
@@ -59,13 +60,38 @@ func (w *world) single(ctx context.Context, o options) (*SingleResult, error) {
 			}
 		}
 		time.Sleep(time.Second)
+		m0 := c.get("/metrics")
+		resetRequests(w, ns)
 		d, ok := w.joinOne(ctx, ns, 3)
 		if !ok {
 			return nil, fmt.Errorf("%s: node 3 did not join", ns)
 		}
 		r.Joins = append(r.Joins, d)
+		// The join's follow-up syncs (the verifying one, the pod's later events) count too.
+		time.Sleep(time.Second)
+		kinds = addCounts(kinds, requestKinds(w, ns, 4))
+		m1 := c.get("/metrics")
+		r.JoinSyncs += metricSum(m1, "couchdb_controller_syncs_total", "") - metricSum(m0, "couchdb_controller_syncs_total", "")
 	}
+	r.JoinPaths = kinds
 	return r, nil
+}
+
+// resetRequests zeroes the request counters of a namespace's emulated nodes.
+func resetRequests(w *world, ns string) {
+	for i := 0; i < 8; i++ {
+		if n := w.backend.Node(ns, fmt.Sprintf("db-%d", i)); n != nil {
+			n.ResetRequests()
+		}
+	}
+}
+
+func addCounts(a, b []PathCount) []PathCount {
+	m := map[string]int{}
+	for _, pc := range append(a, b...) {
+		m[pc.Path] += pc.Count
+	}
+	return sortCounts(m)
 }
 
 // formOne creates one labelled 3-node cluster and times its formation from outside.

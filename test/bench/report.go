@@ -71,10 +71,12 @@ type PathCount struct {
 }
 
 type SingleResult struct {
-	Meta            Meta      `json:"meta"`
-	Formations      []float64 `json:"formations"` // s, outside observer
-	FormationMetric histogram `json:"formationMetric"`
-	Joins           []float64 `json:"joins"` // s, outside observer
+	Meta            Meta        `json:"meta"`
+	Formations      []float64   `json:"formations"` // s, outside observer
+	FormationMetric histogram   `json:"formationMetric"`
+	Joins           []float64   `json:"joins"`     // s, outside observer
+	JoinPaths       []PathCount `json:"joinPaths"` // CouchDB requests of all the joins, follow-up syncs included
+	JoinSyncs       float64     `json:"joinSyncs"` // syncs of all the joins
 }
 
 type FleetResult struct {
@@ -266,6 +268,18 @@ func renderSingle(b *strings.Builder, s *SingleResult) {
 		ms(s.Formations, .5), ms(s.Formations, .9), ms(s.Formations, .99), ms(s.Formations, 1))
 	fmt.Fprintf(b, "| formation, controller metric `cluster_formation_duration_seconds` | %s | | %s | |\n", s.FormationMetric.bound(.5), s.FormationMetric.bound(.99))
 	fmt.Fprintf(b, "| join 3 -> 4, outside observer | %s | %s | %s | %s |\n\n", ms(s.Joins, .5), ms(s.Joins, .9), ms(s.Joins, .99), ms(s.Joins, 1))
+	if n := float64(len(s.Joins)); n > 0 {
+		total := 0
+		for _, pc := range s.JoinPaths {
+			total += pc.Count
+		}
+		fmt.Fprintf(b, "Per join (from the scale-up to a second after the node joined, so the verifying and later syncs count): %.1f syncs and %.1f CouchDB requests: ", s.JoinSyncs/n, float64(total)/n)
+		var parts []string
+		for _, pc := range s.JoinPaths {
+			parts = append(parts, fmt.Sprintf("`%s` %.1f", pc.Path, float64(pc.Count)/n))
+		}
+		fmt.Fprintf(b, "%s.\n\n", strings.Join(parts, ", "))
+	}
 }
 
 func renderFleet(b *strings.Builder, f *FleetResult) {
