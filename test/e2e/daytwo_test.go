@@ -246,8 +246,8 @@ type writeLoad struct {
 	mu     sync.Mutex
 	acked  []string
 	failed map[string]int // refused writes by status (or error), for the failure message
-	stop  chan struct{}
-	done  chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every time.Duration) *writeLoad {
