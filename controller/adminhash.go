@@ -188,15 +188,17 @@ type configCheck struct {
 }
 
 // configKey changes whenever some member may hold a different config than at the last read (or
-// the StatefulSet, and so what its pods set, changed).
-func configKey(o Observed, sts *appsv1.StatefulSet, members []string, syncHash bool) string {
+// the StatefulSet, and so what its pods set, changed). Only the pods whose config is compared
+// (configMembers) count: a pod that is only joining changes nothing until it is a member, so the
+// sync that adds it reads no config and the join is not slowed.
+func configKey(o Observed, sts *appsv1.StatefulSet, coord *NodeObs, syncHash bool) string {
 	var b strings.Builder
-	for _, ord := range sortedOrdinals(o.Pods) {
+	for _, ord := range configMembers(o, coord) {
 		if p := o.Pods[ord]; p != nil {
 			fmt.Fprintf(&b, "%s=%s;", p.Name, p.Identity)
 		}
 	}
-	fmt.Fprintf(&b, "members=%v;hash=%t;generation=%d", sortedCopy(members), syncHash, sts.Generation)
+	fmt.Fprintf(&b, "members=%v;hash=%t;generation=%d", sortedCopy(coord.Membership.ClusterNodes), syncHash, sts.Generation)
 	return b.String()
 }
 
@@ -224,7 +226,7 @@ func (c *Controller) observeConfig(ctx context.Context, st *clusterState, sts *a
 		return
 	}
 	syncHash := syncAdminHashEnabled(sts, o)
-	key := configKey(*o, sts, coord.Membership.ClusterNodes, syncHash)
+	key := configKey(*o, sts, coord, syncHash)
 	if st.config.key == key && c.cfg.Now().Sub(st.config.at) < shardsMaxAge {
 		return
 	}

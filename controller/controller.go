@@ -44,7 +44,8 @@ type Config struct {
 	// UnreachableAfter is how long a node must fail before a CouchDBUnreachable Warning. Default 1m.
 	UnreachableAfter time.Duration
 	// MaxMoves bounds the shard copies being filled at once per cluster (default 8); MaxFillsPerNode
-	// the fills one node takes part in at once (default 2). See placement.Input.
+	// the fills one node takes part in at once (default 4: 3 -> 5 with rebalance fills the two new
+	// members, so 2 each would cap it at 4 moves). See placement.Input.
 	MaxMoves, MaxFillsPerNode int
 	// CatchUpTimeout bounds how long a restarted member's couchdb.io/member condition waits for its
 	// copies to catch up before it is set True with a Warning (default 10m).
@@ -101,7 +102,7 @@ func NewController(ctx context.Context, cfg Config) (*Controller, error) {
 		cfg.MaxMoves = 8
 	}
 	if cfg.MaxFillsPerNode <= 0 {
-		cfg.MaxFillsPerNode = 2
+		cfg.MaxFillsPerNode = 4
 	}
 	if cfg.CatchUpTimeout <= 0 {
 		cfg.CatchUpTimeout = 10 * time.Minute

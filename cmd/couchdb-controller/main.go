@@ -68,7 +68,7 @@ func main() {
 	fs.Float64Var(&o.kubeQPS, "kube-api-qps", 50, "sustained requests per second to the Kubernetes API (pod conditions, events, scale)")
 	fs.IntVar(&o.kubeBurst, "kube-api-burst", 100, "burst of requests to the Kubernetes API")
 	fs.IntVar(&o.maxMoves, "max-concurrent-moves", 8, "shard copies being filled at once per CouchDB cluster (rebalance, drain, heal); 1 moves one range at a time")
-	fs.IntVar(&o.maxFillsPerNode, "max-fills-per-node", 2, "fills one CouchDB node takes part in at once, as target or as the holder of the copy being dropped, so one node's disk and CPU are not swamped")
+	fs.IntVar(&o.maxFillsPerNode, "max-fills-per-node", 4, "fills one CouchDB node takes part in at once, as target or as the holder of the copy being dropped, so one node's disk and CPU are not swamped")
 	fs.DurationVar(&o.catchUpTimeout, "catch-up-timeout", 10*time.Minute, "how long a restarted member's couchdb.io/member condition waits for its shard copies to catch up before it is set True anyway, with a Warning")
 	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's pprof profiles under /debug/pprof/ on the metrics address")
 	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")

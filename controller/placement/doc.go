@@ -64,7 +64,8 @@
 // Concurrency: up to Input.MaxMoves copies are filled at once in the cluster (a range with a copy to
 // drop counts as one move in flight per copy to drop; a new copy planned now counts too), and a
 // member is the target of a fill or the holder of the copy to drop in at most Input.MaxFillsPerNode
-// moves at once. A range never has two moves, a move adds before it drops so no range ever has
+// moves at once (a leaving node's copies to drop take no slot: it serves no client any more, and in a
+// drain it holds every copy that moves). A range never has two moves, a move adds before it drops so no range ever has
 // fewer live copies than before, and a plan holds at most one SyncShards per database, after its
 // edits.
 //

@@ -17,8 +17,8 @@ func TestConcurrentDrain(t *testing.T) {
 		want    []string
 		waiting bool
 	}{
-		"the drained node holds the copies to drop: its fill slots bound the drain": {
-			in:   Input{Replicas: 3, TargetReplicas: &two, Members: drained, Maps: four, MaxMoves: 8, MaxFillsPerNode: 2, Decom: map[string]bool{name(2): true}},
+		"the drained node's copies to drop take no fill slot: the staying targets' slots bound the drain": {
+			in:   Input{Replicas: 3, TargetReplicas: &two, Members: drained, Maps: four, MaxMoves: 8, MaxFillsPerNode: 1, Decom: map[string]bool{name(2): true}},
 			want: []string{"AddCopy(a/" + r0 + " on " + name(1) + ")", "AddCopy(a/" + r1 + " on " + name(0) + ")", "SyncShards(a)"},
 		},
 		"with room, every range of the drained node moves at once": {

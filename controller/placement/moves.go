@@ -7,7 +7,8 @@ import (
 // findInFlight reads the moves in flight from the maps alone: a range with a copy to drop (on a
 // leaving node, or one more than wanted on staying members) is one move per copy to drop. The copy
 // to drop and the copy added last (the one being filled) each occupy a fill slot of their node, and
-// the projected counts (what the members hold once these moves end) lose the copies to drop.
+// the projected counts (what the members hold once these moves end) lose the copies to drop. A
+// leaving node's copy takes no slot (countsAsFill).
 func (v *view) findInFlight() {
 	for _, db := range sortedDBs(v.in.Maps) {
 		if v.frozen[db] {
@@ -22,7 +23,7 @@ func (v *view) findInFlight() {
 			v.busy[RangeRef{db, rng}] = true
 			v.inFlight += len(drop)
 			for _, node := range drop {
-				if v.live[node] {
+				if v.countsAsFill(node) {
 					v.fills[node]++
 				}
 				if v.isStaying[node] {
@@ -69,6 +70,12 @@ func (p *planner) wait(why string) {
 // budget is how many more copies may start filling in this plan.
 func (p *planner) budget() int { return p.v.maxMoves - p.v.inFlight }
 
+// countsAsFill says whether holding a copy to drop takes one of node's fill slots. A leaving node
+// (departed, or being drained) serves no client any more, and in a drain it holds every copy that
+// moves: counting it would cap a whole drain at MaxFillsPerNode moves, while the writes of each fill
+// land on the staying targets, which are counted.
+func (v *view) countsAsFill(node string) bool { return v.live[node] && !v.leaving[node] }
+
 // canFill reports whether node may take part in one more move.
 func (p *planner) canFill(node string) bool { return node == "" || p.v.fills[node] < p.v.maxFills }
 
@@ -87,7 +94,7 @@ func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 	v.proj[db][target]++
 	v.projBytes[target] += size
 	if src != "" {
-		if v.live[src] {
+		if v.countsAsFill(src) {
 			v.fills[src]++
 		}
 		if v.isStaying[src] {
