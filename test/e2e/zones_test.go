@@ -26,8 +26,11 @@ func pollFor(t *testing.T, timeout time.Duration, what string, cond func(ctx con
 	t.Helper()
 	last := fmt.Errorf("not checked yet")
 	if err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		last = cond(ctx)
-		return last == nil, nil
+		err := cond(ctx)
+		if ctx.Err() == nil || err == nil {
+			last = err // an answer cut by the deadline would hide the reason before it
+		}
+		return err == nil, nil
 	}); err != nil {
 		t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, last)
 	}
