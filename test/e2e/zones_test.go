@@ -58,11 +58,15 @@ func allMaps(ctx context.Context, t *testing.T, s clusterSpec, ns, pod string) (
 // recorded in its map, else the copies CouchDB gave it (the most common count per range).
 func wantN(m couch.ShardMap) int { return placement.DBN(m) }
 
-// settled says every range of every database has exactly its n copies, all on the first members
-// pods: no move is in flight and nothing references a departed node.
-func settled(maps map[string]couch.ShardMap, s clusterSpec, ns string, members int) error {
+// settled says every range of every database has exactly its n copies (a copy on every member for
+// the databases in replicated), all on the first members pods: no move is in flight and nothing
+// references a departed node.
+func settled(maps map[string]couch.ShardMap, s clusterSpec, ns string, members int, replicated ...string) error {
 	for db, m := range maps {
 		n := wantN(m)
+		if slices.Contains(replicated, db) {
+			n = members
+		}
 		for _, rng := range m.Ranges() {
 			if got := len(m.ByRange[rng]); got != n {
 				return fmt.Errorf("%s/%s has %d copies, n is %d", db, rng, got, n)
@@ -203,7 +207,7 @@ func TestRebalanceSpreadsEachDatabaseAndItsBytes(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := settled(maps, s, ns, 5); err != nil {
+		if err := settled(maps, s, ns, 5, "settings"); err != nil {
 			return err
 		}
 		perDB = map[string]int{}
