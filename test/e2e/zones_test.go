@@ -26,8 +26,11 @@ func pollFor(t *testing.T, timeout time.Duration, what string, cond func(ctx con
 	t.Helper()
 	last := fmt.Errorf("not checked yet")
 	if err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		last = cond(ctx)
-		return last == nil, nil
+		err := cond(ctx)
+		if ctx.Err() == nil || err == nil {
+			last = err // an answer cut by the deadline would hide the reason before it
+		}
+		return err == nil, nil
 	}); err != nil {
 		t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, last)
 	}
@@ -55,11 +58,15 @@ func allMaps(ctx context.Context, t *testing.T, s clusterSpec, ns, pod string) (
 // recorded in its map, else the copies CouchDB gave it (the most common count per range).
 func wantN(m couch.ShardMap) int { return placement.DBN(m) }
 
-// settled says every range of every database has exactly its n copies, all on the first members
-// pods: no move is in flight and nothing references a departed node.
-func settled(maps map[string]couch.ShardMap, s clusterSpec, ns string, members int) error {
+// settled says every range of every database has exactly its n copies (a copy on every member for
+// the databases in replicated), all on the first members pods: no move is in flight and nothing
+// references a departed node.
+func settled(maps map[string]couch.ShardMap, s clusterSpec, ns string, members int, replicated ...string) error {
 	for db, m := range maps {
 		n := wantN(m)
+		if slices.Contains(replicated, db) {
+			n = members
+		}
 		for _, rng := range m.Ranges() {
 			if got := len(m.ByRange[rng]); got != n {
 				return fmt.Errorf("%s/%s has %d copies, n is %d", db, rng, got, n)
@@ -200,7 +207,7 @@ func TestRebalanceSpreadsEachDatabaseAndItsBytes(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := settled(maps, s, ns, 5); err != nil {
+		if err := settled(maps, s, ns, 5, "settings"); err != nil {
 			return err
 		}
 		perDB = map[string]int{}

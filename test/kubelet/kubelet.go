@@ -61,10 +61,11 @@ type Options struct {
 	NodeName string // default NodeName; ignored when Nodes is set
 	// Nodes are the fake Nodes this Kubelet registers and runs pods on (default: one Node named
 	// NodeName, without taints). As the scheduler it binds a pending pod to one of the Nodes that its
-	// spec.nodeSelector matches and whose NoSchedule taints it tolerates: the (ordinal mod count)-th
-	// of them in this order, where the ordinal is the number after the pod name's last "-" (a
-	// StatefulSet pod's), 0 for other pods. So db-0, db-1, db-2 land on three different Nodes, and a
-	// deleted db-1 comes back on the same one.
+	// spec.nodeSelector matches and whose NoSchedule taints (as listed here) it tolerates: the
+	// (ordinal mod count)-th of them in this order, where the ordinal is the number after the pod
+	// name's last "-" (a StatefulSet pod's), 0 for other pods. So db-0, db-1, db-2 land on three
+	// different Nodes, and a deleted db-1 comes back on the same one; while that Node carries a
+	// taint added since that the pod does not tolerate, the pod stays pending.
 	Nodes        []NodeSpec
 	ProbePeriod  time.Duration // readiness probe interval, default 100ms
 	ProbeTimeout time.Duration // per probe, default 1s
@@ -313,17 +314,15 @@ func (k *Kubelet) enqueuePending() {
 	}
 }
 
-// nodeFor picks the Node a pending pod is bound to (see Options.Nodes), from the Nodes' current
-// labels and taints; "" when none fits.
+// nodeFor picks the Node a pending pod is bound to (see Options.Nodes); "" when none fits. The pod's
+// Node is chosen among the Nodes its nodeSelector and tolerations fit as configured, so it is always
+// the same one; if that Node has since been tainted against it, the pod stays pending, as a pod
+// whose volume lives in that Node's zone would.
 func (k *Kubelet) nodeFor(pod *corev1.Pod) string {
 	var fit []string
 	for _, spec := range k.opts.Nodes {
-		n, err := k.nodes.Get(spec.Name)
-		if err != nil {
-			continue // not registered (or not seen) yet
-		}
-		if schedulable(pod, NodeSpec{Name: n.Name, Labels: n.Labels, Taints: n.Spec.Taints}) {
-			fit = append(fit, n.Name)
+		if schedulable(pod, spec) {
+			fit = append(fit, spec.Name)
 		}
 	}
 	if len(fit) == 0 {
@@ -335,7 +334,12 @@ func (k *Kubelet) nodeFor(pod *corev1.Pod) string {
 			ord = v
 		}
 	}
-	return fit[ord%len(fit)]
+	chosen := fit[ord%len(fit)]
+	n, err := k.nodes.Get(chosen)
+	if err != nil || !schedulable(pod, NodeSpec{Name: n.Name, Labels: n.Labels, Taints: n.Spec.Taints}) {
+		return ""
+	}
+	return chosen
 }
 
 // schedulable: the pod's nodeSelector matches the Node's labels and it tolerates every NoSchedule
