@@ -40,7 +40,7 @@ const (
 // target-replicas drain 5 -> 3, once with the controller's defaults and once with
 // --max-concurrent-moves=1, each on a fresh cluster with its own controller process.
 func (w *world) moves(ctx context.Context, o options) (*MovesResult, error) {
-	r := &MovesResult{DBs: o.moveDBs, Docs: o.moveDocs, FillRate: o.fillRate}
+	r := &MovesResult{DBs: o.moveDBs, Docs: o.moveDocs, FillRate: o.fillRate, EmulatedFillRate: emulatedFillRate(o)}
 	for i, v := range []struct {
 		label    string
 		maxMoves int

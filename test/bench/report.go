@@ -37,6 +37,8 @@ type MovesResult struct {
 	DBs      int       `json:"dbs"`
 	Docs     int       `json:"docs"`
 	FillRate float64   `json:"fillRate"`
+	// EmulatedFillRate is the rate the emulator filled copies at; 0: as soon as _sync_shards ran.
+	EmulatedFillRate float64 `json:"emulatedFillRate"`
 	Runs     []MoveRun `json:"runs"`
 }
 
@@ -167,8 +169,14 @@ func renderMoves(b *strings.Builder, m *MovesResult) {
 		return
 	}
 	fmt.Fprintf(b, "%s\n\n", m.Meta)
-	fmt.Fprintf(b, "One cluster of %d databases (q=2, n=3, %d documents each, plus the system databases), copies filled by the emulator\n", m.DBs, m.Docs)
-	fmt.Fprintf(b, "at %.0f bytes/s (the recorded fill: 37,071 bytes in 0.11 s). Each run is a fresh cluster with its own controller\n", m.FillRate)
+	fmt.Fprintf(b, "One cluster of %d databases (q=2, n=3, %d documents each, plus the system databases); the fill-time bound counts\n", m.DBs, m.Docs)
+	fmt.Fprintf(b, "fills at %.0f bytes/s (the recorded fill: 37,071 bytes in 0.11 s). ", m.FillRate)
+	if m.EmulatedFillRate > 0 {
+		fmt.Fprintf(b, "The emulator filled copies at %.0f bytes/s.", m.EmulatedFillRate)
+	} else {
+		fmt.Fprintf(b, "**The emulator filled copies as soon as `_sync_shards` ran** (it had no fill\nrate), so the bound is a model the run did not enforce and wall / bound below 1 is possible.")
+	}
+	fmt.Fprintf(b, " Each run is a fresh cluster with its own controller\n")
 	fmt.Fprintf(b, "process; a reader reads every document through pod 0 throughout (the bench fails on any missing one), and\nafterwards every document is read through every staying node.\n\n")
 	fmt.Fprintf(b, "| controller | change | copies moved (added / dropped) | wall time | moves/s | fill-time bound (sum of fills / concurrency) | wall / bound | controller CPU | CouchDB requests per move | syncs | controller busy (sum of sync durations / wall) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, run := range m.Runs {
