@@ -33,13 +33,13 @@ type Meta struct {
 }
 
 type MovesResult struct {
-	Meta     Meta      `json:"meta"`
-	DBs      int       `json:"dbs"`
-	Docs     int       `json:"docs"`
-	FillRate float64   `json:"fillRate"`
+	Meta     Meta    `json:"meta"`
+	DBs      int     `json:"dbs"`
+	Docs     int     `json:"docs"`
+	FillRate float64 `json:"fillRate"`
 	// EmulatedFillRate is the rate the emulator filled copies at; 0: as soon as _sync_shards ran.
-	EmulatedFillRate float64 `json:"emulatedFillRate"`
-	Runs     []MoveRun `json:"runs"`
+	EmulatedFillRate float64   `json:"emulatedFillRate"`
+	Runs             []MoveRun `json:"runs"`
 }
 
 type MoveRun struct {
