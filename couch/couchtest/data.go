@@ -24,6 +24,8 @@ type shardCopy struct {
 	created time.Time // when the file was opened: its instance_start_time
 	docs    map[string]*docRec
 	local   map[string]obj // _local docs: mem3's shard-sync checkpoints
+	// fileBytes is what updates appended to the file (see fill.go): sizes.file grows with the data.
+	fileBytes int
 }
 
 type docRec struct {
@@ -49,6 +51,7 @@ func (c *shardCopy) put(id string, d *docRec) {
 	nd := *d
 	nd.Seq = c.seq
 	c.docs[id] = &nd
+	c.fileBytes += nd.fileBytes()
 }
 
 // external sums the encoded size of the live bodies, as couch_bt_engine's external size does.
@@ -340,14 +343,15 @@ func (nw *Network) syncDB(db string, coord *Node) {
 		}
 	}
 	for _, t := range tasks {
-		nw.push(t.src, t.sc, t.dst, t.dc, t.upto)
+		nw.push(db, t.src, t.sc, t.dst, t.dc, t.upto)
 	}
 }
 
 // push is one mem3_rep run from copy sc on src to copy dc on dst. Like mem3_rep it starts from the
 // sequence its checkpoint recorded and does nothing, not even rewrite the checkpoint, when the source
-// has no change since; otherwise it copies what is newer and saves the checkpoint on both copies.
-func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy, upto int) {
+// has no change since; otherwise it copies what is newer and saves the checkpoint on both copies,
+// at once, or over time at the network's FillRate (fillPush).
+func (nw *Network) push(db string, src *Node, sc *shardCopy, dst *Node, dc *shardCopy, upto int) {
 	id := checkpointID(sc.uuid, dc.uuid)
 	since := 0
 	if cp, ok := sc.local[id]; ok {
@@ -356,7 +360,17 @@ func (nw *Network) push(src *Node, sc *shardCopy, dst *Node, dc *shardCopy, upto
 	if upto <= since {
 		return
 	}
+	if nw.opts.FillRate > 0 {
+		nw.fillPush(db, src, sc, dst, dc, since, upto)
+		return
+	}
 	dc.merge(sc, upto)
+	nw.checkpoint(src, sc, dst, dc, upto)
+}
+
+// checkpoint saves mem3_rep's checkpoint of the pair at source sequence upto, on both copies.
+func (nw *Network) checkpoint(src *Node, sc *shardCopy, dst *Node, dc *shardCopy, upto int) {
+	id := checkpointID(sc.uuid, dc.uuid)
 	entry := obj{"target_node": dst.name, "target_uuid": dc.uuid, "target_seq": dc.seq, "source_node": src.name,
 		"source_uuid": sc.uuid, "source_seq": upto, "timestamp": nw.opts.Clock().UTC().Format("2006-01-02T15:04:05.000000Z")}
 	var history []any

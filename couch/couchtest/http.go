@@ -69,6 +69,7 @@ func (n *Node) Handler() http.Handler {
 			_, _ = io.WriteString(w, `{"all_nodes":["couchdb@`)
 			return
 		}
+		n.prederive(r, body)
 		nw.mu.Lock()
 		code, resp := n.serve(r, body)
 		nw.mu.Unlock()

@@ -43,6 +43,11 @@ type NetworkOptions struct {
 	// make itself, and each derivation costs about 0.2 s at the default, so benchmarks and tests
 	// that read hashes of many nodes lower it; the string keeps CouchDB's format either way.
 	PasswordIterations int
+	// FillRate, if set, is how many bytes per second internal replication (after a write, a restart
+	// or POST /{db}/_sync_shards) moves from one copy to another, so a new or lagging copy fills over
+	// time in proportion to what it lacks (fill.go; RecordedFillRate is the recorded pace). Zero
+	// moves everything at once.
+	FillRate int64
 
 	// Placement, if set, replaces mem3's initial placement of a new database's copies, which CouchDB
 	// randomises (it rotates the member list by a random offset). It gets the database, its ranges,
@@ -69,6 +74,7 @@ type Network struct {
 	pidSeq      int                // makes up Erlang pids for running jobs
 	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
 	derived     map[string]string  // pbkdf2 keys already derived, by prf, salt, iterations and password
+	filling     map[string]bool    // (source copy, target copy) pushes in flight at the FillRate
 }
 
 // NewNetwork returns an empty network.
@@ -87,7 +93,7 @@ func NewNetwork(opts NetworkOptions) *Network {
 		opts.PasswordIterations = DefaultPasswordIterations
 	}
 	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{},
-		derived: map[string]string{}}
+		derived: map[string]string{}, filling: map[string]bool{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).

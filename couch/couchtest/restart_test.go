@@ -31,7 +31,7 @@ func TestRestartedNodeCatchesUpByInternalReplication(t *testing.T) {
 	ctx := context.Background()
 	nw, nodes, clients := sessionCluster(t, nil)
 	nw.mu.Lock()
-	nw.opts.SyncDelay = 300 * time.Millisecond
+	nw.opts.SyncDelay = time.Second
 	nw.mu.Unlock()
 	formCluster(t, nodes, clients)
 	if err := clients[0].CreateDB(ctx, "cu", 1, 3); err != nil {
@@ -49,8 +49,13 @@ func TestRestartedNodeCatchesUpByInternalReplication(t *testing.T) {
 		return true
 	})
 	nodes[2].Stop()
-	putDocs(t, nodes[0], "cu", 5, 25)  // w=2 of 3: still 201
-	time.Sleep(400 * time.Millisecond) // the sync round after the writes ran, and could not reach node2
+	putDocs(t, nodes[0], "cu", 5, 25) // w=2 of 3: still 201
+	// The sync round after the writes runs, and cannot reach node2.
+	waitUntil(t, "the post-write sync round", func() bool {
+		nw.mu.Lock()
+		defer nw.mu.Unlock()
+		return len(nw.pendingSync) == 0
+	})
 	if err := nodes[2].Start(); err != nil {
 		t.Fatal(err)
 	}

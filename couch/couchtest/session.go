@@ -102,23 +102,16 @@ func (h *adminHash) verify(nw *Network, password string) bool {
 	return subtle.ConstantTimeCompare([]byte(nw.derive(h.prf, password, h.salt, h.iter)), []byte(h.dk)) == 1
 }
 
-// derive is couch_passwords:pbkdf2/4 (the salt is used as the hex text it is stored as), memoised:
-// a hash copied from another node is then verified without deriving again.
+// derive is couch_passwords:pbkdf2/4, memoised: a hash copied from another node is then verified
+// without deriving again. Requests derive what they need beforehand, outside the lock (prederive);
+// this is the fallback for the rest.
 func (nw *Network) derive(prf, password, salt string, iter int) string {
-	key := prf + "\x00" + salt + "\x00" + strconv.Itoa(iter) + "\x00" + password
-	if dk, ok := nw.derived[key]; ok {
+	d := derivation{prf, password, salt, iter}
+	if dk, ok := nw.derived[d.key()]; ok {
 		return dk
 	}
-	fn, size := sha256.New, sha256.Size
-	if prf == "sha" {
-		fn, size = sha1.New, sha1.Size
-	}
-	b, err := pbkdf2.Key(func() hash.Hash { return fn() }, password, []byte(salt), iter, size)
-	if err != nil {
-		return ""
-	}
-	dk := hex.EncodeToString(b)
-	nw.derived[key] = dk
+	dk := pbkdf2Hex(d)
+	nw.derived[d.key()] = dk
 	return dk
 }
 
@@ -218,6 +211,13 @@ func (n *Node) session(r *http.Request, body []byte) (int, any) {
 		if code, resp := n.login(hostOf(r), req.Name, req.Password, true); code != 0 {
 			return code, resp
 		}
+		if n.config["chttpd_auth"]["secret"] == "" {
+			// ensure_cookie_auth_secret: a node without a secret makes one up (runtime config).
+			if n.config["chttpd_auth"] == nil {
+				n.config["chttpd_auth"] = map[string]string{}
+			}
+			n.config["chttpd_auth"]["secret"] = randomHex(16)
+		}
 		return http.StatusOK, withHeaders{header: map[string]string{"Set-Cookie": n.sessionCookie(req.Name)},
 			body: obj{"ok": true, "name": req.Name, "roles": []string{"_admin"}}}
 	case http.MethodDelete:
@@ -240,4 +240,71 @@ func sessionCredentials(r *http.Request, body []byte) (credentials, bool) {
 		return req, false
 	}
 	return credentials{Name: v.Get("name"), Password: v.Get("password")}, true
+}
+
+// derivation is one pbkdf2 key a request will need.
+type derivation struct {
+	prf, password, salt string
+	iter                int
+}
+
+func (d derivation) key() string {
+	return d.prf + "\x00" + d.salt + "\x00" + strconv.Itoa(d.iter) + "\x00" + d.password
+}
+
+// prederive derives the pbkdf2 keys request r will need without the network's lock, so that a
+// derivation (a fifth of a second at CouchDB's 600,000 iterations) stalls only this request, not
+// every node: the hashes _config shows (of the node addressed, which may be another one) and the check of a
+// password against a hash the node did not make itself.
+func (n *Node) prederive(r *http.Request, body []byte) {
+	nw := n.net
+	var todo []derivation
+	nw.mu.Lock()
+	need := func(d derivation) {
+		if _, ok := nw.derived[d.key()]; !ok {
+			todo = append(todo, d)
+		}
+	}
+	if seg := segments(r); len(seg) >= 3 && seg[0] == "_node" && seg[2] == "_config" && (len(seg) == 3 || seg[3] == "admins") {
+		target := n
+		if seg[1] != "_local" {
+			target = nw.nodes[seg[1]]
+		}
+		if target != nil {
+			for _, h := range target.admins {
+				if h.raw == "" && h.dk == "" {
+					need(derivation{h.prf, h.plain, h.salt, h.iter})
+				}
+			}
+		}
+	}
+	user, password, ok := r.BasicAuth()
+	if !ok && r.Method == http.MethodPost && r.URL.Path == "/_session" {
+		if c, parsed := sessionCredentials(r, body); parsed {
+			user, password, ok = c.Name, c.Password, true
+		}
+	}
+	if h := n.admins[user]; ok && h != nil && h.raw == "" && h.plain == "" {
+		need(derivation{h.prf, password, h.salt, h.iter})
+	}
+	nw.mu.Unlock()
+	for _, d := range todo {
+		dk := pbkdf2Hex(d)
+		nw.mu.Lock()
+		nw.derived[d.key()] = dk
+		nw.mu.Unlock()
+	}
+}
+
+// pbkdf2Hex is couch_passwords:pbkdf2/4 (the salt is used as the hex text it is stored as).
+func pbkdf2Hex(d derivation) string {
+	fn, size := sha256.New, sha256.Size
+	if d.prf == "sha" {
+		fn, size = sha1.New, sha1.Size
+	}
+	b, err := pbkdf2.Key(func() hash.Hash { return fn() }, d.password, []byte(d.salt), d.iter, size)
+	if err != nil {
+		return ""
+	}
+	return hex.EncodeToString(b)
 }

@@ -185,6 +185,20 @@ func TestAdminHashesAndSessions(t *testing.T) {
 		t.Errorf("a node with another secret accepted the cookie as %q", u)
 	}
 
+	// Without a secret the cookie is refused; a login makes a new secret up, as CouchDB does.
+	if _, err := clients[0].DeleteConfig(ctx, "_local", "chttpd_auth", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	if u := sessionUser(t, nodes[0], cookie); u != "" {
+		t.Errorf("a node without a secret accepted the cookie as %q", u)
+	}
+	if _, c := login(t, nodes[0], "s3cret"); sessionUser(t, nodes[0], c) != "admin" {
+		t.Errorf("a login on a node without a secret gave no working cookie")
+	}
+	if s, ok := nodes[0].Config("chttpd_auth", "secret"); !ok || s == "" {
+		t.Errorf("no secret was made up")
+	}
+
 	// A plaintext PUT is hashed with a fresh salt; DELETE answers the old hash.
 	old, err = clients[2].SetConfig(ctx, "_local", "admins", "ops", "pw2")
 	if err != nil || old != "" {
@@ -246,5 +260,27 @@ func TestRestartKeepsPersistedHash(t *testing.T) {
 		if v, _ := nodes[2].Config(k[0], k[1]); v != k[2] {
 			t.Errorf("[%s] %s = %q after the restart, configured %q", k[0], k[1], v, k[2])
 		}
+	}
+}
+
+// Unless told otherwise, nodes hash with CouchDB 3.4's 600,000 iterations; the key is derived
+// only when asked for, so booting such nodes costs nothing.
+func TestDefaultIterationsAndLazyDerivation(t *testing.T) {
+	nw := NewNetwork(NetworkOptions{})
+	n, err := nw.AddNode(NodeConfig{Name: "a@127.0.0.1", AdminUser: "admin", AdminPassword: "pw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.admins["admin"]
+	if h.iter != DefaultPasswordIterations || DefaultPasswordIterations != 600000 || h.dk != "" || len(nw.derived) != 0 {
+		t.Errorf("default node: %d iterations, key %q derived at boot, %d derivations", h.iter, h.dk, len(nw.derived))
+	}
+	// A pasted hash is parsed, not re-derived.
+	p := parseAdminHash("-pbkdf2:sha256-a4ae2fff7d6cc282a816e5811d310df6b30b73e4e07c157a972f1ee6c0342b29,ed266a87f29346e86fe46a0776661ba8,600000")
+	if p.prf != "sha256" || p.iter != 600000 || p.salt != "ed266a87f29346e86fe46a0776661ba8" || p.String(nw) != "-pbkdf2:sha256-a4ae2fff7d6cc282a816e5811d310df6b30b73e4e07c157a972f1ee6c0342b29,ed266a87f29346e86fe46a0776661ba8,600000" {
+		t.Errorf("parsed %+v", p)
+	}
+	if bad := parseAdminHash("-pbkdf2:sha256-nope"); bad.String(nw) != "-pbkdf2:sha256-nope" || bad.verify(nw, "") {
+		t.Errorf("a malformed hash is not kept verbatim and refused: %+v", bad)
 	}
 }
