@@ -72,7 +72,7 @@ func main() {
 	joins := flag.Int("joins", 20, "single: joins (3 -> 4) one at a time on the idle harness")
 	moveDBs := flag.Int("move-dbs", 100, "moves: databases (q=2, n=3) in the cluster whose copies move")
 	moveDocs := flag.Int("move-docs", 200, "moves: documents per database")
-	fillRate := flag.Float64("fill-rate", recordedFillRate, "moves: the emulator's copy-fill rate, bytes per second")
+	fillRate := flag.Float64("fill-rate", couchtest.RecordedFillRate, "moves: the emulator's copy-fill rate, bytes per second (0: instant)")
 	pprofAddr := flag.String("harness-pprof", "", "serve the harness's own pprof on this loopback address (the harness shares the cores with the controller)")
 	flag.Parse()
 	if *pprofAddr != "" {
@@ -471,10 +471,13 @@ func (m *meter) end() Meta {
 	return m.Meta
 }
 
+// emulatedFillRate is the copy-fill rate networkOptions gives the emulator, in bytes per second.
+func emulatedFillRate(o options) float64 { return o.fillRate }
+
 // networkOptions configures every emulated cluster: internal replication 1 s after a write (CouchDB:
-// 5 s; shorter so loading data settles quickly) and copies filled at the recorded rate.
+// 5 s; shorter so loading data settles quickly), moving documents at the fill rate.
 func networkOptions(o options) couchtest.NetworkOptions {
 	// Admin hashes at 1,000 pbkdf2 iterations: 600,000 (CouchDB's) cost seconds per node boot under
 	// the emulator's one lock, on the cores the controller is measured on.
-	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000}
+	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000, FillRate: int64(emulatedFillRate(o))}
 }

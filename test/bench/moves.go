@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -24,11 +23,6 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
-// recordedFillRate is the copy-fill rate of the recording (../shared/couchdb-real-shards.md 2b, in
-// couch/couchtest/testdata): POST /db1/_sync_shards filled a new copy of 88 documents, sizes.file
-// 37,071 bytes, in 0.11 s.
-const recordedFillRate = 37071 / 0.11
-
 // The controller's defaults for --max-concurrent-moves and --max-fills-per-node (cmd/couchdb-controller):
 // the concurrent runs use them, and the fill-time bound is computed from them.
 const (
@@ -40,7 +34,7 @@ const (
 // target-replicas drain 5 -> 3, once with the controller's defaults and once with
 // --max-concurrent-moves=1, each on a fresh cluster with its own controller process.
 func (w *world) moves(ctx context.Context, o options) (*MovesResult, error) {
-	r := &MovesResult{DBs: o.moveDBs, Docs: o.moveDocs, FillRate: o.fillRate}
+	r := &MovesResult{DBs: o.moveDBs, Docs: o.moveDocs, FillRate: o.fillRate, EmulatedFillRate: emulatedFillRate(o)}
 	for i, v := range []struct {
 		label    string
 		maxMoves int
@@ -356,24 +350,19 @@ func isSubset(a, b []string) bool {
 // n is a database's copies per range before anything moved (every range of a database has the same).
 func (cl *moveCluster) n(db string) int { return cl.copies[db] }
 
-// copyBytes reads sizes.file of one copy of each range (node-local info through pod 0): the size
-// the emulator fills at its fill rate.
-func (cl *moveCluster) copyBytes(ctx context.Context, maps map[string]couch.ShardMap) map[[2]string]float64 {
+// copyBytes is, for each range, what filling a new copy of it moves (couchtest's CopyFillBytes of its
+// first copy): the emulator fills it in that many bytes / the fill rate.
+func (cl *moveCluster) copyBytes(maps map[string]couch.ShardMap) map[[2]string]float64 {
 	out := map[[2]string]float64{}
 	for db, m := range maps {
 		for _, rng := range m.Ranges() {
 			if len(m.ByRange[rng]) == 0 {
 				continue
 			}
-			path := "/_node/" + url.PathEscape(m.ByRange[rng][0]) + "/" + url.PathEscape(m.ShardName(rng))
-			code, b, err := cl.do(ctx, "db-0", http.MethodGet, path, nil)
-			var info struct {
-				Sizes struct {
-					File float64 `json:"file"`
-				} `json:"sizes"`
-			}
-			if err == nil && code == http.StatusOK && json.Unmarshal(b, &info) == nil {
-				out[[2]string{db, rng}] = info.Sizes.File
+			if n := cl.w.backend.Node(cl.ns, podOf(m.ByRange[rng][0])); n != nil {
+				if b, ok := n.CopyFillBytes(m.ShardName(rng)); ok {
+					out[[2]string{db, rng}] = float64(b)
+				}
 			}
 		}
 	}
@@ -388,7 +377,7 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 	if !ok {
 		return p, fmt.Errorf("%s: could not read the maps before", name)
 	}
-	sizes := cl.copyBytes(ctx, before)
+	sizes := cl.copyBytes(before)
 	t0 := time.Now()
 	if _, err := cl.w.kube.AppsV1().StatefulSets(cl.ns).Patch(ctx, "db", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return p, err
@@ -458,7 +447,9 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 				if !before[db].HasCopy(rng, node) {
 					p.Copies++
 					gain[node] = true
-					p.FillSum += sizes[[2]string{db, rng}] / o.fillRate
+					if o.fillRate > 0 {
+						p.FillSum += sizes[[2]string{db, rng}] / o.fillRate
+					}
 				}
 			}
 			for _, node := range before[db].ByRange[rng] {
