@@ -24,12 +24,9 @@ func (k *Kubelet) registerNode(ctx context.Context, spec NodeSpec) error {
 	for k, v := range spec.Labels {
 		labels[k] = v
 	}
-	node, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+	_, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.NodeSpec{Taints: spec.Taints}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		node, err = nodes.Get(ctx, name, metav1.GetOptions{})
-	}
-	if err != nil {
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("register node %s: %w", name, err)
 	}
 	// The spec's labels and taints win over another run's; and the API server's TaintNodesByCondition
@@ -39,7 +36,8 @@ func (k *Kubelet) registerNode(ctx context.Context, spec NodeSpec) error {
 	if err != nil {
 		return err
 	}
-	if node, err = nodes.Patch(ctx, name, types.MergePatchType, p, metav1.PatchOptions{}); err != nil {
+	node, err := nodes.Patch(ctx, name, types.MergePatchType, p, metav1.PatchOptions{})
+	if err != nil {
 		return fmt.Errorf("label node %s: %w", name, err)
 	}
 	now := metav1.Now()
