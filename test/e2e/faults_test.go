@@ -208,9 +208,11 @@ func TestWrongPasswordUntilLockout(t *testing.T) {
 	ns := newNamespace(t)
 	s := newSpec("lock", 3)
 	s.parallel = true
-	// CouchDB's lockout lasts 5 minutes from the first failure; real nodes get a short one through a
-	// mounted ini file (max_lifetime is read at start), as a user would configure it.
-	const realLockout = 20 * time.Second
+	// CouchDB's lockout lasts 5 minutes from the first failure; real nodes get a shorter one through a
+	// mounted ini file (max_lifetime is read at start), as a user would configure it. It must outlast
+	// the controller's backoff through the test's steps while locked (attempts 6.2, 12.6, 25.4 s after
+	// the first failure, then the fixed Secret's), or a late attempt meets an expired lockout.
+	const realLockout = 60 * time.Second
 	if realNodes() {
 		s.ini = fmt.Sprintf("[chttpd_auth_lockout]\nmax_lifetime = %d\n", realLockout.Milliseconds())
 	}
