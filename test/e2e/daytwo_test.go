@@ -31,7 +31,7 @@ import (
 // sessionCookie logs in on a pod (POST /_session) and returns its AuthSession cookie.
 func sessionCookie(t *testing.T, ns, pod, password string) string {
 	t.Helper()
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	body, _ := json.Marshal(map[string]string{"name": "admin", "password": password})
 	resp, err := http.Post(n.URL()+"/_session", "application/json", strings.NewReader(string(body)))
 	if err != nil {
@@ -50,7 +50,7 @@ func sessionCookie(t *testing.T, ns, pod, password string) string {
 // cookieAccepted asks a pod whom a cookie authenticates (GET /_session).
 func cookieAccepted(t *testing.T, ns, pod, cookie string) bool {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, env.backend.Node(ns, pod).URL()+"/_session", nil)
+	req, _ := http.NewRequest(http.MethodGet, nodeOf(ns, pod).URL()+"/_session", nil)
 	req.AddCookie(&http.Cookie{Name: "AuthSession", Value: cookie})
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -261,7 +261,7 @@ func startWriteLoad(t *testing.T, ns string, s clusterSpec, db string, every tim
 				return
 			case <-time.After(every):
 			}
-			n := env.backend.Node(ns, podName(s, i%int(s.replicas)))
+			n := nodeOf(ns, podName(s, i%int(s.replicas)))
 			if n == nil || !n.Running() {
 				continue
 			}
@@ -308,7 +308,7 @@ func (w *writeLoad) ackedSoFar() []string {
 
 // copyIDs lists the documents one node's copy of one range holds (node-local _changes).
 func copyIDs(t *testing.T, ns, pod, password, shard string) (map[string]bool, error) {
-	n := env.backend.Node(ns, pod)
+	n := nodeOf(ns, pod)
 	req, _ := http.NewRequest(http.MethodGet, n.URL()+"/_node/_local/"+url.PathEscape(shard)+"/_changes", nil)
 	req.SetBasicAuth("admin", password)
 	resp, err := http.DefaultClient.Do(req)
