@@ -27,7 +27,7 @@ import (
 // the concurrent runs use them, and the fill-time bound is computed from them.
 const (
 	defaultMaxMoves        = 8
-	defaultMaxFillsPerNode = 2
+	defaultMaxFillsPerNode = 4
 )
 
 // moves measures shard moves on one cluster of o.moveDBs databases: a rebalance 3 -> 5 and then a
@@ -38,7 +38,7 @@ func (w *world) moves(ctx context.Context, o options) (*MovesResult, error) {
 	for i, v := range []struct {
 		label    string
 		maxMoves int
-	}{{"concurrent (defaults: --max-concurrent-moves=8 --max-fills-per-node=2)", 0}, {"--max-concurrent-moves=1", 1}} {
+	}{{"concurrent (defaults: --max-concurrent-moves=8 --max-fills-per-node=4)", 0}, {"--max-concurrent-moves=1", 1}} {
 		run, err := w.moveVariant(ctx, o, fmt.Sprintf("moves-%d", i), v.label, v.maxMoves)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", v.label, err)
@@ -461,8 +461,25 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 		}
 	}
 	// At most MaxMoves fills at once, and each node takes part in at most FillsPerNode, as target or
-	// as the holder of the copy being dropped.
-	p.Concurrency = max(1, min(run.MaxMoves, run.FillsPerNode*len(gain), run.FillsPerNode*max(len(lose), 1)))
+	// as the staying holder of the copy being dropped; a node that leaves (it holds nothing after: a
+	// drain) takes no slot for its copies (placement's countsAsFill).
+	staying := map[string]bool{}
+	for _, m := range after {
+		for _, node := range m.Nodes() {
+			staying[node] = true
+		}
+	}
+	losing := 0
+	for node := range lose {
+		if staying[node] {
+			losing++
+		}
+	}
+	bound := min(run.MaxMoves, run.FillsPerNode*len(gain))
+	if losing > 0 {
+		bound = min(bound, run.FillsPerNode*losing)
+	}
+	p.Concurrency = max(1, bound)
 	return p, nil
 }
 

@@ -475,30 +475,7 @@ func TestDrainUnderWriteLoadLosesNoAcknowledgedWrite(t *testing.T) {
 	waitMembers(t, s, ns, 5, 60*time.Second)
 	bulkLoad(t, s, ns, "db1", 4, 200, 200)
 
-	var mu sync.Mutex
-	var acked []string
-	failed := 0
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-quit:
-				return
-			default:
-			}
-			id := fmt.Sprintf("w%05d", i)
-			code, _ := rawDo(t, ns, podName(s, 0), s.password, "PUT", "/db1/"+id, `{"w":true}`)
-			mu.Lock()
-			if code == 201 || code == 202 {
-				acked = append(acked, id)
-			} else {
-				failed++
-			}
-			mu.Unlock()
-			time.Sleep(10 * time.Millisecond) // pacing: a steady load, not a flood
-		}
-	}()
+	stopWriting := writeThroughout(t, s, ns)
 	start := time.Now()
 	patch := []byte(`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`)
 	if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, s.name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
@@ -509,12 +486,8 @@ func TestDrainUnderWriteLoadLosesNoAcknowledgedWrite(t *testing.T) {
 		return err == nil && *sts.Spec.Replicas == 3, nil
 	})
 	took := time.Since(start)
-	close(quit)
-	<-done
+	ids, failed := stopWriting()
 	waitMembers(t, s, ns, 3, 60*time.Second)
-	mu.Lock()
-	ids := slices.Clone(acked)
-	mu.Unlock()
 	t.Logf("drain 5 -> 3 under load took %s; %d writes acknowledged, %d not", took.Round(time.Millisecond), len(ids), failed)
 	if len(ids) < 50 {
 		t.Fatalf("only %d writes acknowledged during the drain: the load did not run", len(ids))
