@@ -88,9 +88,18 @@ func TestAdmissionPolicyRefusesDirectScaleDown(t *testing.T) {
 	if !strings.Contains(lastErr.Error(), "couchdb.io/target-replicas=2") {
 		t.Errorf("refusal does not point to the annotation: %v", lastErr)
 	}
-	// kubectl scale goes through the scale subresource, whose Scale object has no labels.
-	_, err := dev.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
-		ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 1}}, metav1.UpdateOptions{})
+	// kubectl scale goes through the scale subresource, whose Scale object has no labels. That policy
+	// reads the labelled StatefulSets as params through the API server's own informer, which may see
+	// this one a moment after the first policy refused: poll the same way.
+	var err error
+	poll(t, 30*time.Second, "the policy to refuse a scale-down through the scale subresource", func(ctx context.Context) (bool, error) {
+		if _, err := env.kube.AppsV1().StatefulSets(ns).Patch(ctx, "adm", types.MergePatchType, []byte(`{"spec":{"replicas":3}}`), metav1.PatchOptions{}); err != nil {
+			return false, err
+		}
+		_, err = dev.AppsV1().StatefulSets(ns).UpdateScale(ctx, "adm", &autoscalingv1.Scale{
+			ObjectMeta: metav1.ObjectMeta{Name: "adm", Namespace: ns}, Spec: autoscalingv1.ScaleSpec{Replicas: 1}}, metav1.UpdateOptions{})
+		return err != nil, nil
+	})
 	if err == nil || !strings.Contains(err.Error(), "couchdb.io/target-replicas=1") {
 		t.Errorf("kubectl scale down of a labelled StatefulSet: %v, want a refusal naming the annotation", err)
 	}
