@@ -110,21 +110,11 @@ func (c *Controller) observeCatchUp(ctx context.Context, st *clusterState, schem
 	if err != nil {
 		return
 	}
-	maps := map[string]couch.ShardMap{}
+	var maps map[string]couch.ShardMap
 	if o.Shards != nil {
 		maps = o.Shards.Maps
-	} else {
-		dbs, err := api.AllDBs(ctx)
-		if err != nil {
-			return
-		}
-		for _, db := range dbs {
-			m, err := api.GetShardMap(ctx, db)
-			if err != nil {
-				return
-			}
-			maps[db] = m
-		}
+	} else if _, maps, err = c.readShardMaps(ctx, st, api, coord, o.Pods[coord.Ordinal].Identity); err != nil {
+		return
 	}
 	stats := map[placement.CopyKey]*placement.CopyStat{}
 	stat := func(db, rng, node string, pushed bool) *placement.CopyStat {

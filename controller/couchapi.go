@@ -20,6 +20,7 @@ type CouchAPI interface {
 	FinishCluster(ctx context.Context, ensureDBs ...string) error
 	AllDBs(ctx context.Context) ([]string, error)
 	GetShardMap(ctx context.Context, db string) (couch.ShardMap, error)
+	ShardMapsSince(ctx context.Context, since string) (couch.ShardMapChanges, error)
 	PutShardMap(ctx context.Context, m couch.ShardMap) (string, error)
 	SyncShards(ctx context.Context, db string) error
 	ShardCopyInfo(ctx context.Context, node, shard string) (couch.DBInfo, error)

@@ -381,25 +381,12 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	if err != nil {
 		return
 	}
-	dbs, err := api.AllDBs(ctx)
+	dbs, maps, err := c.readShardMaps(ctx, st, api, coord, o.Pods[coord.Ordinal].Identity)
 	if err != nil {
 		return
 	}
-	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{},
+	obs := &ShardObs{DBs: dbs, Maps: maps, Stats: map[placement.CopyKey]placement.CopyStat{},
 		Maintenance: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
-	// Every read below is independent of the others: they go out at most maxConcurrentNodes at a
-	// time, so a sync's wait grows with the number of databases divided by that, not with the number
-	// of databases (a move benchmark over 100 databases spent most of its time in these reads).
-	maps := make([]couch.ShardMap, len(dbs))
-	if err := inParallel(len(dbs), func(i int) (err error) {
-		maps[i], err = api.GetShardMap(ctx, dbs[i])
-		return err
-	}); err != nil {
-		return
-	}
-	for i, db := range dbs {
-		obs.Maps[db] = maps[i]
-	}
 	// The decom mark and zone of every node of this StatefulSet, leaving or not: placement sets the
 	// mark on leaving nodes and clears it from nodes that stay after all. Foreign entries are never
 	// touched.

@@ -88,6 +88,7 @@ type clusterState struct {
 	config          configCheck                      // adminhash.go
 	configPending   string                           // the configKey of this sync's read
 	catchUp         catchUpMemory                    // catchup.go
+	mapCache        shardMapCache                    // mapcache.go
 }
 
 func newClusterState() *clusterState {

@@ -484,6 +484,10 @@ func TestMalformedBodiesEveryDecoder(t *testing.T) {
 			_, err := c.PutShardMap(ctx, ShardMap{ID: "db1", ByNode: map[string][]string{}, ByRange: map[string][]string{}})
 			return err
 		}},
+		{"ShardMapsSince", "GET", "/_node/_local/_dbs/_changes", `{"results":{"db1":1},"last_seq":1}`, func(c *Client) error {
+			_, err := c.ShardMapsSince(ctx, "4")
+			return err
+		}},
 		{"AllDBs", "GET", "/_all_dbs", `{"dbs":[]}`, func(c *Client) error { _, err := c.AllDBs(ctx); return err }},
 		{"NodeAllDBs", "GET", "/_node/n@h/_all_dbs", `"db1"`, func(c *Client) error { _, err := c.NodeAllDBs(ctx, "n@h"); return err }},
 		{"MaintenanceMode", "GET", "/_node/n@h/_config/couchdb/maintenance_mode", `true`, func(c *Client) error { _, err := c.MaintenanceMode(ctx, "n@h"); return err }},

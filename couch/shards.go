@@ -404,3 +404,53 @@ func cloneMap(m map[string][]string) map[string][]string {
 	}
 	return out
 }
+
+// ShardMapChanges is what changed in a node's _dbs since a sequence: the shard maps written since
+// (whole documents), the databases deleted since, and the sequence to ask from next time.
+type ShardMapChanges struct {
+	Maps    map[string]ShardMap
+	Deleted []string
+	LastSeq string // opaque: passed back as since
+}
+
+// ShardMapsSince reads every shard map document of this node's _dbs changed after since ("" or "0":
+// all of them) in one request: GET /_node/_local/_dbs/_changes?include_docs=true. A deleted database
+// comes with its last map and "deleted": true (recorded on CouchDB 3.4.3). Design documents are not
+// databases (the clustered _all_dbs skips them too) and are left out.
+func (c *Client) ShardMapsSince(ctx context.Context, since string) (ShardMapChanges, error) {
+	if since == "" {
+		since = "0"
+	}
+	var feed struct {
+		Results []struct {
+			ID      string   `json:"id"`
+			Deleted bool     `json:"deleted"`
+			Doc     ShardMap `json:"doc"`
+		} `json:"results"`
+		LastSeq json.RawMessage `json:"last_seq"`
+	}
+	q := url.Values{"since": {since}, "include_docs": {"true"}}
+	if err := c.getJSON(ctx, "/_node/_local/_dbs/_changes", q, &feed); err != nil {
+		return ShardMapChanges{}, err
+	}
+	out := ShardMapChanges{Maps: map[string]ShardMap{}, LastSeq: strings.Trim(string(feed.LastSeq), `"`)}
+	if out.LastSeq == "" || out.LastSeq == "null" {
+		return ShardMapChanges{}, fmt.Errorf("GET /_node/_local/_dbs/_changes: no last_seq in the answer")
+	}
+	for _, r := range feed.Results {
+		switch {
+		case strings.HasPrefix(r.ID, "_design/"):
+		case r.Deleted:
+			out.Deleted = append(out.Deleted, r.ID)
+		case r.Doc.ByRange == nil:
+			return ShardMapChanges{}, fmt.Errorf("GET /_node/_local/_dbs/_changes: no shard map document for %q in the answer", r.ID)
+		default:
+			m := r.Doc
+			if m.ID == "" {
+				m.ID = r.ID
+			}
+			out.Maps[r.ID] = m
+		}
+	}
+	return out, nil
+}

@@ -202,6 +202,22 @@ func (nw *Network) createDB(coord *Node, name string, q, n int, props bool) erro
 	return nil
 }
 
+// deleteDB is fabric_db_delete on coordinator coord: the map doc is deleted in _dbs (its last body
+// kept under the deleted revision, as the _dbs changes feed shows it) and every node drops its copies.
+func (nw *Network) deleteDB(coord *Node, name string, m couch.ShardMap) {
+	cur := coord.dbsDB[name]
+	coord.putMapDoc(name, &mapDoc{Rev: revision(revGen(cur.Rev)+1, cur.Rev, true, mapBody(m)), Deleted: true, Map: m.Clone()})
+	for _, n := range nw.order {
+		if !n.running {
+			continue
+		}
+		for _, rng := range m.Ranges() {
+			delete(n.copies, m.ShardName(rng))
+		}
+	}
+	nw.propagate()
+}
+
 // place deals n copies of each range out over nodes (mem3_util:create_partition_map).
 func (nw *Network) place(name string, rngs []string, n int, nodes []string) map[string][]string {
 	if nw.opts.Placement != nil {

@@ -115,6 +115,13 @@ func (n *Node) dbItself(r *http.Request, db string) (int, any) {
 			return http.StatusInternalServerError, obj{"error": "unknown_error", "reason": err.Error(), "ref": refNumber()}
 		}
 		return http.StatusCreated, obj{"ok": true}
+	case http.MethodDelete:
+		m, ok := n.shardMap(db)
+		if !ok {
+			return noDB()
+		}
+		n.net.deleteDB(n, db, m)
+		return http.StatusOK, obj{"ok": true} // recorded on CouchDB 3.4.3 (DELETE /db2 -> 200)
 	}
 	return onlyMethods("DELETE,GET,HEAD,POST,PUT")
 }

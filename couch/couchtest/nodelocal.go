@@ -225,7 +225,18 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	case "_all_docs":
 		return http.StatusOK, n.dbsAllDocs()
 	case "_changes":
-		return http.StatusOK, n.dbsChanges()
+		q := r.URL.Query()
+		since := 0
+		if v := q.Get("since"); v != "" && v != "now" {
+			s, err := strconv.Atoi(v)
+			if err != nil || s < 0 {
+				return http.StatusBadRequest, errBody("bad_request", "invalid_json")
+			}
+			since = s
+		} else if v == "now" {
+			since = n.dbsSeq
+		}
+		return http.StatusOK, n.dbsChanges(since, q.Get("include_docs") == "true")
 	}
 	cur := n.dbsDB[id]
 	switch r.Method {
@@ -269,12 +280,15 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,HEAD,PUT,DELETE allowed")
 }
 
-// dbsChanges is the node-local _dbs changes feed: one row per doc, at the sequence of its last
-// change, integer sequences as node-local databases have.
-func (n *Node) dbsChanges() obj {
+// dbsChanges is the node-local _dbs changes feed after since: one row per doc, at the sequence of
+// its last change, integer sequences as node-local databases have. With include_docs a row carries the
+// whole map doc, a deleted one with "_deleted": true (recorded on CouchDB 3.4.3).
+func (n *Node) dbsChanges(since int, docs bool) obj {
 	ids := make([]string, 0, len(n.dbsDB))
-	for id := range n.dbsDB {
-		ids = append(ids, id)
+	for id, d := range n.dbsDB {
+		if d.Seq > since {
+			ids = append(ids, id)
+		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return n.dbsDB[ids[i]].Seq < n.dbsDB[ids[j]].Seq })
 	rows := []obj{}
@@ -283,6 +297,14 @@ func (n *Node) dbsChanges() obj {
 		row := obj{"seq": d.Seq, "id": id, "changes": []obj{{"rev": d.Rev}}}
 		if d.Deleted {
 			row["deleted"] = true
+		}
+		if docs {
+			body := mapBody(d.Map)
+			body["_id"], body["_rev"] = id, d.Rev
+			if d.Deleted {
+				body["_deleted"] = true
+			}
+			row["doc"] = body
 		}
 		rows = append(rows, row)
 	}
