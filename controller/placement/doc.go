@@ -65,7 +65,8 @@
 // drop counts as one move in flight per copy to drop; a new copy planned now counts too), and a
 // member is the target of a fill or the holder of the copy to drop in at most Input.MaxFillsPerNode
 // moves at once (a leaving node's copies to drop take no slot: it serves no client any more, and in a
-// drain it holds every copy that moves). A range never has two moves, a move adds before it drops so no range ever has
+// drain it holds every copy that moves). A plan that completes a move (drops the last copy its range
+// had to drop) starts the next one in its slot: the drop is applied before the add. A range never has two moves, a move adds before it drops so no range ever has
 // fewer live copies than before, and a plan holds at most one SyncShards per database, after its
 // edits.
 //

@@ -147,6 +147,7 @@ func (v *view) planDrops(p *planner) string {
 			if held && heldBack == "" {
 				heldBack = fmt.Sprintf("%s/%s", db, rng)
 			}
+			dropped := 0
 			for _, node := range drop {
 				ok, why := v.caughtUp(db, m, rng, node)
 				if !ok {
@@ -155,6 +156,16 @@ func (v *view) planDrops(p *planner) string {
 					continue
 				}
 				p.edit(Action{Kind: RemoveCopy, DB: db, Range: rng, Node: node, N: DBN(m)})
+				dropped++
+			}
+			if dropped > 0 && dropped == len(drop) {
+				after := m.Clone()
+				for _, node := range drop {
+					after.RemoveCopy(rng, node)
+				}
+				if len(v.removable(db, after, rng)) == 0 {
+					p.release(m, rng, drop)
+				}
 			}
 		}
 	}

@@ -104,6 +104,24 @@ func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 	}
 }
 
+// release gives back the slots of a move this plan completes by dropping the copies drop of rng
+// (the range then has nothing left to drop), so the same plan can start the next move: the drops
+// are applied before any add that follows them, so the moves in flight never exceed the bounds, and
+// a finished move no longer waits a sync to make room. The range stays busy: it gets no second move
+// in this plan. It undoes exactly what findInFlight counted for the range.
+func (p *planner) release(m couch.ShardMap, rng string, drop []string) {
+	v := p.v
+	v.inFlight -= len(drop)
+	for _, node := range drop {
+		if v.countsAsFill(node) {
+			v.fills[node]--
+		}
+	}
+	if n := newestCopy(m, rng); v.isStaying[n] {
+		v.fills[n]--
+	}
+}
+
 // actions returns the edits, then the SyncShards.
 func (p *planner) actions() []Action {
 	out := append([]Action(nil), p.edits...)

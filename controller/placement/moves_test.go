@@ -34,7 +34,7 @@ func TestConcurrentMoves(t *testing.T) {
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 3}, r1: {0, 1, 3}, "x": {0, 1, 3}})}},
 			want: []string{"AddCopy(a/" + r0 + " on " + name(2) + ")", "AddCopy(a/" + r1 + " on " + name(4) + ")", "SyncShards(a)"},
 		},
-		"moves in flight use the budget: a verified one completes, the others wait": {
+		"moves in flight use the budget: a verified one completes and its slot starts the next move in the same plan, the other waits": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, MaxMoves: 2,
 				Maps: map[string]couch.ShardMap{
 					"a": withN(smap("a", map[string][]int{r0: {0, 1, 3, 2}, r1: {0, 1, 3, 2}}), 3),
@@ -48,7 +48,7 @@ func TestConcurrentMoves(t *testing.T) {
 					st[CopyKey{"a", r1, name(2)}] = CopyStat{Docs: 1, Seq: 1, UUID: "u" + name(2)}
 					return st
 				}()},
-			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "SyncShards(a)"},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "AddCopy(b/" + all + " on " + name(0) + ")", "SyncShards(a)", "SyncShards(b)"},
 		},
 		"several verified copies of one database dropped together": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: gone, MaxMoves: 2,

@@ -41,7 +41,55 @@ func (c *propCluster) step(crash bool) bool {
 	if len(actions) > 0 {
 		c.checkLiveRanges(o)
 	}
+	if !crash {
+		c.checkInFlight(o.in, res)
+	}
 	return planned
+}
+
+// checkInFlight: once a plan that starts fills is applied, the moves in flight, read from the maps
+// as a fresh controller would, are within the bounds: a plan may complete moves and start others in
+// their slots, never more. Ranges that became moves without this plan adding to them (a pod came
+// back, so a departed node's copy of a range at n became droppable) are the world's doing, and
+// not counted. A range is one move, however many leaving copies it then drops. Per node, the copies being filled are counted: which staying copy a move drops is
+// chosen when it is dropped (extraDrop), so the source side of the bound is the planner's estimate.
+func (c *propCluster) checkInFlight(before Input, res Result) {
+	added := map[RangeRef]bool{}
+	for _, a := range res.Actions {
+		if a.Kind == AddCopy {
+			added[RangeRef{a.DB, a.Range}] = true
+		}
+	}
+	if len(added) == 0 {
+		return
+	}
+	after, ok := c.observe()
+	if !ok {
+		return
+	}
+	vb, va := newView(before), newView(after.in)
+	moves, fills := 0, map[string]int{}
+	for rr := range va.busy {
+		if !vb.busy[rr] && !added[rr] {
+			continue
+		}
+		m := after.in.Maps[rr.DB]
+		drop := va.removable(rr.DB, m, rr.Range)
+		if len(drop) > 0 {
+			moves++ // one range, one copy being filled (a heal can free two leaving copies at once)
+		}
+		if n := newestCopy(m, rr.Range); va.isStaying[n] {
+			fills[n]++
+		}
+	}
+	if moves > after.in.MaxMoves {
+		c.fatalf("plan %v left %d ranges moving at once, bound %d", res.Actions, moves, after.in.MaxMoves)
+	}
+	for n, f := range fills {
+		if f > after.in.MaxFillsPerNode && f > vb.fills[n] {
+			c.fatalf("plan %v left %s filling %d copies at once, bound %d", res.Actions, n, f, after.in.MaxFillsPerNode)
+		}
+	}
 }
 
 // checkLiveRanges: no range that had a live copy before the step's actions has none after them.

@@ -486,7 +486,7 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 var (
 	shardPath = regexp.MustCompile(`shards%2F[^/]+`)
 	nodePath  = regexp.MustCompile(`couchdb@[^/]+`)
-	dbPath    = regexp.MustCompile(`^/db\d+|/_dbs/[^/]+`)
+	dbPath    = regexp.MustCompile(`^/db\d+|/_dbs/[^/_][^/]*`)
 )
 
 // requestKinds is what the cluster's nodes were asked since their counters were reset, by method and
