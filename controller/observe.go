@@ -386,7 +386,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		return
 	}
 	obs := &ShardObs{DBs: dbs, Maps: map[string]couch.ShardMap{}, Stats: map[placement.CopyKey]placement.CopyStat{},
-		Maintenance: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
+		Maintenance: map[string]bool{}, Fenced: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
 	// Every read below is independent of the others: they go out at most maxConcurrentNodes at a
 	// time, so a sync's wait grows with the number of databases divided by that, not with the number
 	// of databases (a move benchmark over 100 databases spent most of its time in these reads).
@@ -440,6 +440,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	for i, name := range maint {
 		// "nolb" is what the example preStop hook sets: a leftover one is cleared like "true".
 		obs.Maintenance[name] = modes[i] == "true" || modes[i] == "nolb"
+		obs.Fenced[name] = modes[i] == "true"
 	}
 	c.askZoneConfig(ctx, st, api, o, coord, obs)
 	o.Shards = obs
@@ -488,6 +489,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 			obs.Stats[k] = s
 		}
 	}
+	takeMarks(st, in, obs)
 	st.shardsRead = c.cfg.Now()
 }
 

@@ -88,6 +88,9 @@ type clusterState struct {
 	config          configCheck                      // adminhash.go
 	configPending   string                           // the configKey of this sync's read
 	catchUp         catchUpMemory                    // catchup.go
+
+	// marks are the drain marks of the copies placement is to drop (marks.go).
+	marks map[placement.CopyKey]placement.Mark
 }
 
 func newClusterState() *clusterState {
