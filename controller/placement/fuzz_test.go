@@ -34,7 +34,7 @@ func FuzzPlan(f *testing.F) {
 	f.Add(seed(lost), []byte{3, 0, 0b111, 0, 1, 2, 3, 4})
 	f.Add(seed(three), []byte{4, 0b10000011, 0b1101111, 0b1110000, 9, 9, 9, 9, 9, 9}) // zones, rebalance, 7 moves
 	f.Add(seed(three), []byte{0b1011, 2, 0b0100111, 0b10100000, 5, 5, 5, 5, 5, 5})    // zones, a drain, unsafe rules
-	f.Add(seed(three), []byte{4, 3, 0b1111, 0b1000, 9, 9, 9, 0x69, 9, 9, 9, 0x69}) // a fenced drain with marks and lagging checkpoints
+	f.Add(seed(three), []byte{4, 3, 0b1111, 0b1000, 9, 9, 9, 0x69, 9, 9, 9, 0x69})    // a fenced drain with marks and lagging checkpoints
 	f.Add([]byte(`{"_id":"a","by_node":{"x":["00000000-ffffffff"]},"by_range":{"00000000-ffffffff":["x"]}}`), []byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, mapJSON, ctl []byte) {
 		var m couch.ShardMap
