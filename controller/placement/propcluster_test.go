@@ -213,8 +213,13 @@ func (c *propCluster) stopAll() {
 // newPropCluster forms a three-node cluster ([cluster] q=1, n=3) with _users and _replicator and
 // three databases: a (q=2, n=3), b (q=1, n=2) and d (q=1, n=3), with a few documents.
 func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
+	return newPropClusterWith(t, seed, out, couchtest.NetworkOptions{SyncDelay: propSyncDelay})
+}
+
+// newPropClusterWith is newPropCluster on a network with opts.
+func newPropClusterWith(t *testing.T, seed int64, out *outsider, opts couchtest.NetworkOptions) *propCluster {
 	c := &propCluster{t: t, ctx: context.Background(), rng: rand.New(rand.NewSource(seed)), out: out,
-		nw:    couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: propSyncDelay}),
+		nw:    couchtest.NewNetwork(opts),
 		nodes: map[int]*couchtest.Node{}, handlers: map[int]http.Handler{}, clients: map[int]*couch.Client{}, up: map[int]bool{},
 		replicas: 3, nTrue: map[string]int{}, acked: map[string]map[string]bool{}, kinds: map[Kind]int{}, nodeDocs: map[string]couch.NodeDoc{}, recreated: map[string]bool{},
 		zoneOf: map[int]string{}, size: map[string]int64{}, seen: map[string]int{}}

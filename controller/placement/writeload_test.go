@@ -4,6 +4,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
 )
 
 // TestDrainFinishesUnderConstantWrites drains a member that holds copies while clients keep writing
@@ -17,7 +19,8 @@ func TestDrainFinishesUnderConstantWrites(t *testing.T) {
 	out := newOutsider()
 	defer out.close()
 	synctest.Test(t, func(t *testing.T) {
-		c := newPropCluster(t, 7, out)
+		// Pushes take 20 ms and checkpoint at their end, as mem3_rep's do.
+		c := newPropClusterWith(t, 7, out, couchtest.NetworkOptions{SyncDelay: propSyncDelay, PushTime: 20 * time.Millisecond})
 		defer c.stopAll()
 		c.zoneCount, c.maxMoves, c.maxFills = 0, 8, 4
 		// A fourth member joins and gets copies of a new database (q=4), and a rebalance gives it
@@ -54,7 +57,7 @@ func TestDrainFinishesUnderConstantWrites(t *testing.T) {
 				}
 			}
 			c.step(false)
-			time.Sleep(10 * time.Millisecond) // the pushes _sync_shards queued run
+			time.Sleep(10 * time.Millisecond) // the pushes _sync_shards queued run, and go on running
 		}
 		if c.replicas > 3 {
 			o, _ := c.observe()
