@@ -386,7 +386,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		return
 	}
 	obs := &ShardObs{DBs: dbs, Maps: maps, Stats: map[placement.CopyKey]placement.CopyStat{},
-		Maintenance: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
+		Maintenance: map[string]bool{}, Fenced: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
 	// The decom mark and zone of every node of this StatefulSet, leaving or not: placement sets the
 	// mark on leaving nodes and clears it from nodes that stay after all. Foreign entries are never
 	// touched.
@@ -427,6 +427,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	for i, name := range maint {
 		// "nolb" is what the example preStop hook sets: a leftover one is cleared like "true".
 		obs.Maintenance[name] = modes[i] == "true" || modes[i] == "nolb"
+		obs.Fenced[name] = modes[i] == "true"
 	}
 	c.askZoneConfig(ctx, st, api, o, coord, obs)
 	o.Shards = obs
@@ -475,6 +476,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 			obs.Stats[k] = s
 		}
 	}
+	takeMarks(st, in, obs)
 	st.shardsRead = c.cfg.Now()
 }
 

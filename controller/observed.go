@@ -76,6 +76,12 @@ type ShardObs struct {
 	PlacementConfig map[string]string
 	DefaultN        int                          // the coordinator's [cluster] n; 0 when unknown
 	RangeBytes      map[placement.RangeRef]int64 // sizes.file of one copy of each range placement asked about
+
+	// Fenced is each live member whose maintenance_mode is exactly "true" (not "nolb"): fabric
+	// refuses its workers, so its copies take no client write.
+	Fenced map[string]bool
+	// Marks are the drain marks placement holds copies to drop to (marks.go).
+	Marks map[placement.CopyKey]placement.Mark
 }
 
 // Problem is a condition a human must fix.

@@ -357,7 +357,7 @@ func placementInput(o Observed, members, connected []string) placement.Input {
 	in := placement.Input{Replicas: o.Replicas, TargetReplicas: o.TargetReplicas, Replicate: o.Replicate, Rebalance: o.Rebalance,
 		MaxMoves: o.MaxMoves, MaxFillsPerNode: o.MaxFillsPerNode}
 	if o.Shards != nil {
-		in.DBs, in.Maps, in.Stats, in.Decom = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom
+		in.DBs, in.Maps, in.Stats, in.Decom, in.Marks = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom, o.Shards.Marks
 		in.NodeZones, in.PlacementConfig, in.DefaultN, in.RangeBytes = o.Shards.NodeZones, o.Shards.PlacementConfig, o.Shards.DefaultN, o.Shards.RangeBytes
 	}
 	reached := map[string]bool{}
@@ -376,7 +376,7 @@ func placementInput(o Observed, members, connected []string) placement.Input {
 		default:
 			mem := placement.Member{Name: m, Ordinal: ord, Live: reached[m] && slices.Contains(connected, m)}
 			if o.Shards != nil {
-				mem.Maintenance = o.Shards.Maintenance[m]
+				mem.Maintenance, mem.Fenced = o.Shards.Maintenance[m], o.Shards.Fenced[m]
 			}
 			in.Members = append(in.Members, mem)
 		}

@@ -89,6 +89,9 @@ type clusterState struct {
 	configPending   string                           // the configKey of this sync's read
 	catchUp         catchUpMemory                    // catchup.go
 	mapCache        shardMapCache                    // mapcache.go
+
+	// marks are the drain marks of the copies placement is to drop (marks.go).
+	marks map[placement.CopyKey]placement.Mark
 }
 
 func newClusterState() *clusterState {

@@ -2,9 +2,11 @@
 // shards by itself: new nodes get no copies of existing databases, and nodes that leave stay in the
 // shard maps. Plan is pure: it reads the shard maps, which nodes are live, leaving or draining, their
 // zones, the document counts and sizes of the copies it asked about, and returns the next idempotent
-// steps. The maps and _nodes are the only memory, so a controller restart between any two steps is
-// harmless: a move in flight is a range with a copy more than its database's n (recorded in its map
-// under NKey) or a copy on a leaving node, and both read the same after a restart.
+// steps. The maps and _nodes are the only memory the steps need, so a controller restart between any
+// two steps is harmless: a move in flight is a range with a copy more than its database's n (recorded
+// in its map under NKey) or a copy on a leaving node, and both read the same after a restart. The
+// drain marks (Mark, rule 7) live in the controller's memory; a restart loses them and takes them
+// again at a later update_seq, which is stricter: it costs time, never data.
 //
 // Rules, in order:
 //  1. A database with a range that has no live copy is frozen: nothing of it changes, and the ranges are
@@ -36,7 +38,12 @@
 //  7. A copy is dropped from the map only when the range has n copies on staying members, each of
 //     them holds at least as many documents (doc_count + doc_del_count) as every live copy of the
 //     range, and, when the dropped copy is live, mem3's checkpoint of a push from it to each of them
-//     has reached its update_seq (equal counts alone can hide different documents). Copies on leaving
+//     has reached its update_seq (equal counts alone can hide different documents). A copy on a
+//     fenced node (maintenance_mode "true": it takes no client write) is held to its Mark instead:
+//     its update_seq and the largest live document count when it first became a copy to drop, which
+//     the controller records (Input.Marks). Under a write load mem3 keeps pushing the staying copies'
+//     writes into it, and a push checkpoints only when it ends, so its current update_seq is never
+//     reached; all it received after the mark came from staying copies. Copies on leaving
 //     nodes are dropped first; of a range with a copy more than n on staying members, the copy dropped
 //     is the one whose loss keeps the most zones, then the one on the member holding the most copies
 //     of that database, then the most bytes, never the copy added last when another ties with it. A

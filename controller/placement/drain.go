@@ -89,19 +89,26 @@ func cmpKey(a, b [4]int64) int {
 }
 
 // caughtUp reports whether every staying copy of rng holds at least as many documents as every live
-// copy, and, when the copy to drop is live, whether each staying copy is known to hold everything it
-// holds; or why not yet. Equal counts alone prove nothing: a drained copy in maintenance mode misses
-// the writes a staying copy took while the drained one took writes the staying one missed while it
-// was down, and the counts can match. Only mem3's checkpoint of a push from the dropped copy to the
-// staying one, at the dropped copy's current update_seq, says the staying copy holds all of it.
+// copy held at the mark, and, when the copy to drop is live, whether each staying copy is known to
+// hold everything it held at the mark; or why not yet. A copy without a mark (Input.Marks, see Mark)
+// is held to its current update_seq and the current counts: a mark taken now. Equal counts alone
+// prove nothing: a drained copy in maintenance mode misses the writes a staying copy took while the
+// drained one took writes the staying one missed while it was down, and the counts can match. Only
+// mem3's checkpoint of a push from the dropped copy to the staying one, at the mark, says the
+// staying copy holds all of it.
 func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, string) {
-	var maxTotal int64
-	for _, n := range v.liveCopies(m, rng) {
-		s, ok := v.in.Stats[CopyKey{db, rng, n}]
-		if !ok {
-			return false, fmt.Sprintf("no document counts yet for %s/%s on %s", db, rng, n)
+	maxTotal, ok := v.maxLiveTotal(db, m, rng)
+	if !ok {
+		for _, n := range v.liveCopies(m, rng) {
+			if _, read := v.in.Stats[CopyKey{db, rng, n}]; !read {
+				return false, fmt.Sprintf("no document counts yet for %s/%s on %s", db, rng, n)
+			}
 		}
-		maxTotal = max(maxTotal, s.total())
+	}
+	src := v.in.Stats[CopyKey{db, rng, drop}]
+	wantSeq, at := src.Seq, "its update_seq"
+	if mk, marked := v.markOf(CopyKey{db, rng, drop}, m); marked && v.live[drop] {
+		wantSeq, maxTotal, at = mk.Seq, mk.Total, "the update_seq marked when it became a copy to drop"
 	}
 	for _, n := range v.stayingCopies(m, rng) {
 		if !v.live[n] {
@@ -111,7 +118,6 @@ func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, st
 			return false, fmt.Sprintf("copy %s/%s on %s is catching up (%d of %d documents)", db, rng, n, s.total(), maxTotal)
 		}
 	}
-	src := v.in.Stats[CopyKey{db, rng, drop}]
 	switch {
 	case !v.live[drop]:
 		return true, "" // a departed node that is down: its copy is unreadable, the live ones are the sources
@@ -125,8 +131,8 @@ func (v *view) caughtUp(db string, m couch.ShardMap, rng, drop string) (bool, st
 			continue
 		}
 		t := v.in.Stats[CopyKey{db, rng, n}]
-		if t.UUID == "" || src.Pushed == nil || src.Pushed[t.UUID] < src.Seq {
-			return false, fmt.Sprintf("copy %s/%s on %s is not yet known to hold everything the copy on %s holds (no internal-replication checkpoint at its update_seq %d)", db, rng, n, drop, src.Seq)
+		if t.UUID == "" || src.Pushed == nil || src.Pushed[t.UUID] < wantSeq {
+			return false, fmt.Sprintf("copy %s/%s on %s is not yet known to hold everything the copy on %s holds (no internal-replication checkpoint at %s %d)", db, rng, n, drop, at, wantSeq)
 		}
 	}
 	return true, ""

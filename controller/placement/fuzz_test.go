@@ -34,6 +34,7 @@ func FuzzPlan(f *testing.F) {
 	f.Add(seed(lost), []byte{3, 0, 0b111, 0, 1, 2, 3, 4})
 	f.Add(seed(three), []byte{4, 0b10000011, 0b1101111, 0b1110000, 9, 9, 9, 9, 9, 9}) // zones, rebalance, 7 moves
 	f.Add(seed(three), []byte{0b1011, 2, 0b0100111, 0b10100000, 5, 5, 5, 5, 5, 5})    // zones, a drain, unsafe rules
+	f.Add(seed(three), []byte{4, 3, 0b1111, 0b1000, 9, 9, 9, 0x69, 9, 9, 9, 0x69})    // a fenced drain with marks and lagging checkpoints
 	f.Add([]byte(`{"_id":"a","by_node":{"x":["00000000-ffffffff"]},"by_range":{"00000000-ffffffff":["x"]}}`), []byte{1, 1, 1})
 	f.Fuzz(func(t *testing.T, mapJSON, ctl []byte) {
 		var m couch.ShardMap
@@ -78,7 +79,8 @@ func FuzzPlan(f *testing.F) {
 			ordinal[name(i)] = i
 		}
 		for i := 0; i < replicas; i++ {
-			in.Members = append(in.Members, Member{Name: name(i), Ordinal: i, Live: live&(1<<i) != 0, Maintenance: maint&(1<<i) != 0})
+			in.Members = append(in.Members, Member{Name: name(i), Ordinal: i, Live: live&(1<<i) != 0, Maintenance: maint&(1<<i) != 0,
+				Fenced: maint&(1<<i) != 0 && byte0(0)&0x80 == 0})
 		}
 		for _, n := range m.Nodes() {
 			if o, ok := ordinal[n]; !ok || o >= replicas {
@@ -98,6 +100,27 @@ func FuzzPlan(f *testing.F) {
 					s.Pushed["u"+o] = s.Seq
 				}
 				in.Stats[k] = s
+			}
+		}
+		// Bit 0x20 lags its checkpoints at half its update_seq (a push ended while mem3 kept pushing
+		// into it), and bit 0x40 gives a copy to drop a mark at half its update_seq and counts.
+		for i, k := range StatsNeeded(in) {
+			if s, ok := in.Stats[k]; ok && byte0(4+i)&0xa0 == 0x20 {
+				s.Pushed = map[string]int64{}
+				for _, o := range m.ByRange[k.Range] {
+					s.Pushed["u"+o] = s.Seq / 2
+				}
+				in.Stats[k] = s
+			}
+		}
+		marks := Marks(in, nil)
+		for i, k := range StatsNeeded(in) {
+			if mk, ok := marks[k]; ok && byte0(4+i)&0x40 != 0 {
+				mk.Seq, mk.Total = mk.Seq/2, mk.Total/2
+				if in.Marks == nil {
+					in.Marks = map[CopyKey]Mark{}
+				}
+				in.Marks[k] = mk
 			}
 		}
 		if err := checkSafety(in, Plan(in)); err != nil {
@@ -130,13 +153,18 @@ func checkSafety(in Input, res Result) error {
 		switch a.Kind {
 		case RemoveCopy:
 			src, ok := in.Stats[CopyKey{a.DB, a.Range, a.Node}]
+			// A fenced copy may be held to its mark instead (see Mark): what it held then, pushed.
+			wantSeq, wantTotal := src.Seq, src.total()
+			if mk, marked := in.Marks[CopyKey{a.DB, a.Range, a.Node}]; marked && ok && mk.UUID == src.UUID && mk.Seq <= src.Seq && fencedMember(in, a.Node) {
+				wantSeq, wantTotal = mk.Seq, mk.Total
+			}
 			safe := false
 			for _, o := range m.ByRange[a.Range] {
 				st, known := in.Stats[CopyKey{a.DB, a.Range, o}]
-				if o != a.Node && staying[o] && known && (!ok || st.total() >= src.total()) {
+				if o != a.Node && staying[o] && known && (!ok || st.total() >= wantTotal) {
 					safe = true
 				}
-				if o != a.Node && staying[o] && ok && src.total() > 0 && (!known || src.Pushed[st.UUID] < src.Seq) {
+				if o != a.Node && staying[o] && ok && src.total() > 0 && (!known || src.Pushed[st.UUID] < wantSeq) {
 					return fmt.Errorf("%s before the copy on %s is known to hold everything it holds (stats %v)", a, o, in.Stats)
 				}
 			}
@@ -160,6 +188,15 @@ func checkSafety(in Input, res Result) error {
 		}
 	}
 	return nil
+}
+
+func fencedMember(in Input, node string) bool {
+	for _, m := range in.Members {
+		if m.Name == node {
+			return m.Live && m.Fenced
+		}
+	}
+	return false
 }
 
 // TestFuzzPlanSeedsExercise keeps the seed corpus honest: the checker must see destructive steps,

@@ -11,7 +11,10 @@ type Member struct {
 	Name        string
 	Ordinal     int
 	Live        bool // answered and is connected to the coordinator
-	Maintenance bool // [couchdb] maintenance_mode is "true"
+	Maintenance bool // [couchdb] maintenance_mode is "true" (or a leftover "nolb")
+	// Fenced is maintenance_mode exactly "true": fabric refuses the node's workers, so none of its
+	// copies takes a client write (mem3's internal-replication pushes still land); see Mark.
+	Fenced bool
 }
 
 // CopyKey names one shard copy.
@@ -42,6 +45,9 @@ type Input struct {
 	DBs            []string
 	Maps           map[string]couch.ShardMap
 	Stats          map[CopyKey]CopyStat
+	// Marks holds, for copies to drop, what the controller recorded when each became one (Marks).
+	// A copy to drop without a mark is checked against its current update_seq and counts.
+	Marks map[CopyKey]Mark
 	// Decom holds, for every node of the StatefulSet whose _nodes doc was read, whether the doc
 	// carries "decom": true. Nodes absent from it have no doc (or were not asked) and get no decom step.
 	Decom map[string]bool

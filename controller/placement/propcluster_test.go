@@ -97,6 +97,9 @@ type propCluster struct {
 	kinds     map[Kind]int
 	nodeDocs  map[string]couch.NodeDoc // _nodes docs by id, as last read (a doc is re-read when its rev changes)
 	recreated map[string]bool
+	// marks is the simulated controller's only memory between steps (Marks); a controller restart
+	// loses it.
+	marks map[CopyKey]Mark
 
 	// Drawn per sequence: the number of zones (0: zones off), the zone of each pod's Node (a pod may
 	// come back on a Node of another zone), each database's copy size, and the move bounds.
@@ -210,8 +213,13 @@ func (c *propCluster) stopAll() {
 // newPropCluster forms a three-node cluster ([cluster] q=1, n=3) with _users and _replicator and
 // three databases: a (q=2, n=3), b (q=1, n=2) and d (q=1, n=3), with a few documents.
 func newPropCluster(t *testing.T, seed int64, out *outsider) *propCluster {
+	return newPropClusterWith(t, seed, out, couchtest.NetworkOptions{SyncDelay: propSyncDelay})
+}
+
+// newPropClusterWith is newPropCluster on a network with opts.
+func newPropClusterWith(t *testing.T, seed int64, out *outsider, opts couchtest.NetworkOptions) *propCluster {
 	c := &propCluster{t: t, ctx: context.Background(), rng: rand.New(rand.NewSource(seed)), out: out,
-		nw:    couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: propSyncDelay}),
+		nw:    couchtest.NewNetwork(opts),
 		nodes: map[int]*couchtest.Node{}, handlers: map[int]http.Handler{}, clients: map[int]*couch.Client{}, up: map[int]bool{},
 		replicas: 3, nTrue: map[string]int{}, acked: map[string]map[string]bool{}, kinds: map[Kind]int{}, nodeDocs: map[string]couch.NodeDoc{}, recreated: map[string]bool{},
 		zoneOf: map[int]string{}, size: map[string]int64{}, seen: map[string]int{}}
@@ -314,6 +322,16 @@ func (c *propCluster) writeTo(via int, db string) {
 // copyDocs lists the documents of node's copy of rng, read through that node's node-local API, or
 // reports false when the node is down.
 func (c *propCluster) copyDocs(m couch.ShardMap, rng, node string) (map[string]bool, bool) {
+	seqs, ok := c.copySeqs(m, rng, node)
+	out := map[string]bool{}
+	for id := range seqs {
+		out[id] = true
+	}
+	return out, ok
+}
+
+// copySeqs is copyDocs with each document's sequence in that copy.
+func (c *propCluster) copySeqs(m couch.ShardMap, rng, node string) (map[string]int64, bool) {
 	ord := ordinalOf(node)
 	if !c.up[ord] {
 		return nil, false
@@ -325,20 +343,21 @@ func (c *propCluster) copyDocs(m couch.ShardMap, rng, node string) (map[string]b
 		c.fatalf("changes of %s on %s: %v", m.ShardName(rng), node, err)
 	}
 	defer resp.Body.Close()
-	out := map[string]bool{}
+	out := map[string]int64{}
 	if resp.StatusCode == http.StatusNotFound {
 		return out, true // no file yet: an empty copy
 	}
 	var body struct {
 		Results []struct {
-			ID string `json:"id"`
+			ID  string `json:"id"`
+			Seq int64  `json:"seq"`
 		} `json:"results"`
 	}
 	if err := jsonDecode(resp, &body); err != nil {
 		c.fatalf("changes of %s on %s: %v", m.ShardName(rng), node, err)
 	}
 	for _, r := range body.Results {
-		out[r.ID] = true
+		out[r.ID] = r.Seq
 	}
 	return out, true
 }
@@ -416,6 +435,7 @@ func (c *propCluster) observe() (observation, bool) {
 		mm := Member{Name: n, Ordinal: ord, Live: live}
 		if live {
 			mm.Maintenance = c.nodes[ord].MaintenanceMode() == "true"
+			mm.Fenced = mm.Maintenance
 			if in.Zones != nil {
 				in.PlacementConfig[n] = c.placementOf(ord)
 			}
@@ -498,8 +518,19 @@ func (c *propCluster) observe() (observation, bool) {
 				st.Pushed[cp.TargetUUID] = max(st.Pushed[cp.TargetUUID], cp.Seq)
 			}
 		}
+		// A push's checkpoint is written when the push ends, at the sequence where it started, and
+		// mem3 keeps pushing into the copy meanwhile: half the time the checkpoints read lag its
+		// update_seq by a few sequences, as on real CouchDB under a write load.
+		if c.rng.Intn(2) == 0 {
+			for t, s := range st.Pushed {
+				st.Pushed[t] = max(0, s-int64(1+c.rng.Intn(3)))
+			}
+			c.seen["lagging checkpoints"]++
+		}
 		in.Stats[k] = st
 	}
+	c.marks = Marks(in, c.marks)
+	in.Marks = c.marks
 	o.in = in
 	return o, true
 }

@@ -34,6 +34,7 @@ func (c *propCluster) step(crash bool) bool {
 		all := len(actions)
 		actions = actions[:c.rng.Intn(all)]
 		c.log = append(c.log, fmt.Sprintf("controller restart after %d of %v", len(actions), actions[:all]))
+		c.marks = nil // in memory only
 	}
 	for _, a := range actions {
 		c.apply(o, a)
@@ -135,7 +136,7 @@ func (c *propCluster) apply(o observation, a Action) {
 			c.checkCreated(api, a.DB)
 		}
 	case AddCopy, RemoveCopy:
-		err = c.editMap(api, o.coord, a)
+		err = c.editMap(api, o, a)
 	case SyncShards:
 		err = api.SyncShards(c.ctx, a.DB)
 	case SetMaintenance, ClearMaintenance:
@@ -255,10 +256,11 @@ func (c *propCluster) setDecom(api *couch.Client, node string, decom bool) error
 // editMap re-reads the map and applies the edit with Edit, as the controller's apply does. Before a
 // RemoveCopy it asserts the data rules on the copies as they are (read from each copy's own node):
 // a copy on a live node leaves the map only when every other live copy on a staying member holds
-// every document it holds, a copy on a down node leaves only when its node is gone for good, and no
-// document any live copy holds is left without a live copy.
-func (c *propCluster) editMap(api *couch.Client, coord int, a Action) error {
-	m, ok := c.nodes[coord].ShardMap(a.DB) // what GET /_node/_local/_dbs/{db} answers, read in process
+// every document it held at its mark (every document it holds, without a mark) and each document
+// it received since is on a live staying copy, a copy on a down node leaves only when its node is
+// gone for good, and no document any live copy holds is left without a live copy.
+func (c *propCluster) editMap(api *couch.Client, o observation, a Action) error {
+	m, ok := c.nodes[o.coord].ShardMap(a.DB) // what GET /_node/_local/_dbs/{db} answers, read in process
 	if !ok {
 		return fmt.Errorf("no map of %s", a.DB)
 	}
@@ -270,7 +272,12 @@ func (c *propCluster) editMap(api *couch.Client, coord int, a Action) error {
 		}
 	}
 	if a.Kind == RemoveCopy && m.HasCopy(a.Range, a.Node) {
-		c.checkRemove(m, a)
+		k := CopyKey{a.DB, a.Range, a.Node}
+		mk, marked := o.in.Marks[k]
+		if marked && mk.UUID != o.in.Stats[k].UUID {
+			marked = false
+		}
+		c.checkRemove(m, a, mk, marked)
 	}
 	changed, err := Edit(&m, a)
 	if err != nil || !changed {
@@ -280,7 +287,7 @@ func (c *propCluster) editMap(api *couch.Client, coord int, a Action) error {
 	return err
 }
 
-func (c *propCluster) checkRemove(m couch.ShardMap, a Action) {
+func (c *propCluster) checkRemove(m couch.ShardMap, a Action, mk Mark, marked bool) {
 	before := map[string]bool{}
 	docs := map[string]map[string]bool{}
 	for _, n := range m.ByRange[a.Range] {
@@ -291,22 +298,32 @@ func (c *propCluster) checkRemove(m couch.ShardMap, a Action) {
 			}
 		}
 	}
-	src, srcLive := docs[a.Node]
+	src, srcLive := c.copySeqs(m, a.Range, a.Node)
 	d, draining := c.draining()
 	switch ord := ordinalOf(a.Node); {
 	case !srcLive && ord < c.replicas:
 		c.fatalf("%s: the copy's node is down but not gone (drained: %v)", a, draining && d == ord)
 	case srcLive:
+		onStaying := map[string]bool{}
 		for n, held := range docs {
 			o := ordinalOf(n)
 			if n == a.Node || o >= c.replicas || draining && d == o {
 				continue
 			}
-			for id := range src {
-				if !held[id] {
-					c.fatalf("%s before the copy on %s holds %s (source %d docs, target %d)", a, n, id, len(src), len(held))
+			for id, seq := range src {
+				onStaying[id] = onStaying[id] || held[id]
+				if !held[id] && (!marked || seq <= mk.Seq) {
+					c.fatalf("%s before the copy on %s holds %s (source %d docs, target %d; its seq %d, mark %v)", a, n, id, len(src), len(held), seq, mk)
 				}
 			}
+		}
+		for id := range src {
+			if !onStaying[id] {
+				c.fatalf("%s: %s, which it received after its mark %v, is on no staying copy", a, id, mk)
+			}
+		}
+		if marked {
+			c.seen["drops at a mark"]++
 		}
 	}
 	after := map[string]bool{}

@@ -380,6 +380,10 @@ func (nw *Network) push(db string, src *Node, sc *shardCopy, dst *Node, dc *shar
 		nw.fillPush(db, src, sc, dst, dc, since, upto)
 		return
 	}
+	if nw.opts.PushTime > 0 {
+		nw.timedPush(db, src, sc, dst, dc, upto)
+		return
+	}
 	dc.merge(sc, upto)
 	nw.checkpoint(src, sc, dst, dc, upto)
 }

@@ -23,6 +23,9 @@ type NetworkOptions struct {
 	// SyncDelay is mem3's sync_delay: how long after a write a changed shard copy is pushed to its
 	// peers. Default 5s, as in CouchDB (the recording saw 5.26 s).
 	SyncDelay time.Duration
+	// PushTime is how long one internal-replication push takes when FillRate is zero (pushtime.go).
+	// Zero: a push lands and checkpoints at once.
+	PushTime time.Duration
 	// DBsPushDelay is how long an edit of a node-local _dbs document takes to reach the other
 	// nodes' _dbs. The recording saw every node at the new revision within 0.02 s, but not at once.
 	// Zero pushes synchronously, within the request (the emulator's historical behaviour, which
