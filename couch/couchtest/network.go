@@ -75,6 +75,7 @@ type Network struct {
 	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
 	derived     map[string]string  // pbkdf2 keys already derived, by prf, salt, iterations and password
 	filling     map[string]bool    // (source copy, target copy) pushes in flight at the FillRate
+	held        map[string]bool    // (source copy, target copy) pushes waiting out a node's sync delay (syncdelay.go)
 }
 
 // NewNetwork returns an empty network.
@@ -93,7 +94,7 @@ func NewNetwork(opts NetworkOptions) *Network {
 		opts.PasswordIterations = DefaultPasswordIterations
 	}
 	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{},
-		derived: map[string]string{}, filling: map[string]bool{}}
+		derived: map[string]string{}, filling: map[string]bool{}, held: map[string]bool{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).
@@ -332,6 +333,9 @@ type Node struct {
 	fault    Fault
 	requests RequestCounts
 	stats    nodeStats
+	// syncDelay holds back every internal-replication push into or out of this node's copies
+	// (syncdelay.go); it survives restarts, like the node's data.
+	syncDelay time.Duration
 }
 
 // rawDoc is a document of a node-local database (_nodes).
