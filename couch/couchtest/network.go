@@ -69,13 +69,13 @@ type Network struct {
 	order []*Node
 	seq   int // global counter for update sequences
 
-	pendingSync map[string]bool    // internal replication rounds scheduled, by db (and coordinator)
-	jobs        map[string]*repJob // the replicator's jobs, by _replicator doc id
-	pidSeq      int                // makes up Erlang pids for running jobs
-	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
-	derived     map[string]string  // pbkdf2 keys already derived, by prf, salt, iterations and password
-	filling     map[string]bool    // (source copy, target copy) pushes in flight at the FillRate
-	held        map[string]bool    // (source copy, target copy) pushes waiting out a node's sync delay (syncdelay.go)
+	pendingSync map[string]bool      // internal replication rounds scheduled, by db (and coordinator)
+	jobs        map[string]*repJob   // the replicator's jobs, by _replicator doc id
+	pidSeq      int                  // makes up Erlang pids for running jobs
+	localDocs   map[string]obj       // clustered _local docs (replication checkpoints), by "db/_local/id"
+	derived     map[string]string    // pbkdf2 keys already derived, by prf, salt, iterations and password
+	filling     map[string]bool      // (source copy, target copy) pushes in flight at the FillRate
+	held        map[string]*heldPush // (source copy, target copy) pushes waiting out a node's sync delay (syncdelay.go)
 }
 
 // NewNetwork returns an empty network.
@@ -94,7 +94,7 @@ func NewNetwork(opts NetworkOptions) *Network {
 		opts.PasswordIterations = DefaultPasswordIterations
 	}
 	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{},
-		derived: map[string]string{}, filling: map[string]bool{}, held: map[string]bool{}}
+		derived: map[string]string{}, filling: map[string]bool{}, held: map[string]*heldPush{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).

@@ -46,16 +46,21 @@ func (nw *Network) holdPush(db string, src *Node, sc *shardCopy, dst *Node, dc *
 		return false
 	}
 	key := pushKey(sc, dc)
-	if nw.held[key] {
+	h := &heldPush{srcRun: src.started, dstRun: dst.started}
+	if cur := nw.held[key]; cur != nil && *cur == *h {
 		return true
 	}
-	nw.held[key] = true
-	srcRun, dstRun := src.started, dst.started
+	// A push held for earlier runs of either node is void: it would be dropped when its time comes,
+	// so this round's push is held afresh rather than joined to it.
+	nw.held[key] = h
 	time.AfterFunc(d, func() {
 		nw.mu.Lock()
 		defer nw.mu.Unlock()
+		if nw.held[key] != h {
+			return
+		}
 		delete(nw.held, key)
-		if !nw.connected(src, dst) || src.started != srcRun || dst.started != dstRun || !src.holds(sc) || !dst.holds(dc) {
+		if !nw.connected(src, dst) || src.started != h.srcRun || dst.started != h.dstRun || !src.holds(sc) || !dst.holds(dc) {
 			return
 		}
 		since := 0
@@ -68,6 +73,9 @@ func (nw *Network) holdPush(db string, src *Node, sc *shardCopy, dst *Node, dc *
 	})
 	return true
 }
+
+// heldPush is one pair's push waiting out a sync delay, for the runs of its two nodes it was held in.
+type heldPush struct{ srcRun, dstRun time.Time }
 
 // holds reports whether c is one of the node's current shard copies.
 func (n *Node) holds(c *shardCopy) bool {

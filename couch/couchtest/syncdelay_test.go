@@ -174,3 +174,33 @@ func pushedTo(t *testing.T, c *couch.Client, node, shard, target string) int64 {
 	}
 	return seq
 }
+
+// A node that restarts again while a push to it is held gets the push of its new run: the held one
+// is void, and the new run's round does not wait on it.
+func TestSyncDelayRestartWithinHold(t *testing.T) {
+	ctx := context.Background()
+	_, nodes, clients := sessionCluster(t, nil)
+	formCluster(t, nodes, clients)
+	if err := clients[0].CreateDB(ctx, "cu", 1, 3); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := nodes[0].ShardMap("cu")
+	shard := m.ShardName(m.Ranges()[0])
+	const hold = 500 * time.Millisecond
+	nodes[2].SetSyncDelay(hold)
+	nodes[2].Stop()
+	putDocs(t, nodes[0], "cu", 0, 10)
+	if err := nodes[2].Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the first run's push is held
+	nodes[2].Stop()
+	if err := nodes[2].Start(); err != nil {
+		t.Fatal(err)
+	}
+	second := time.Now()
+	waitUntil(t, "node2's copy to catch up in its second run", func() bool { d, _, _ := nodes[2].CopyDocCount(shard); return d == 10 })
+	if took := time.Since(second); took < hold {
+		t.Errorf("caught up %s into the second run, before its own %s hold ended", took, hold)
+	}
+}
