@@ -34,6 +34,11 @@ type CopyCatchUp struct {
 	Own       *placement.CopyStat           // nil when its info could not be read
 	Sources   map[string]placement.CopyStat // other live copies by node, with Pushed
 	Unread    []string                      // other live copies whose stats or checkpoints could not be read
+	// Baseline is, by source node, the update_seq its copy had when first read during this wait,
+	// with the restarted member already back. What the member missed is at or below it (later
+	// writes reach the member's copy directly), so mem3 pushing the source up to it proves the
+	// catch-up even while writes keep moving the source's update_seq and doc counts.
+	Baseline map[string]int64
 }
 
 // catchUpMemory is what the controller remembers between syncs; it only spares reads and dates the
@@ -46,6 +51,7 @@ type catchUpMemory struct {
 type catchUpSince struct {
 	identity string
 	at       time.Time
+	baseline map[string]int64 // db, range, source node and copy uuid -> its first update_seq read
 }
 
 // observeCatchUp finds the members that need the check and reads their copies' state.
@@ -91,7 +97,7 @@ func (c *Controller) observeCatchUp(ctx context.Context, st *clusterState, schem
 		}
 		w, ok := st.catchUp.since[p.Name]
 		if !ok || w.identity != p.Identity {
-			w = catchUpSince{identity: p.Identity, at: now}
+			w = catchUpSince{identity: p.Identity, at: now, baseline: map[string]int64{}}
 			st.catchUp.since[p.Name] = w
 		}
 		cu := &CatchUpObs{Since: w.at, Timeout: c.cfg.CatchUpTimeout, TimedOut: now.Sub(w.at) >= c.cfg.CatchUpTimeout}
@@ -156,13 +162,21 @@ func (c *Controller) observeCatchUp(ctx context.Context, st *clusterState, schem
 				if !m.HasCopy(rng, name) {
 					continue
 				}
-				cc := CopyCatchUp{DB: db, Range: rng, Own: stat(db, rng, name, false), Sources: map[string]placement.CopyStat{}}
+				cc := CopyCatchUp{DB: db, Range: rng, Own: stat(db, rng, name, false), Sources: map[string]placement.CopyStat{},
+					Baseline: map[string]int64{}}
+				base := st.catchUp.since[o.Pods[ord].Name].baseline
 				for _, other := range m.ByRange[rng] {
 					if other == name || !live[other] {
 						continue
 					}
 					if s := stat(db, rng, other, true); s != nil {
 						cc.Sources[other] = *s
+						if k := db + "\x00" + rng + "\x00" + other + "\x00" + s.UUID; base != nil && s.Seq >= 0 && s.UUID != "" {
+							if _, ok := base[k]; !ok {
+								base[k] = s.Seq
+							}
+							cc.Baseline[other] = base[k]
+						}
 					} else {
 						cc.Unread = append(cc.Unread, other)
 					}
@@ -192,12 +206,18 @@ func catchUpPending(o Observed, ord int) (string, bool) {
 		}
 		for _, src := range sortedKeysOf(c.Sources) {
 			s := c.Sources[src]
+			base, hasBase := c.Baseline[src]
 			caught := s.Seq == 0 && s.Docs+s.Deleted == 0 || // nothing was ever written there
 				c.Own.UUID != "" && s.Pushed[c.Own.UUID] >= s.Seq && s.Seq >= 0 || // mem3 pushed all of it
+				c.Own.UUID != "" && hasBase && base >= 0 && s.Pushed[c.Own.UUID] >= base || // all it could have missed
 				c.Own.Docs == s.Docs && c.Own.Deleted == s.Deleted // same document counts
 			if !caught {
+				target := s.Seq
+				if hasBase && base >= 0 {
+					target = base
+				}
 				return fmt.Sprintf("restarted: its copy of %s range %s is catching up with the copy on %s (%d of %d documents; internal replication checkpoint %d of update_seq %d)",
-					c.DB, c.Range, src, c.Own.Docs, s.Docs, s.Pushed[c.Own.UUID], s.Seq), true
+					c.DB, c.Range, src, c.Own.Docs, s.Docs, s.Pushed[c.Own.UUID], target), true
 			}
 		}
 	}

@@ -376,6 +376,14 @@ func (nw *Network) push(db string, src *Node, sc *shardCopy, dst *Node, dc *shar
 	if upto <= since {
 		return
 	}
+	if nw.holdPush(db, src, sc, dst, dc) {
+		return
+	}
+	nw.pushNow(db, src, sc, dst, dc, since, upto)
+}
+
+// pushNow runs the push from since to upto: at once, or at the FillRate.
+func (nw *Network) pushNow(db string, src *Node, sc *shardCopy, dst *Node, dc *shardCopy, since, upto int) {
 	if nw.opts.FillRate > 0 {
 		nw.fillPush(db, src, sc, dst, dc, since, upto)
 		return

@@ -36,7 +36,9 @@
 //     its runtime _config writes at every start, rehashes its plaintext password with a new salt and
 //     draws an unset uuid or secret afresh, while data, _nodes and _dbs survive; a restarted node's
 //     copies lag until internal replication pushes to them (the sync delay after its start), with
-//     mem3_rep's checkpoints;
+//     mem3_rep's checkpoints; Node.SetSyncDelay holds back every push into or out of one node's
+//     copies (mem3_sync busy or slow on it), so a restarted node stays behind for that long while
+//     the writes it takes as it runs still reach it at once;
 //   - zones and placement as mem3:choose_shards does it on the coordinating node: "zone" and "decom"
 //     (true or "true") on its _nodes docs, its [cluster] placement ("zone-a:1,zone-b:1") overriding
 //     the n asked, each rule capped to the allowed nodes of its zone, 500 no_nodes_in_zone and no

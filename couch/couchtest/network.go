@@ -72,12 +72,13 @@ type Network struct {
 	order []*Node
 	seq   int // global counter for update sequences
 
-	pendingSync map[string]bool    // internal replication rounds scheduled, by db (and coordinator)
-	jobs        map[string]*repJob // the replicator's jobs, by _replicator doc id
-	pidSeq      int                // makes up Erlang pids for running jobs
-	localDocs   map[string]obj     // clustered _local docs (replication checkpoints), by "db/_local/id"
-	derived     map[string]string  // pbkdf2 keys already derived, by prf, salt, iterations and password
-	filling     map[string]bool    // (source copy, target copy) pushes in flight at the FillRate
+	pendingSync map[string]bool      // internal replication rounds scheduled, by db (and coordinator)
+	jobs        map[string]*repJob   // the replicator's jobs, by _replicator doc id
+	pidSeq      int                  // makes up Erlang pids for running jobs
+	localDocs   map[string]obj       // clustered _local docs (replication checkpoints), by "db/_local/id"
+	derived     map[string]string    // pbkdf2 keys already derived, by prf, salt, iterations and password
+	filling     map[string]bool      // (source copy, target copy) pushes in flight at the FillRate
+	held        map[string]*heldPush // (source copy, target copy) pushes waiting out a node's sync delay (syncdelay.go)
 }
 
 // NewNetwork returns an empty network.
@@ -96,7 +97,7 @@ func NewNetwork(opts NetworkOptions) *Network {
 		opts.PasswordIterations = DefaultPasswordIterations
 	}
 	return &Network{opts: opts, nodes: map[string]*Node{}, pendingSync: map[string]bool{}, jobs: map[string]*repJob{}, localDocs: map[string]obj{},
-		derived: map[string]string{}, filling: map[string]bool{}}
+		derived: map[string]string{}, filling: map[string]bool{}, held: map[string]*heldPush{}}
 }
 
 // NodeConfig is one node's boot configuration (its ini files and environment).
@@ -335,6 +336,9 @@ type Node struct {
 	fault    Fault
 	requests RequestCounts
 	stats    nodeStats
+	// syncDelay holds back every internal-replication push into or out of this node's copies
+	// (syncdelay.go); it survives restarts, like the node's data.
+	syncDelay time.Duration
 }
 
 // rawDoc is a document of a node-local database (_nodes).

@@ -531,6 +531,11 @@ const benchPassword = "bench-password"
 // create makes one namespace with a CouchDB StatefulSet of replicas pods and its headless Service,
 // labelled couchdb.io/cluster=cluster (unlabelled when cluster is ""), with the given annotations.
 func (w *world) create(ctx context.Context, ns, cluster string, replicas int32, annotations map[string]string) error {
+	return w.createWith(ctx, ns, cluster, replicas, annotations, nil)
+}
+
+// createWith is create with a last change to the StatefulSet before it is created.
+func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int32, annotations map[string]string, mutate func(*appsv1.StatefulSet)) error {
 	if err := harness.EnsureNamespace(ctx, w.kube, ns); err != nil {
 		return err
 	}
@@ -562,6 +567,9 @@ func (w *world) create(ctx context.Context, ns, cluster string, replicas int32, 
 					Env: []corev1.EnvVar{{Name: "COUCHDB_USER", ValueFrom: ref("adminUsername")}, {Name: "COUCHDB_PASSWORD", ValueFrom: ref("adminPassword")},
 						{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 						{Name: "NODENAME", Value: "$(POD_NAME).db." + ns + ".svc.cluster.local"}}}}}}}}
+	if mutate != nil {
+		mutate(sts)
+	}
 	_, err := w.kube.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{})
 	return err
 }

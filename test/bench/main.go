@@ -6,6 +6,7 @@
 //
 //	moves   one cluster of 100 databases: rebalance 3 -> 5 and drain 5 -> 3, with the default
 //	        --max-concurrent-moves and with 1, side by side (each with its own controller process)
+//	rollout a rolling update of a 3-pod cluster under a constant write load, with the catch-up gate
 //	single  3-node clusters formed one at a time, then joins (3 -> 4) one at a time, on the idle harness
 //	fleet   10, 100, 1,000 clusters: time to form all, RSS, CPU, requests per steady-state resync, then
 //	        every cluster scaling 3 -> 4 at once (the join burst)
@@ -44,9 +45,9 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/test/kubelet"
 )
 
-// sections in the order they run: moves first, on the fresh harness and before the fleet's
-// controller watches every namespace.
-var sections = []string{"moves", "single", "fleet", "poller"}
+// sections in the order they run: moves and rollout first, on the fresh harness and before the
+// fleet's controller watches every namespace.
+var sections = []string{"moves", "rollout", "single", "fleet", "poller"}
 
 type options struct {
 	only        map[string]bool
@@ -196,6 +197,13 @@ func run(ctx context.Context, o options, res *results) error {
 			}
 			r.Meta = m.end()
 			res.Moves = r
+		case "rollout":
+			r, err := w.rollout(ctx)
+			if err != nil {
+				return fmt.Errorf("rollout: %w", err)
+			}
+			r.Meta = m.end()
+			res.Rollout = r
 		case "single":
 			r, err := w.single(ctx, o)
 			if err != nil {

@@ -14,10 +14,11 @@ import (
 // results is everything the report shows, by section. It is embedded in the -out file, so a run of
 // some sections (-only) re-renders the whole report with the other sections' earlier numbers.
 type results struct {
-	Moves  *MovesResult  `json:"moves,omitempty"`
-	Single *SingleResult `json:"single,omitempty"`
-	Fleet  *FleetResult  `json:"fleet,omitempty"`
-	Poller *PollerResult `json:"poller,omitempty"`
+	Moves   *MovesResult   `json:"moves,omitempty"`
+	Single  *SingleResult  `json:"single,omitempty"`
+	Fleet   *FleetResult   `json:"fleet,omitempty"`
+	Poller  *PollerResult  `json:"poller,omitempty"`
+	Rollout *RolloutResult `json:"rollout,omitempty"`
 }
 
 // Meta says when and under what load a section was measured.
@@ -155,6 +156,7 @@ func render(r results) string {
 	renderJoins(&b, r)
 	renderSingle(&b, r.Single)
 	renderFleet(&b, r.Fleet)
+	renderRollout(&b, r.Rollout)
 	renderTargets(&b, r)
 	renderProfiles(&b, r)
 	js, _ := json.Marshal(r)
