@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
 	"github.com/couchdb-controller/couchdb-controller/test/harness"
 )
 
@@ -38,6 +39,7 @@ type RealNode struct {
 	release string
 	hosts   *hostsFile
 	logf    func(string, ...any)
+	proxy   *faultProxy // what the harness maps the pod's CouchDB port to
 
 	mu     sync.Mutex
 	cfg    realConfig
@@ -70,6 +72,15 @@ func (n *RealNode) Starts() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.starts
+}
+
+// SetFault injects (or with the zero value clears) a fault into everything that reaches the node
+// through the harness, answered as an emulated node answers under the same fault
+// (couchtest.Fault). The node itself keeps running normally; its peers are not affected.
+func (n *RealNode) SetFault(f couchtest.Fault) {
+	if n.proxy != nil {
+		n.proxy.set(f)
+	}
 }
 
 // Running reports whether the node's process is alive.
@@ -141,14 +152,23 @@ func (n *RealNode) Start() error {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	exited := make(chan struct{})
+	proxy := n.proxy
 	go func() {
 		_ = cmd.Wait()
+		if proxy != nil {
+			proxy.stop() // a stopped node refuses connections; hung requests are dropped
+		}
 		// The VM is gone; whatever it started in its group (couchjs) goes with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		close(exited)
 	}()
 	n.cmd, n.exited = cmd, exited
 	n.starts++
+	if proxy != nil {
+		if err := proxy.start(); err != nil {
+			return fmt.Errorf("fault proxy of %s: %w", n.key, err)
+		}
+	}
 	n.logf("couchdb %s (%s) started on %s, pid %d, log %s", n.key, cfg.name, n.Addr(), cmd.Process.Pid, n.LogPath())
 	return nil
 }
