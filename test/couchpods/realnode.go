@@ -330,24 +330,6 @@ func safeFileName(s string) string {
 	}, s)
 }
 
-// probeClient-like: a fresh connection per probe, as the kubelet's prober.
-func (n *RealNode) up(ctx context.Context) bool {
-	if !n.Running() {
-		return false
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/_up", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		return false
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
-
 // getJSON asks the node itself (not through the harness proxy) as user.
 func (n *RealNode) getJSON(ctx context.Context, user, password, path string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+path, nil)
