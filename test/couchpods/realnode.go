@@ -330,6 +330,11 @@ func safeFileName(s string) string {
 	}, s)
 }
 
+// nodeClient is the tests' own client to a real node: its deadline is the caller's context, not
+// probeClient's 1 s, since an authenticated request can cost CouchDB a pbkdf2 of 600,000 iterations
+// (seconds on a loaded machine), and a test reading a copy's count must not take that for "no copy".
+var nodeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 // getJSON asks the node itself (not through the harness proxy) as user.
 func (n *RealNode) getJSON(ctx context.Context, user, password, path string, out any) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+path, nil)
@@ -338,7 +343,7 @@ func (n *RealNode) getJSON(ctx context.Context, user, password, path string, out
 	}
 	req.SetBasicAuth(user, password)
 	req.Header.Set("Accept", "application/json")
-	resp, err := probeClient.Do(req)
+	resp, err := nodeClient.Do(req)
 	if err != nil {
 		return 0, err
 	}
