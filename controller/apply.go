@@ -68,7 +68,7 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 			return err
 		}
 		if err := api.FinishCluster(ctx); err != nil {
-			return err
+			return finishClusterFailed(ctx, api, sts, o.Pods[a.Via].Name, err)
 		}
 		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonClusterFormed, "Finished CouchDB cluster setup with %d nodes", o.Replicas)
 		// Formation is timed from the last pod below spec.replicas becoming ready: before that the

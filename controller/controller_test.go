@@ -39,6 +39,9 @@ import (
 const (
 	testNS   = "ns"
 	testPass = "fixture-pass-9137"
+	// fixtureSecret is every fixture node's [chttpd_auth] secret, as the Helm chart sets one
+	// (COUCHDB_SECRET); without it finish_cluster fails (TestSyncFinishWithoutSecretWarns).
+	fixtureSecret = "fixture-secret-4411"
 )
 
 // fixture is the sample-controller style harness: a fake clientset and informer indexers seeded with
@@ -237,7 +240,8 @@ func (f *fixture) addNode(ord int, password string) *couchtest.Node {
 	if name == "" {
 		name = fmt.Sprintf("couchdb@db-%d.db.%s.svc.cluster.local", ord, testNS)
 	}
-	n, err := f.network.AddNode(couchtest.NodeConfig{Name: name, AdminUser: "admin", AdminPassword: password, BindAddress: "any", EphemeralIni: f.ephemeral})
+	n, err := f.network.AddNode(couchtest.NodeConfig{Name: name, AdminUser: "admin", AdminPassword: password, BindAddress: "any", EphemeralIni: f.ephemeral,
+		Secret: fixtureSecret})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -177,7 +177,8 @@ func (c *propCluster) startPod(ord int) {
 	n := c.nodes[ord]
 	if n == nil {
 		var err error
-		n, err = c.nw.AddNode(couchtest.NodeConfig{Name: name(ord), AdminUser: "admin", AdminPassword: propPassword, BindAddress: "any", Addr: nextLoopback(), Q: 1})
+		n, err = c.nw.AddNode(couchtest.NodeConfig{Name: name(ord), AdminUser: "admin", AdminPassword: propPassword, BindAddress: "any", Addr: nextLoopback(), Q: 1,
+			Secret: "prop-secret"}) // the same [chttpd_auth] secret on every node, as the Helm chart sets it
 		if err != nil {
 			c.fatalf("add node: %v", err)
 		}

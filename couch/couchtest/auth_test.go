@@ -25,7 +25,7 @@ func newLockoutWorld(t *testing.T) *lockoutWorld {
 	w := &lockoutWorld{t: t, now: time.Unix(1795331770, 0), clients: map[string]*http.Client{}}
 	nw := NewNetwork(NetworkOptions{Clock: func() time.Time { w.mu.Lock(); defer w.mu.Unlock(); return w.now }})
 	for i := 1; i <= 2; i++ {
-		n, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "right"})
+		n, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "right", Secret: testSecret})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -115,7 +115,7 @@ func newShardReplayer(t *testing.T) *shardReplayer {
 	}
 	r.nw = NewNetwork(opts)
 	for i := 1; i <= 4; i++ {
-		n, err := r.nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: shardsPassword, N: 3, Q: 2})
+		n, err := r.nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: shardsPassword, N: 3, Q: 2, Secret: testSecret})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,6 +17,11 @@ import (
 
 const recordedPassword = "conformance-pw"
 
+// recordedSecret is node1's [chttpd_auth] secret in couchdb-real-responses.md (section 7 shows it
+// copied to node3). Its nodes had one before finish_cluster: without it the recorded 201 would
+// have been a 500 (couchdb-real-harness.md).
+const recordedSecret = "f4a0c1e2d3b4a5968778695a4b3c2d1e"
+
 // notReplayable lists recorded cases the conformance test does not replay, each with its reason.
 // Every other case must be checked; a case neither checked nor listed fails the test.
 var notReplayable = map[string]string{}
@@ -45,7 +50,7 @@ func newReplayer(t *testing.T) *replayer {
 	r := &replayer{t: t, nw: NewNetwork(NetworkOptions{SyncDelay: 20 * time.Millisecond}), nodes: map[string]*Node{}, stopped: map[string]bool{},
 		tokens: newTokenMap(), createdOn: map[string][]string{}, drawn: map[string]map[string]any{}}
 	for i := 1; i <= 4; i++ {
-		n, err := r.nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: recordedPassword, N: 3, Q: 2})
+		n, err := r.nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: recordedPassword, N: 3, Q: 2, Secret: recordedSecret})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,7 +16,7 @@ func startCluster(t *testing.T, n int, bind string) (*Network, []*Node, []*couch
 	var nodes []*Node
 	var clients []*couch.Client
 	for i := 1; i <= n; i++ {
-		nd, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: bind})
+		nd, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: bind, Secret: testSecret})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +162,7 @@ func TestShardCopyFillsOnlyAfterSyncShards(t *testing.T) {
 	var clients []*couch.Client
 	var nodes []*Node
 	for i := 1; i <= 3; i++ {
-		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "pw", BindAddress: "any"})
+		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "pw", BindAddress: "any", Secret: testSecret})
 		if err := nd.Start(); err != nil {
 			t.Fatal(err)
 		}

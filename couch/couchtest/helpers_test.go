@@ -6,6 +6,11 @@ import (
 	"strings"
 )
 
+// testSecret is the [chttpd_auth] secret of the test clusters' nodes, the same on each as the Helm
+// chart sets it: without one, finish_cluster on a multi-node cluster fails as on a real node
+// (TestConformanceHarnessSetup).
+const testSecret = "4f6c0c1e2d3b4a59aa01"
+
 func doPut(base, path string) (int, string, error) {
 	req, _ := http.NewRequest(http.MethodPut, base+path, strings.NewReader(`{"n":1}`))
 	req.SetBasicAuth("admin", "pw")

@@ -111,11 +111,14 @@ type NodeConfig struct {
 	Seedlist      []string // [cluster] seedlist
 	Addr          string   // listen address, default "127.0.0.1:0"; the port is kept across restarts
 	UUID          string   // [couchdb] uuid; random if empty
-	Secret        string   // [chttpd_auth] secret; random if empty
+	// Secret is [chttpd_auth] secret. Empty leaves it unset, as on a real node started without
+	// COUCHDB_SECRET: finish_cluster then fails on a multi-node cluster (see finishCluster) until a
+	// session cookie makes one up on the coordinator.
+	Secret string
 	// EphemeralIni is a node whose last ini file is rewritten at every start, as in the official
 	// image (etc/local.d is not on the data volume): runtime _config writes, including what
 	// finish_cluster copied there, are gone after a restart; the plaintext AdminPassword is hashed
-	// afresh with a new salt; an empty UUID or Secret is drawn afresh. Without it a restart keeps the
+	// afresh with a new salt; an empty UUID is drawn afresh and a made-up secret is gone. Without it a restart keeps the
 	// runtime config, as an install whose local.ini persists does (the recorded non-container
 	// cluster). Data, _nodes and _dbs survive either way.
 	EphemeralIni bool
@@ -187,21 +190,22 @@ func (cfg NodeConfig) withDefaults() NodeConfig {
 }
 
 // boot reads the node's ini files: the config and admins its NodeConfig gives, with the admin's
-// plaintext password hashed under a fresh salt and an unset uuid or secret drawn at random.
+// plaintext password hashed under a fresh salt and an unset uuid drawn at random (couch_server
+// makes one up). An unset secret stays unset: CouchDB makes one up only for a session cookie.
 func (n *Node) boot() {
 	cfg := n.cfg
-	uuid, secret := cfg.UUID, cfg.Secret
+	uuid := cfg.UUID
 	if uuid == "" {
 		uuid = randomHex(16)
-	}
-	if secret == "" {
-		secret = randomHex(16)
 	}
 	n.config = map[string]map[string]string{
 		"chttpd":      {"bind_address": cfg.BindAddress},
 		"cluster":     {"n": strconv.Itoa(cfg.N), "q": strconv.Itoa(cfg.Q)},
 		"couchdb":     {"uuid": uuid},
-		"chttpd_auth": {"secret": secret},
+		"chttpd_auth": {},
+	}
+	if cfg.Secret != "" {
+		n.config["chttpd_auth"]["secret"] = cfg.Secret
 	}
 	if len(cfg.Seedlist) > 0 {
 		n.config["cluster"]["seedlist"] = strings.Join(cfg.Seedlist, ",")

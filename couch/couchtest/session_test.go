@@ -23,7 +23,7 @@ func sessionCluster(t *testing.T, cfg func(i int, c *NodeConfig)) (*Network, []*
 	var nodes []*Node
 	var clients []*couch.Client
 	for i := 0; i < 3; i++ {
-		c := NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any", EphemeralIni: true}
+		c := NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any", EphemeralIni: true, Secret: testSecret}
 		if cfg != nil {
 			cfg(i, &c)
 		}

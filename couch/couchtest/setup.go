@@ -285,17 +285,28 @@ func (n *Node) finishCluster(req map[string]any) (int, any) {
 			return http.StatusInternalServerError, errBody("setup_error", "Cluster setup timed out waiting for nodes to connect")
 		}
 	}
-	// Admins, uuid and secret are copied to every member on every call.
+	// Admins, uuid and secret are copied to every member on every call, in that order (setup.erl
+	// sync_admins, sync_uuid, sync_auth_secret, each a config:set on the other nodes). config:set of
+	// an undefined secret fails there, and every failed copy gives the same answer: admins and uuid
+	// are copied, the system databases are not created (recorded, couchdb-real-harness.md section 1).
+	secret, hasSecret := n.config["chttpd_auth"]["secret"]
+	others := 0
 	for _, m := range n.members() {
 		if other := n.net.nodes[m]; other != nil && other != n {
+			others++
 			// sync_admins copies the stored hashes, so the members share the salt too.
 			for u, h := range n.admins {
 				c := *h
 				other.admins[u] = &c
 			}
 			other.config["couchdb"]["uuid"] = n.config["couchdb"]["uuid"]
-			other.config["chttpd_auth"]["secret"] = n.config["chttpd_auth"]["secret"]
+			if hasSecret {
+				other.config["chttpd_auth"]["secret"] = secret
+			}
 		}
+	}
+	if others > 0 && !hasSecret {
+		return http.StatusInternalServerError, errBody("setup_error", "Cluster setup unable to sync admin passwords")
 	}
 	ensure := ensureList(req)
 	missing := slices.DeleteFunc(slices.Clone(ensure), func(db string) bool {

@@ -19,7 +19,7 @@ func TestZonePlacementSpreadsAndCaps(t *testing.T) {
 	var nodes []*Node
 	var clients []*couch.Client
 	for i := 0; i < 6; i++ {
-		nd, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("n%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any"})
+		nd, err := nw.AddNode(NodeConfig{Name: fmt.Sprintf("n%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any", Secret: testSecret})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -544,7 +544,7 @@ func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int
 		labels["couchdb.io/cluster"] = cluster
 	}
 	if _, err := w.kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "admin"},
-		StringData: map[string]string{"adminUsername": "admin", "adminPassword": benchPassword}}, metav1.CreateOptions{}); err != nil {
+		StringData: map[string]string{"adminUsername": "admin", "adminPassword": benchPassword, "cookieAuthSecret": "bench-cookie-auth-secret"}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Labels: labels}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
@@ -565,6 +565,9 @@ func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "db"}}, Spec: corev1.PodSpec{
 				Containers: []corev1.Container{{Name: "couchdb", Image: "couchdb:3.4.3", Ports: []corev1.ContainerPort{{Name: "couchdb", ContainerPort: 5984}},
 					Env: []corev1.EnvVar{{Name: "COUCHDB_USER", ValueFrom: ref("adminUsername")}, {Name: "COUCHDB_PASSWORD", ValueFrom: ref("adminPassword")},
+						// The same [chttpd_auth] secret on every pod, as the Helm chart sets it: CouchDB's
+						// finish_cluster fails without one.
+						{Name: "COUCHDB_SECRET", ValueFrom: ref("cookieAuthSecret")},
 						{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 						{Name: "NODENAME", Value: "$(POD_NAME).db." + ns + ".svc.cluster.local"}}}}}}}}
 	if mutate != nil {

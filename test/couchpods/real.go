@@ -147,6 +147,7 @@ func (b *RealBackend) StartPod(ctx context.Context, pod *corev1.Pod, _ string) (
 		}
 		node = &RealNode{key: key, ip: ip, release: b.opts.Release, hosts: b.hosts, logf: b.opts.Logf,
 			dir: filepath.Join(b.opts.RunDir, pod.Namespace, pod.Name)}
+		node.proxy = newFaultProxy(ip, node.URL())
 		b.nodes[key] = node
 	}
 	b.mu.Unlock()
@@ -247,11 +248,16 @@ func otherErlFlags(flags string) []string {
 // realWorkload is a running real node as the kubelet sees it.
 type realWorkload struct{ node *RealNode }
 
-// Ready is the image's readiness probe: GET /_up answers 200.
-func (w *realWorkload) Ready(ctx context.Context) bool { return w.node.up(ctx) }
+// Ready is the image's readiness probe: GET /_up answers 200, asked through the node's fault proxy
+// as the kubelet reaches the pod (a fault without SpareUp fails it, as on an emulated node).
+func (w *realWorkload) Ready(ctx context.Context) bool {
+	return w.node.Running() && w.node.proxy.probe(ctx)
+}
 
-// Ports maps the container port to the node's own loopback address.
-func (w *realWorkload) Ports() map[int32]string { return map[int32]string{CouchDBPort: w.node.Addr()} }
+// Ports maps the container port to the node's fault proxy, on the node's own loopback address.
+func (w *realWorkload) Ports() map[int32]string {
+	return map[int32]string{CouchDBPort: w.node.proxy.addr}
+}
 
 // Stop stops the node; its data directory stays for a pod of the same name.
 func (w *realWorkload) Stop() { w.node.Stop() }
@@ -278,7 +284,7 @@ func (p *loopbackPool) take() (net.IP, error) {
 			continue
 		}
 		ip := net.IPv4(127, p.base, byte(x), byte(y)).To4()
-		if portsFree(ip, CouchDBPort, DistPort) {
+		if portsFree(ip, CouchDBPort, DistPort, FaultPort) {
 			p.next++
 			return ip, nil
 		}

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/couchdb-controller/couchdb-controller/couch/couchtest"
 	"github.com/couchdb-controller/couchdb-controller/test/harness"
 )
 
@@ -38,6 +39,7 @@ type RealNode struct {
 	release string
 	hosts   *hostsFile
 	logf    func(string, ...any)
+	proxy   *faultProxy // what the harness maps the pod's CouchDB port to
 
 	mu     sync.Mutex
 	cfg    realConfig
@@ -70,6 +72,15 @@ func (n *RealNode) Starts() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.starts
+}
+
+// SetFault injects (or with the zero value clears) a fault into everything that reaches the node
+// through the harness, answered as an emulated node answers under the same fault
+// (couchtest.Fault). The node itself keeps running normally; its peers are not affected.
+func (n *RealNode) SetFault(f couchtest.Fault) {
+	if n.proxy != nil {
+		n.proxy.set(f)
+	}
 }
 
 // Running reports whether the node's process is alive.
@@ -141,14 +152,23 @@ func (n *RealNode) Start() error {
 		return fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	exited := make(chan struct{})
+	proxy := n.proxy
 	go func() {
 		_ = cmd.Wait()
+		if proxy != nil {
+			proxy.stop() // a stopped node refuses connections; hung requests are dropped
+		}
 		// The VM is gone; whatever it started in its group (couchjs) goes with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		close(exited)
 	}()
 	n.cmd, n.exited = cmd, exited
 	n.starts++
+	if proxy != nil {
+		if err := proxy.start(); err != nil {
+			return fmt.Errorf("fault proxy of %s: %w", n.key, err)
+		}
+	}
 	n.logf("couchdb %s (%s) started on %s, pid %d, log %s", n.key, cfg.name, n.Addr(), cmd.Process.Pid, n.LogPath())
 	return nil
 }
@@ -310,23 +330,10 @@ func safeFileName(s string) string {
 	}, s)
 }
 
-// probeClient-like: a fresh connection per probe, as the kubelet's prober.
-func (n *RealNode) up(ctx context.Context) bool {
-	if !n.Running() {
-		return false
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/_up", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := probeClient.Do(req)
-	if err != nil {
-		return false
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
+// nodeClient is the tests' own client to a real node: its deadline is the caller's context, not
+// probeClient's 1 s, since an authenticated request can cost CouchDB a pbkdf2 of 600,000 iterations
+// (seconds on a loaded machine), and a test reading a copy's count must not take that for "no copy".
+var nodeClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
 // getJSON asks the node itself (not through the harness proxy) as user.
 func (n *RealNode) getJSON(ctx context.Context, user, password, path string, out any) (int, error) {
@@ -336,7 +343,7 @@ func (n *RealNode) getJSON(ctx context.Context, user, password, path string, out
 	}
 	req.SetBasicAuth(user, password)
 	req.Header.Set("Accept", "application/json")
-	resp, err := probeClient.Do(req)
+	resp, err := nodeClient.Do(req)
 	if err != nil {
 		return 0, err
 	}

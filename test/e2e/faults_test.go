@@ -61,9 +61,6 @@ func TestFaultMatrix(t *testing.T) {
 				name = fc.name + "/seen"
 			}
 			t.Run(name, func(t *testing.T) {
-				if fc.fault != (couchtest.Fault{}) {
-					skipOnRealNodes(t, "a real node cannot hang, answer 500, cut connections, slow down or send garbage by itself, and no fault-injecting proxy stands in front of it yet; the stopped-node case (down/seen) runs")
-				}
 				t.Parallel()
 				runFault(t, strings.TrimSuffix(fc.name, "-db0"), fc.victim, fc.fault, seen, fc.warning)
 			})
@@ -96,7 +93,7 @@ func runFault(t *testing.T, name string, victimOrd int, fault couchtest.Fault, s
 		victim.Stop()
 	} else {
 		fault.SpareUp = !seen
-		emulated(t, ns, podName(s, victimOrd)).SetFault(fault)
+		setFault(t, ns, podName(s, victimOrd), fault)
 	}
 	faultyName := s.nodeName(ns, victimOrd)
 	scaleTo(t, ns, s.name, 4)
@@ -130,7 +127,7 @@ func runFault(t *testing.T, name string, victimOrd int, fault couchtest.Fault, s
 			t.Fatal(err)
 		}
 	} else {
-		emulated(t, ns, podName(s, victimOrd)).SetFault(couchtest.Fault{})
+		setFault(t, ns, podName(s, victimOrd), couchtest.Fault{})
 	}
 	waitMembers(t, s, ns, 4, 60*time.Second)
 	poll(t, 60*time.Second, "every range of db1 on all 4 members with every document", func(context.Context) (bool, error) {

@@ -63,6 +63,22 @@ func emulated(t *testing.T, ns, pod string) *couchtest.Node {
 	return env.backend.Node(ns, pod)
 }
 
+// setFault injects (or with the zero value clears) a fault into the pod's CouchDB as the controller
+// and the kubelet reach it: into the emulated node itself, or into the fault-injecting proxy in
+// front of a real node (test/couchpods), which answers as the emulator does under the same fault.
+func setFault(t *testing.T, ns, pod string, f couchtest.Fault) {
+	t.Helper()
+	if realNodes() {
+		n := env.real.Node(ns, pod)
+		if n == nil {
+			t.Fatalf("%s/%s has no CouchDB node", ns, pod)
+		}
+		n.SetFault(f)
+		return
+	}
+	emulated(t, ns, pod).SetFault(f)
+}
+
 // realNode asks a real node as the namespace's admin, with the password the test last set.
 type realNode struct {
 	*couchpods.RealNode
