@@ -49,7 +49,7 @@ func (c *Controller) readShardMaps(ctx context.Context, st *clusterState, api Co
 			return nil, nil, err
 		}
 	}
-	maps := mc.maps
+	var maps map[string]couch.ShardMap
 	if full {
 		maps = map[string]couch.ShardMap{}
 		mc.fullAt = now
