@@ -25,7 +25,7 @@ func TestDBsChangesSinceAndDelete(t *testing.T) {
 	var clients []*couch.Client
 	var nodes []*Node
 	for i := 1; i <= 2; i++ {
-		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "pw", BindAddress: "any"})
+		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "pw", BindAddress: "any", Secret: testSecret})
 		if err := nd.Start(); err != nil {
 			t.Fatal(err)
 		}

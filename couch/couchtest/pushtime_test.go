@@ -21,7 +21,7 @@ func TestPushCheckpointsTrailUnderWriteLoad(t *testing.T) {
 	var nodes []*Node
 	var clients []*couch.Client
 	for i := 1; i <= 3; i++ {
-		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any"})
+		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any", Secret: testSecret})
 		if err := nd.Start(); err != nil {
 			t.Fatal(err)
 		}
