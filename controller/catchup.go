@@ -204,24 +204,57 @@ func catchUpPending(o Observed, ord int) (string, bool) {
 		if len(c.Unread) > 0 {
 			return fmt.Sprintf("restarted: cannot yet read the copy of %s range %s on %v to compare", c.DB, c.Range, c.Unread), true
 		}
-		for _, src := range sortedKeysOf(c.Sources) {
+		if src, target, behind := c.behind(); behind {
 			s := c.Sources[src]
-			base, hasBase := c.Baseline[src]
-			caught := s.Seq == 0 && s.Docs+s.Deleted == 0 || // nothing was ever written there
-				c.Own.UUID != "" && s.Pushed[c.Own.UUID] >= s.Seq && s.Seq >= 0 || // mem3 pushed all of it
-				c.Own.UUID != "" && hasBase && base >= 0 && s.Pushed[c.Own.UUID] >= base || // all it could have missed
-				c.Own.Docs == s.Docs && c.Own.Deleted == s.Deleted // same document counts
-			if !caught {
-				target := s.Seq
-				if hasBase && base >= 0 {
-					target = base
-				}
-				return fmt.Sprintf("restarted: its copy of %s range %s is catching up with the copy on %s (%d of %d documents; internal replication checkpoint %d of update_seq %d)",
-					c.DB, c.Range, src, c.Own.Docs, s.Docs, s.Pushed[c.Own.UUID], target), true
-			}
+			return fmt.Sprintf("restarted: its copy of %s range %s is catching up with the copy on %s (%d of %d documents; internal replication checkpoint %d of update_seq %d)",
+				c.DB, c.Range, src, c.Own.Docs, s.Docs, s.Pushed[c.Own.UUID], target), true
 		}
 	}
 	return "", false
+}
+
+// behind names the first other copy the member's copy has not caught up with, and the update_seq
+// of that copy it must be pushed up to. Only for a copy whose own and other stats were all read.
+func (c CopyCatchUp) behind() (string, int64, bool) {
+	for _, src := range sortedKeysOf(c.Sources) {
+		s := c.Sources[src]
+		base, hasBase := c.Baseline[src]
+		caught := s.Seq == 0 && s.Docs+s.Deleted == 0 || // nothing was ever written there
+			c.Own.UUID != "" && s.Pushed[c.Own.UUID] >= s.Seq && s.Seq >= 0 || // mem3 pushed all of it
+			c.Own.UUID != "" && hasBase && base >= 0 && s.Pushed[c.Own.UUID] >= base || // all it could have missed
+			c.Own.Docs == s.Docs && c.Own.Deleted == s.Deleted // same document counts
+		if !caught {
+			target := s.Seq
+			if hasBase && base >= 0 {
+				target = base
+			}
+			return src, target, true
+		}
+	}
+	return "", 0, false
+}
+
+// catchUpSyncs lists the databases in which the member at ord holds a copy known to be behind. Pure.
+// Nothing in CouchDB pushes to such a copy until the next write to its range (mem3 pushes all
+// copies to a node when it comes up, but not to a copy that was only added to a map, as when the
+// controller that added it died before its _sync_shards): the gate would stay closed until
+// --catch-up-timeout with nothing moving. A _sync_shards per such database starts the pushes; it
+// is idempotent and cheap when there is nothing to push.
+func catchUpSyncs(o Observed, ord int) []string {
+	cu := o.CatchUp[ord]
+	if cu == nil || cu.TimedOut || !cu.Read {
+		return nil
+	}
+	var dbs []string
+	for _, c := range cu.Copies {
+		if c.Own == nil || len(c.Unread) > 0 || slices.Contains(dbs, c.DB) {
+			continue
+		}
+		if _, _, behind := c.behind(); behind {
+			dbs = append(dbs, c.DB)
+		}
+	}
+	return dbs
 }
 
 // catchUpTimeouts are the Warnings for members whose gate opens because the bound passed.

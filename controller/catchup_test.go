@@ -5,7 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // catchUpPending decides from what one sync read; under a constant write load the sources' update_seq
@@ -53,6 +56,56 @@ func TestCatchUpPending(t *testing.T) {
 			why, got := catchUpPending(o, 1)
 			if got != tc.want || !strings.Contains(why, tc.contains) {
 				t.Errorf("catchUpPending = %q, %v; want %v containing %q", why, got, tc.want, tc.contains)
+			}
+		})
+	}
+}
+
+// A member held for catch-up whose copy is behind gets a _sync_shards of that database: nothing else
+// in CouchDB pushes to a copy that was only added to a map (a controller killed between the AddCopy
+// and its SyncShards leaves it empty), so without it the gate waits for --catch-up-timeout.
+func TestCatchUpPlansSyncShardsForCopiesBehind(t *testing.T) {
+	finished := couch.StateClusterFinished
+	empty := &placement.CopyStat{UUID: "own"}
+	full := map[string]placement.CopyStat{"n0": {Docs: 20, Seq: 20, UUID: "s0", Pushed: map[string]int64{}}}
+	caught := map[string]placement.CopyStat{"n0": {Docs: 20, Seq: 20, UUID: "s0", Pushed: map[string]int64{"own": 20}}}
+	for _, tc := range []struct {
+		name    string
+		cu      *CatchUpObs
+		want    []string
+		filling bool
+	}{
+		{name: "an empty copy of db1 and a caught-up copy of db2: db1 is pushed",
+			cu: &CatchUpObs{Read: true, Copies: []CopyCatchUp{
+				{DB: "db1", Range: "00000000-7fffffff", Own: empty, Sources: full},
+				{DB: "db1", Range: "80000000-ffffffff", Own: empty, Sources: full},
+				{DB: "db2", Range: "00000000-ffffffff", Own: empty, Sources: caught}}},
+			want: []string{"SyncShards(db1)"}, filling: true},
+		{name: "not read yet: nothing known to push", cu: &CatchUpObs{}},
+		{name: "a source unreadable: nothing known to push",
+			cu: &CatchUpObs{Read: true, Copies: []CopyCatchUp{{DB: "db1", Range: "00000000-ffffffff", Own: empty, Unread: []string{"n1"}}}}},
+		{name: "timed out: the gate opens, nothing pushed",
+			cu:   &CatchUpObs{TimedOut: true, Read: true, Copies: []CopyCatchUp{{DB: "db1", Range: "00000000-ffffffff", Own: empty, Sources: full}}},
+			want: []string{"SetMemberCondition(db-3=true)"}},
+		{name: "caught up: the gate opens",
+			cu:   &CatchUpObs{Read: true, Copies: []CopyCatchUp{{DB: "db2", Range: "00000000-ffffffff", Own: empty, Sources: caught}}},
+			want: []string{"SetMemberCondition(db-3=true)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := world{replicas: 4, pods: []int{0, 1, 2, 3}, members: names(0, 1, 2, 3), connected: names(0, 1, 2, 3), setup: finished}.observe()
+			tr, fa := true, false
+			for _, p := range o.Pods {
+				p.HasMemberGate, p.MemberCondition = true, &tr
+			}
+			o.Pods[3].MemberCondition = &fa
+			tc.cu.Timeout = time.Minute
+			o.CatchUp = map[int]*CatchUpObs{3: tc.cu}
+			p := PlanCluster(o)
+			if diff := cmp.Diff(tc.want, kinds(p)); diff != "" {
+				t.Errorf("actions (-want +got):\n%s", diff)
+			}
+			if p.Filling != tc.filling {
+				t.Errorf("Filling = %v, want %v (a plan of catch-up pushes only is looked at again as fills are)", p.Filling, tc.filling)
 			}
 		})
 	}

@@ -66,6 +66,13 @@ func (p *Plan) holdForCatchUp(o Observed, ord int) bool {
 	if p.Requeue == 0 || p.Requeue > catchUpRequeue {
 		p.Requeue = catchUpRequeue
 	}
+	if coord := coordinator(o); coord != nil {
+		for _, db := range catchUpSyncs(o, ord) {
+			if !slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Kind == ActSyncShards && a.DB == db }) {
+				p.Actions = append(p.Actions, Action{Kind: ActSyncShards, Via: coord.Ordinal, DB: db})
+			}
+		}
+	}
 	return true
 }
 

@@ -191,6 +191,9 @@ func planCluster(o Observed) Plan {
 		planDayTwo(o, coord, connected, &p)
 	}
 	planMemberConditions(o, members, connected, &p)
+	if len(p.CatchUp) > 0 && len(p.Actions) > 0 && countKind(p.Actions, ActSyncShards) == len(p.Actions) {
+		p.Filling = true // only catch-up pushes left: looked at again as fills are (fillRequeue)
+	}
 	switch {
 	case len(p.Actions) > 0:
 		p.Requeue = quickRequeue
