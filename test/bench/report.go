@@ -151,7 +151,7 @@ func render(r results) string {
 	fmt.Fprintf(&b, "control plane built from Go modules, emulated CouchDB 3.4 nodes (couch/couchtest, one emulated Erlang network per\n")
 	fmt.Fprintf(&b, "cluster), the controller binary as its own process with its default flags (`--resync=%s --workers=16\n", defaultResync)
 	fmt.Fprintf(&b, "--kube-api-qps=50`, plus `--profiling`), reaching pods through the harness proxy. Everything (etcd, kube-apiserver,\n")
-	fmt.Fprintf(&b, "kube-controller-manager, the fake kubelet with a 1 s probe period, every emulated CouchDB node and the controller)\nshares the same cores. Each section says when it was measured and how busy the machine was.\n\n")
+	fmt.Fprintf(&b, "kube-controller-manager, the fake kubelet with a 10 s probe period (the first probe at container start), every emulated CouchDB node and the controller)\nshares the same cores. Each section says when it was measured and how busy the machine was.\n\n")
 	renderMoves(&b, r.Moves)
 	renderJoins(&b, r)
 	renderSingle(&b, r.Single)
