@@ -48,6 +48,9 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					return err
 				}
 				delete(synced, a.DB)
+				if countKind(batch, ActAddCopy) > 0 {
+					st.noteAdded(a.DB)
+				}
 			}
 			if stop != nil {
 				return stop
@@ -70,6 +73,9 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 			return fmt.Errorf("%s: %w", a, err)
 		}
 		c.metrics.Action(string(a.Kind), "success")
+		if a.Kind == ActSyncShards {
+			st.noteSynced(a.DB)
+		}
 		logger.V(2).Info("Applied action", "action", a.String())
 	}
 	return nil

@@ -92,6 +92,10 @@ type clusterState struct {
 
 	// marks are the drain marks of the copies placement is to drop (marks.go).
 	marks map[placement.CopyKey]placement.Mark
+	// unsynced are the databases whose added copies wait for a successful _sync_shards (unsynced.go);
+	// unsyncedSeeded says the first maps read of this process has guessed them.
+	unsynced       map[string]bool
+	unsyncedSeeded bool
 }
 
 func newClusterState() *clusterState {
