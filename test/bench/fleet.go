@@ -79,6 +79,9 @@ func (w *world) single(ctx context.Context, o options) (*SingleResult, error) {
 
 // resetRequests zeroes the request counters of a namespace's emulated nodes.
 func resetRequests(w *world, ns string) {
+	if w.backend == nil {
+		return // real nodes: not counted
+	}
 	for i := 0; i < 8; i++ {
 		if n := w.backend.Node(ns, fmt.Sprintf("db-%d", i)); n != nil {
 			n.ResetRequests()
@@ -112,12 +115,12 @@ func (w *world) formOne(ctx context.Context, ns string) (float64, error) {
 			last = t
 		}
 	}
-	node := w.backend.Node(ns, "db-0")
-	if node == nil {
+	base := w.nodeURL(ns, "db-0")
+	if base == "" {
 		return 0, fmt.Errorf("%s: no node for db-0", ns)
 	}
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
-		return setupState(ctx, node.URL()) == "cluster_finished", nil
+	err := wait.PollUntilContextTimeout(ctx, w.pollEvery(), 2*time.Minute, true, func(context.Context) (bool, error) {
+		return setupState(ctx, base) == "cluster_finished", nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("%s: not finished: %w", ns, err)
@@ -381,8 +384,8 @@ func (w *world) joinOne(ctx context.Context, ns string, ord int) (float64, bool)
 	}
 	want := fmt.Sprintf("couchdb@%s.db.%s.svc.cluster.local", pod, ns)
 	var took float64
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Millisecond, 5*time.Minute, true, func(context.Context) (bool, error) {
-		if node := w.backend.Node(ns, "db-0"); node != nil && contains(node.ClusterNodes(), want) {
+	err := wait.PollUntilContextTimeout(ctx, w.pollEvery(), 5*time.Minute, true, func(context.Context) (bool, error) {
+		if contains(w.clusterNodes(ctx, ns, "db-0"), want) {
 			took = max(0, time.Since(ready).Seconds())
 			return true, nil
 		}
@@ -544,7 +547,7 @@ func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int
 		labels["couchdb.io/cluster"] = cluster
 	}
 	if _, err := w.kube.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "admin"},
-		StringData: map[string]string{"adminUsername": "admin", "adminPassword": benchPassword, "cookieAuthSecret": "bench-cookie-auth-secret"}}, metav1.CreateOptions{}); err != nil {
+		StringData: map[string]string{"adminUsername": "admin", "adminPassword": benchPassword, "cookieAuthSecret": "bench-cookie-auth-secret", "erlangCookie": "bench-erlang-cookie"}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Labels: labels}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
@@ -568,6 +571,9 @@ func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int
 						// The same [chttpd_auth] secret on every pod, as the Helm chart sets it: CouchDB's
 						// finish_cluster fails without one.
 						{Name: "COUCHDB_SECRET", ValueFrom: ref("cookieAuthSecret")},
+						// One Erlang cookie for the cluster, as the Helm chart sets it from its Secret:
+						// real nodes with different cookies never connect.
+						{Name: "COUCHDB_ERLANG_COOKIE", ValueFrom: ref("erlangCookie")},
 						{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 						{Name: "NODENAME", Value: "$(POD_NAME).db." + ns + ".svc.cluster.local"}}}}}}}}
 	if mutate != nil {
@@ -575,4 +581,61 @@ func (w *world) createWith(ctx context.Context, ns, cluster string, replicas int
 	}
 	_, err := w.kube.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{})
 	return err
+}
+
+// nodeURL is the base URL of a pod's CouchDB node, emulated or real ("" if it never started).
+func (w *world) nodeURL(ns, pod string) string {
+	if w.real != nil {
+		if n := w.real.Node(ns, pod); n != nil {
+			return n.URL()
+		}
+		return ""
+	}
+	if n := w.backend.Node(ns, pod); n != nil {
+		return n.URL()
+	}
+	return ""
+}
+
+// clusterNodes is a pod's node's cluster_nodes: read in process from an emulated node, over HTTP
+// as the admin from a real one.
+func (w *world) clusterNodes(ctx context.Context, ns, pod string) []string {
+	if w.real != nil {
+		if n := w.real.Node(ns, pod); n != nil {
+			return n.ClusterNodes(ctx, "admin", benchPassword)
+		}
+		return nil
+	}
+	if n := w.backend.Node(ns, pod); n != nil {
+		return n.ClusterNodes()
+	}
+	return nil
+}
+
+// pollEvery is the outside observer's period: 2 ms reads in process on emulated nodes; a real
+// node's authenticated HTTP read costs it real work, so 20 ms there.
+func (w *world) pollEvery() time.Duration {
+	if w.real != nil {
+		return 20 * time.Millisecond
+	}
+	return 2 * time.Millisecond
+}
+
+// realVersion is the version pod 0 of the first formed cluster reports (GET /).
+func (w *world) realVersion(ctx context.Context) string {
+	base := w.nodeURL("form-0", "db-0")
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/", nil)
+	if err != nil {
+		return "real CouchDB"
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "real CouchDB"
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Version string `json:"version"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return "real CouchDB " + body.Version
 }

@@ -81,6 +81,17 @@ func main() {
 	}
 	o := options{only: map[string]bool{}, steady: *steady, steadySmall: *steadySmall, pollers: *pollers, formations: *formations,
 		joins: *joins, moveDBs: *moveDBs, moveDocs: *moveDocs, fillRate: *fillRate}
+	if os.Getenv(couchpods.ReleaseEnv) != "" {
+		// Each real node is an Erlang VM of its own: 20 clusters of 4 would not fit the machine.
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["formations"] {
+			o.formations = 5
+		}
+		if !set["joins"] {
+			o.joins = 5
+		}
+	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
 			fail(fmt.Errorf("-only: unknown section %q (sections: %s)", s, strings.Join(sections, ", ")))
@@ -135,7 +146,8 @@ const defaultResync = time.Minute
 // all in this process except the control plane, plus the controller processes under test.
 type world struct {
 	kube    kubernetes.Interface
-	backend *couchpods.Backend
+	backend *couchpods.Backend     // emulated nodes; nil on real ones
+	real    *couchpods.RealBackend // real CouchDB nodes (COUCHDB_REL); nil on emulated ones
 	ready   *readyLog
 	proxy   string
 	kubecfg string
@@ -154,8 +166,31 @@ func run(ctx context.Context, o options, res *results) error {
 	cfg.QPS, cfg.Burst = 2000, 4000 // the harness plays every kubelet and user at once
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	addrs := kubelet.NewAddressMap()
-	backend := couchpods.NewPerNamespace(kube, networkOptions(o))
-	backend.KeepAliveProbes()
+	var pods kubelet.Backend
+	var backend *couchpods.Backend
+	var real *couchpods.RealBackend
+	probe := 10 * time.Second
+	if rel := os.Getenv(couchpods.ReleaseEnv); rel != "" {
+		// Real CouchDB nodes from a release: only the sections that fit real nodes on this machine.
+		for s := range o.only {
+			if s != "single" {
+				fmt.Fprintf(os.Stderr, "bench: %s=%s: section %s skipped (it needs the emulator: its fill rate, sync delay or thousands of nodes); only single runs on real nodes\n", couchpods.ReleaseEnv, rel, s)
+				delete(o.only, s)
+			}
+		}
+		if real, err = couchpods.NewReal(kube, couchpods.RealOptions{Release: rel, RunDir: filepath.Join(cp.RunDir(), "couchdb")}); err != nil {
+			return err
+		}
+		defer real.Close()
+		pods = real
+		// A real node answers /_up a few seconds after it starts: a 10 s period would add up to 10 s
+		// to every formation and join while the outside observer's clock has not started.
+		probe = time.Second
+	} else {
+		backend = couchpods.NewPerNamespace(kube, networkOptions(o))
+		backend.KeepAliveProbes()
+		pods = backend
+	}
 	// The harness (every emulated node, the kubelet and the proxy) lives in this process; fewer GC
 	// cycles leave more of the shared cores to the controller being measured.
 	debug.SetGCPercent(400)
@@ -168,7 +203,7 @@ func run(ctx context.Context, o options, res *results) error {
 	// controller is measured on. Join latency starts at the ContainersReady transition, so the period
 	// is not in it.
 	ready := newReadyLog()
-	kl := kubelet.NewWithOptions(kube, backend, addrs, kubelet.Options{ProbePeriod: 10 * time.Second, Workers: 16, Reported: ready.reported})
+	kl := kubelet.NewWithOptions(kube, pods, addrs, kubelet.Options{ProbePeriod: probe, Workers: 16, Reported: ready.reported})
 	go func() { _ = kl.Run(kctx) }()
 	proxy, err := addrs.ServeProxy()
 	if err != nil {
@@ -182,7 +217,7 @@ func run(ctx context.Context, o options, res *results) error {
 			return fmt.Errorf("build: %v %s", err, b)
 		}
 	}
-	w := &world{kube: kube, backend: backend, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir()}
+	w := &world{kube: kube, backend: backend, real: real, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir()}
 	defer func() {
 		if w.fleet != nil {
 			w.fleet.stop()
@@ -214,7 +249,12 @@ func run(ctx context.Context, o options, res *results) error {
 				return fmt.Errorf("single: %w", err)
 			}
 			r.Meta = m.end()
-			res.Single = r
+			if w.real != nil {
+				r.Backend = w.realVersion(ctx)
+				res.RealSingle = r
+			} else {
+				res.Single = r
+			}
 		case "fleet":
 			r, err := w.fleetStages(ctx, o)
 			if err != nil {

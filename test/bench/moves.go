@@ -495,6 +495,9 @@ var (
 func (cl *moveCluster) requestKinds() []PathCount { return requestKinds(cl.w, cl.ns, 5) }
 
 func requestKinds(w *world, ns string, pods int) []PathCount {
+	if w.backend == nil {
+		return nil // real nodes: not counted
+	}
 	counts := map[string]int{}
 	for i := 0; i < pods; i++ {
 		n := w.backend.Node(ns, fmt.Sprintf("db-%d", i))

@@ -14,11 +14,13 @@ import (
 // results is everything the report shows, by section. It is embedded in the -out file, so a run of
 // some sections (-only) re-renders the whole report with the other sections' earlier numbers.
 type results struct {
-	Moves   *MovesResult   `json:"moves,omitempty"`
-	Single  *SingleResult  `json:"single,omitempty"`
-	Fleet   *FleetResult   `json:"fleet,omitempty"`
-	Poller  *PollerResult  `json:"poller,omitempty"`
-	Rollout *RolloutResult `json:"rollout,omitempty"`
+	Moves  *MovesResult  `json:"moves,omitempty"`
+	Single *SingleResult `json:"single,omitempty"`
+	// RealSingle is the single section on real CouchDB nodes (COUCHDB_REL).
+	RealSingle *SingleResult  `json:"realSingle,omitempty"`
+	Fleet      *FleetResult   `json:"fleet,omitempty"`
+	Poller     *PollerResult  `json:"poller,omitempty"`
+	Rollout    *RolloutResult `json:"rollout,omitempty"`
 }
 
 // Meta says when and under what load a section was measured.
@@ -77,9 +79,10 @@ type SingleResult struct {
 	Meta            Meta        `json:"meta"`
 	Formations      []float64   `json:"formations"` // s, outside observer
 	FormationMetric histogram   `json:"formationMetric"`
-	Joins           []float64   `json:"joins"`     // s, outside observer
-	JoinPaths       []PathCount `json:"joinPaths"` // CouchDB requests of all the joins, follow-up syncs included
-	JoinSyncs       float64     `json:"joinSyncs"` // syncs of all the joins
+	Joins           []float64   `json:"joins"`             // s, outside observer
+	JoinPaths       []PathCount `json:"joinPaths"`         // CouchDB requests of all the joins, follow-up syncs included
+	JoinSyncs       float64     `json:"joinSyncs"`         // syncs of all the joins
+	Backend         string      `json:"backend,omitempty"` // "" for emulated nodes; the real release's version
 }
 
 type FleetResult struct {
@@ -155,6 +158,7 @@ func render(r results) string {
 	renderMoves(&b, r.Moves)
 	renderJoins(&b, r)
 	renderSingle(&b, r.Single)
+	renderRealSingle(&b, r.RealSingle)
 	renderFleet(&b, r.Fleet)
 	renderRollout(&b, r.Rollout)
 	renderTargets(&b, r)
@@ -277,12 +281,30 @@ func renderSingle(b *strings.Builder, s *SingleResult) {
 		return
 	}
 	fmt.Fprintf(b, "%s\n\n%d clusters created one after another on the otherwise idle harness (Parallel pods, as the Helm chart makes them),\nthen %d of them scaled 3 -> 4 one after another, a second apart.\n\n", s.Meta, len(s.Formations), len(s.Joins))
+	renderSingleTable(b, s, "2 ms")
+}
+
+// renderRealSingle is the single section on real CouchDB nodes: its own section, so an emulated run
+// keeps it and a real run keeps the emulated one.
+func renderRealSingle(b *strings.Builder, s *SingleResult) {
+	fmt.Fprintf(b, "## One cluster at a time, on real CouchDB nodes\n\n")
+	if s == nil {
+		fmt.Fprintf(b, "Not measured yet: `COUCHDB_REL=<release dir> go run ./test/bench -only single -formations 5 -joins 5 -out test/bench/BENCHMARKS.md`.\n\n")
+		return
+	}
+	fmt.Fprintf(b, "%s\n\n%s, one node per pod (test/couchpods `RealBackend`: own loopback address, configured from the pod spec as the official image\n", s.Meta, s.Backend)
+	fmt.Fprintf(b, "does); the fake kubelet probes `/_up` every second here (a real node answers a few seconds after it starts). %d clusters created one\n", len(s.Formations))
+	fmt.Fprintf(b, "after another, then %d of them scaled 3 -> 4 one after another. The nodes' requests are not counted (no emulator to count them).\n\n", len(s.Joins))
+	renderSingleTable(b, s, "20 ms")
+}
+
+func renderSingleTable(b *strings.Builder, s *SingleResult, poll string) {
 	fmt.Fprintf(b, "| measured as | p50 | p90 | p99 | max |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(b, "| formation, outside observer: last pod ContainersReady (the API server's answer to the kubelet) -> pod 0's `_cluster_setup` says `cluster_finished` (polled every 2 ms) | %s | %s | %s | %s |\n",
-		ms(s.Formations, .5), ms(s.Formations, .9), ms(s.Formations, .99), ms(s.Formations, 1))
+	fmt.Fprintf(b, "| formation, outside observer: last pod ContainersReady (the API server's answer to the kubelet) -> pod 0's `_cluster_setup` says `cluster_finished` (polled every %s) | %s | %s | %s | %s |\n",
+		poll, ms(s.Formations, .5), ms(s.Formations, .9), ms(s.Formations, .99), ms(s.Formations, 1))
 	fmt.Fprintf(b, "| formation, controller metric `cluster_formation_duration_seconds` | %s | | %s | |\n", s.FormationMetric.bound(.5), s.FormationMetric.bound(.99))
 	fmt.Fprintf(b, "| join 3 -> 4, outside observer | %s | %s | %s | %s |\n\n", ms(s.Joins, .5), ms(s.Joins, .9), ms(s.Joins, .99), ms(s.Joins, 1))
-	if n := float64(len(s.Joins)); n > 0 {
+	if n := float64(len(s.Joins)); n > 0 && len(s.JoinPaths) > 0 {
 		total := 0
 		for _, pc := range s.JoinPaths {
 			total += pc.Count
