@@ -191,6 +191,9 @@ func planCluster(o Observed) Plan {
 		planDayTwo(o, coord, connected, &p)
 	}
 	planMemberConditions(o, members, connected, &p)
+	if p.Formed && disagree == "" {
+		planUnsynced(o, coord, &p)
+	}
 	if len(p.CatchUp) > 0 && len(p.Actions) > 0 && countKind(p.Actions, ActSyncShards) == len(p.Actions) {
 		p.Filling = true // only catch-up pushes left: looked at again as fills are (fillRequeue)
 	}
@@ -443,12 +446,6 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 	for _, a := range res.Actions {
 		p.Actions = append(p.Actions, Action{Kind: placementKinds[a.Kind], Via: coord.Ordinal, Node: a.Node,
 			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas, Text: a.Value})
-	}
-	// Copies added by an earlier sync whose _sync_shards is not known to have succeeded (unsynced.go).
-	for _, db := range o.Shards.Unsynced {
-		if !slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Kind == ActSyncShards && a.DB == db }) {
-			p.Actions = append(p.Actions, Action{Kind: ActSyncShards, Via: coord.Ordinal, DB: db})
-		}
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"sort"
 
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
@@ -73,4 +74,17 @@ func edited(m couch.ShardMap) bool {
 		}
 	}
 	return false
+}
+
+// planUnsynced posts the _sync_shards of every database whose added copies wait for one
+// (ShardObs.Unsynced), last in the plan: a failing post (a node down) stops nothing planned before it.
+func planUnsynced(o Observed, coord *NodeObs, p *Plan) {
+	if o.Shards == nil {
+		return
+	}
+	for _, db := range o.Shards.Unsynced {
+		if !slices.ContainsFunc(p.Actions, func(a Action) bool { return a.Kind == ActSyncShards && a.DB == db }) {
+			p.Actions = append(p.Actions, Action{Kind: ActSyncShards, Via: coord.Ordinal, DB: db})
+		}
+	}
 }

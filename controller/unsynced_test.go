@@ -59,4 +59,10 @@ func TestPlanPostsUnsyncedOnce(t *testing.T) {
 	if p := PlanCluster(o); len(p.Actions) != 0 {
 		t.Errorf("nothing waiting: plan %v", kinds(p))
 	}
+	// Last in the plan: a post that fails (a node down) must not stop the gate of a member.
+	o.Shards.Unsynced = []string{"db1"}
+	o.Pods[2].HasMemberGate = true
+	if diff := cmp.Diff([]string{"SetMemberCondition(db-2=true)", "SyncShards(db1)"}, kinds(PlanCluster(o))); diff != "" {
+		t.Errorf("order: %s", diff)
+	}
 }
