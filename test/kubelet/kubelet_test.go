@@ -171,12 +171,14 @@ func TestKubeletLifecycle(t *testing.T) {
 		p := get("db-0")
 		return status(p, corev1.ContainersReady) == corev1.ConditionTrue && status(p, corev1.PodReady) == corev1.ConditionFalse, fmt.Sprint(p.Status.Conditions)
 	})
-	// The status write that made it ready was handed to Reported, with the API server's answer.
-	reportedMu.Lock()
-	if !slices.Contains(reportedReady, "db-0") {
-		t.Errorf("Reported never got db-0 with ContainersReady True (got %v)", reportedReady)
-	}
-	reportedMu.Unlock()
+	// The status write that made it ready is handed to Reported, with the API server's answer. The
+	// fake API server stores the object before the kubelet's write returns, so the test can see the
+	// condition a moment before Reported runs: wait for it rather than look once.
+	until("Reported to get db-0 with ContainersReady True", func() (bool, string) {
+		reportedMu.Lock()
+		defer reportedMu.Unlock()
+		return slices.Contains(reportedReady, "db-0"), fmt.Sprint(reportedReady)
+	})
 	// Someone else opens the gate; the kubelet turns Ready and keeps the gate condition.
 	patch := `{"status":{"conditions":[{"type":"couchdb.io/member","status":"True"}]}}`
 	if _, err := kube.CoreV1().Pods("ns").Patch(context.Background(), "db-0", "application/strategic-merge-patch+json", []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
