@@ -59,6 +59,7 @@ type fixture struct {
 	reg      *prometheus.Registry
 	ctx      context.Context
 	names    map[int]string // ordinal -> node name override
+	cookies  map[int]string // ordinal -> Erlang cookie override (nodes connect only with equal cookies)
 	// wrap, if set, stands between the controller and each emulated node.
 	wrap             func(ip string, api CouchAPI) CouchAPI
 	unreachableAfter time.Duration
@@ -241,7 +242,7 @@ func (f *fixture) addNode(ord int, password string) *couchtest.Node {
 		name = fmt.Sprintf("couchdb@db-%d.db.%s.svc.cluster.local", ord, testNS)
 	}
 	n, err := f.network.AddNode(couchtest.NodeConfig{Name: name, AdminUser: "admin", AdminPassword: password, BindAddress: "any", EphemeralIni: f.ephemeral,
-		Secret: fixtureSecret})
+		Secret: fixtureSecret, Cookie: f.cookies[ord]})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -47,6 +47,8 @@ const (
 	ReasonServiceNotLabelled = "ServiceNotLabelled"
 	ReasonDataAtRisk         = "DataAtRisk"
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
+	// ReasonNodeNotConnected: a node in _nodes whose Erlang distribution never connected.
+	ReasonNodeNotConnected = "NodeNotConnected"
 	ReasonInvalidAnnotation  = "InvalidAnnotation"
 	ReasonUnderReplicated    = "UnderReplicated"
 	ReasonConfigDrift        = "ConfigDrift"

@@ -69,6 +69,7 @@ type clusterState struct {
 	readySeen     map[string]time.Time    // pod UID -> when this controller first saw its containers ready
 	memberSince   map[string]time.Time
 	failingSince  map[string]time.Time // pod -> first failed request of the current streak
+	apartSince    map[string]time.Time // node -> first sync that saw it in _nodes but not connected
 	clients       map[string]CouchAPI  // endpoint URL -> client for the current credentials
 	credsVersion  string
 	creds         Credentials

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -99,6 +100,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	applyErr := c.applyActions(ctx, key, st, sts, o, plan.Actions)
 	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
 	warnings = append(warnings, c.unreachable(st, sts, o)...)
+	warnings = append(warnings, c.notConnected(st, sts, o)...)
 	warnings = append(warnings, c.noteDayTwo(st, sts, o, plan, applyErr)...)
 	warnings = append(warnings, setupProblems(applyErr)...)
 	c.warn(ctx, st, sts, warnings)
@@ -267,6 +269,45 @@ func (c *Controller) unreachable(st *clusterState, sts *appsv1.StatefulSet, o Ob
 			out = append(out, Problem{ReasonCouchDBUnreachable, fmt.Sprintf(
 				"CouchDB in pod %s/%s has not answered for %s: %s; check the pod's logs and the couchdb port of Service %s",
 				sts.Namespace, n.Pod, now.Sub(since).Round(time.Second), n.Err, sts.Spec.ServiceName)})
+		}
+	}
+	return out
+}
+
+// notConnected turns a node that answers and is listed in the coordinator's _nodes, but has not been
+// connected to it (all_nodes) for UnreachableAfter, into a Warning. Formation and joins only wait
+// for the connection, which a mismatched Erlang cookie, a blocked distribution port or a node name
+// that does not resolve to its pod never bring: without the Warning the cluster would sit in Forming
+// or Scaling with only the status API saying why.
+func (c *Controller) notConnected(st *clusterState, sts *appsv1.StatefulSet, o Observed) []Problem {
+	now := c.cfg.Now()
+	coord := coordinator(o)
+	apart := map[string]bool{}
+	var out []Problem
+	for _, ord := range sortedOrdinals(o.Nodes) {
+		n, pod := o.Nodes[ord], o.Pods[ord]
+		if coord == nil || n == coord || !n.Valid() || !n.Reached || pod == nil || pod.Terminating || ord >= o.Replicas ||
+			!slices.Contains(coord.Membership.ClusterNodes, n.Name) || slices.Contains(coord.Membership.AllNodes, n.Name) {
+			continue
+		}
+		apart[n.Name] = true
+		if st.apartSince == nil {
+			st.apartSince = map[string]time.Time{}
+		}
+		since, ok := st.apartSince[n.Name]
+		if !ok {
+			st.apartSince[n.Name] = now
+			continue
+		}
+		if d := now.Sub(since); d >= c.cfg.UnreachableAfter {
+			out = append(out, Problem{ReasonNodeNotConnected, fmt.Sprintf(
+				"CouchDB node %s (pod %s/%s) is in _nodes and answers HTTP, but has not been connected to %s for %s: Erlang distribution between the pods fails. Give every pod the same Erlang cookie (COUCHDB_ERLANG_COOKIE, or -setcookie in ERL_FLAGS), let the pods reach each other on the distribution port (9100 in the official image), and make the node name resolve to the pod (the headless Service %s)",
+				n.Name, sts.Namespace, n.Pod, coord.Name, d.Round(time.Second), sts.Spec.ServiceName)})
+		}
+	}
+	for name := range st.apartSince {
+		if !apart[name] {
+			delete(st.apartSince, name)
 		}
 	}
 	return out
