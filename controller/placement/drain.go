@@ -48,17 +48,45 @@ func (v *view) droppable(db string, m couch.ShardMap, rng string) ([]string, boo
 		}
 	}
 	if len(out) == 0 && !held && len(staying) > n && !v.replicated(db) {
-		out = append(out, v.extraDrop(db, m, rng, staying))
+		out = append(out, v.extraDrops(db, m)[rng])
 	}
 	return out, held
+}
+
+// extraDrops picks the copy to drop of every range of db that holds one staying copy too many
+// (extraDrop), range by range in order, each pick counted as gone for the next. Picked one range at
+// a time from the counts the maps show, two moves of db in flight that were to empty two different
+// members would both drop from whichever member the maps show with the most copies and leave it
+// short, for another move to fix. Like extraDrop it reads only the maps.
+func (v *view) extraDrops(db string, m couch.ShardMap) map[string]string {
+	if d, ok := v.drops[db]; ok {
+		return d
+	}
+	count := cloneCounts(v.count[db])
+	out := map[string]string{}
+	n := v.want(db)
+	for _, rng := range m.Ranges() {
+		staying := v.stayingCopies(m, rng)
+		if len(staying) <= n || n == 0 || v.replicated(db) || slices.ContainsFunc(m.ByRange[rng], func(node string) bool {
+			return v.leaving[node] || node == v.drain && v.drainDown
+		}) {
+			continue
+		}
+		d := v.extraDrop(db, m, rng, staying, count)
+		out[rng] = d
+		count[d]--
+	}
+	v.drops[db] = out
+	return out
 }
 
 // extraDrop picks which of a range's staying copies a move in flight drops: the one whose loss keeps
 // the most zones, then the one on the member with the most copies of db (the source the move meant
 // to empty: the target has fewer, or the move would not have been planned), then the most bytes,
 // then not the copy added last (the one being filled), then the highest name. It reads only the
-// maps, so it picks the same copy after a controller restart.
-func (v *view) extraDrop(db string, m couch.ShardMap, rng string, staying []string) string {
+// maps, so it picks the same copy after a controller restart. count is the copies of db per member
+// to compare.
+func (v *view) extraDrop(db string, m couch.ShardMap, rng string, staying []string, count map[string]int) string {
 	newest := newestCopy(m, rng)
 	best := ""
 	var bestKey [4]int64
@@ -68,24 +96,12 @@ func (v *view) extraDrop(db string, m couch.ShardMap, rng string, staying []stri
 		if c != newest {
 			notNewest = 1
 		}
-		key := [4]int64{int64(v.coverage(db, rest)), int64(v.count[db][c]), v.bytes[c], notNewest}
-		if best == "" || cmpKey(key, bestKey) > 0 || cmpKey(key, bestKey) == 0 && c > best {
+		key := [4]int64{int64(v.coverage(db, rest)), int64(count[c]), v.bytes[c], notNewest}
+		if d := slices.Compare(key[:], bestKey[:]); best == "" || d > 0 || d == 0 && c > best {
 			best, bestKey = c, key
 		}
 	}
 	return best
-}
-
-func cmpKey(a, b [4]int64) int {
-	for i := range a {
-		switch {
-		case a[i] > b[i]:
-			return 1
-		case a[i] < b[i]:
-			return -1
-		}
-	}
-	return 0
 }
 
 // caughtUp reports whether every staying copy of rng holds at least as many documents as every live

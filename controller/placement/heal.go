@@ -77,9 +77,9 @@ func (v *view) planHeal(p *planner) {
 }
 
 // target picks the live staying member to take a new copy of a range of db held by holders: one in a
-// zone the range lacks (required with needZone), then the fewest copies of db, the fewest bytes, the
-// fewest copies, the lowest name. blocked reports that members could take it but are at their fill
-// limit.
+// zone the range lacks (required with needZone), then one a target-replicas drain keeps (not one it
+// drains later), then the fewest copies of db, the fewest bytes, the fewest copies, the lowest name.
+// blocked reports that members could take it but are at their fill limit.
 func (v *view) target(p *planner, db string, holders []string, needZone bool) (string, bool) {
 	has := map[string]bool{}
 	for _, h := range holders {
@@ -88,7 +88,7 @@ func (v *view) target(p *planner, db string, holders []string, needZone bool) (s
 		}
 	}
 	best, blocked := "", false
-	var bestKey [4]int64
+	var bestKey [5]int64
 	for _, n := range v.liveStaying() {
 		if slices.Contains(holders, n) {
 			continue
@@ -106,8 +106,12 @@ func (v *view) target(p *planner, db string, holders []string, needZone bool) (s
 		if lacking {
 			newZone = 0
 		}
-		key := [4]int64{newZone, int64(v.proj[db][n]), v.projBytes[n], int64(v.load[n])}
-		if best == "" || cmpKey(key, bestKey) < 0 {
+		later := int64(0)
+		if v.leavesLater[n] {
+			later = 1
+		}
+		key := [5]int64{newZone, later, int64(v.proj[db][n]), v.projBytes[n], int64(v.load[n])}
+		if best == "" || slices.Compare(key[:], bestKey[:]) < 0 {
 			best, bestKey = n, key
 		}
 	}

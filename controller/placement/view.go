@@ -28,9 +28,12 @@ type view struct {
 	staying   []string // members not leaving, sorted
 	isStaying map[string]bool
 	leaving   map[string]bool
-	drain     string
-	drainDown bool // the drained node is not live: its copies are re-created but not dropped
-	frozen    map[string]bool
+	// leavesLater are the staying members that a couchdb.io/target-replicas drain reaches after the
+	// one it drains now: a copy put there would have to move again.
+	leavesLater map[string]bool
+	drain       string
+	drainDown   bool // the drained node is not live: its copies are re-created but not dropped
+	frozen      map[string]bool
 
 	zonesOn bool
 	zones   []string // distinct non-empty zones of live staying members, sorted
@@ -43,17 +46,18 @@ type view struct {
 	proj      map[string]map[string]int
 	projBytes map[string]int64
 
-	busy               map[RangeRef]bool // ranges with a move in flight or planned
-	inFlight           int               // copies being filled
-	fills              map[string]int    // moves each node takes part in
+	busy               map[RangeRef]bool            // ranges with a move in flight or planned
+	drops              map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
+	inFlight           int                          // copies being filled
+	fills              map[string]int               // moves each node takes part in
 	maxMoves, maxFills int
 }
 
 func newView(in Input) *view {
-	v := &view{in: in, live: map[string]bool{}, isStaying: map[string]bool{}, leaving: map[string]bool{}, frozen: map[string]bool{},
+	v := &view{in: in, live: map[string]bool{}, isStaying: map[string]bool{}, leaving: map[string]bool{}, leavesLater: map[string]bool{}, frozen: map[string]bool{},
 		load: map[string]int{}, count: map[string]map[string]int{}, bytes: map[string]int64{},
 		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, fills: map[string]int{},
-		maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
+		drops: map[string]map[string]string{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
 	if v.maxMoves <= 0 {
 		v.maxMoves = 1
 	}
@@ -76,6 +80,9 @@ func newView(in Input) *view {
 		if !v.leaving[m.Name] {
 			v.staying = append(v.staying, m.Name)
 			v.isStaying[m.Name] = true
+			if in.TargetReplicas != nil && m.Ordinal >= *in.TargetReplicas {
+				v.leavesLater[m.Name] = true
+			}
 			if z := in.Zones[m.Name]; m.Live && z != "" {
 				zones[z] = true
 			}

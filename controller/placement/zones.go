@@ -146,7 +146,7 @@ func (v *view) planZoneFix(p *planner) {
 			if target == "" {
 				continue
 			}
-			src := v.extraDrop(db, m, rng, append(slices.Clone(staying), target))
+			src := v.extraDrop(db, m, rng, append(slices.Clone(staying), target), v.count[db])
 			if src == target || !p.canFill(src) {
 				continue
 			}
