@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -13,12 +14,13 @@ import (
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 )
 
-// applyActions applies a plan in order and stops at the first error. Consecutive AddCopy and
-// RemoveCopy actions of one database become one read-modify-write of its map document (it is one
-// document: several concurrent moves of a database cost one GET and one PUT), and a database's
-// _sync_shards is posted once per batch of edits. BeforeAction still sees every action, in order: a
-// hook that stops at the k-th edit of a batch lets the edits before it be written, as if the process
-// had died between two single edits.
+// applyActions applies a plan in order and stops at the first error. AddCopy and RemoveCopy actions
+// of one database become one read-modify-write of its map document (it is one document: several
+// concurrent moves of a database cost one GET and one PUT), and a database's _sync_shards is posted
+// once per batch of edits. Consecutive map edits are written as waves (mapWaves), each wave's
+// databases at once: the drops that release slots first, then the adds. BeforeAction still sees every
+// action, in order: a hook that stops at the k-th edit lets the edits before it be written, as if the
+// process had died between two single edits.
 func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st *clusterState, sts *appsv1.StatefulSet, o Observed, actions []Action) error {
 	logger := klog.FromContext(ctx)
 	synced := map[string]bool{} // databases whose _sync_shards was posted since their last edit
@@ -32,39 +34,84 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 		a := actions[i]
 		if isMapEdit(a) {
 			j := i + 1
-			for j < len(actions) && isMapEdit(actions[j]) && actions[j].DB == a.DB {
+			for j < len(actions) && isMapEdit(actions[j]) {
 				j++
 			}
-			batch := actions[i:j]
-			var stop error
-			for k, b := range batch {
-				if err := hook(b); err != nil {
-					batch, stop = batch[:k], err
-					break
+			for _, wave := range mapWaves(actions[i:j]) {
+				var stop error
+				for k, b := range wave.actions {
+					if err := hook(b); err != nil {
+						wave.actions, stop = wave.actions[:k], err
+						break
+					}
 				}
-			}
-			if len(batch) > 0 {
-				if err := c.applyBatch(ctx, st, sts, o, batch); err != nil {
-					return err
+				batches := wave.batches()
+				errs := make([]error, len(batches))
+				_ = inParallel(len(batches), func(k int) error {
+					errs[k] = c.applyBatch(ctx, st, sts, o, batches[k])
+					return nil
+				})
+				var failed error
+				for k, batch := range batches {
+					if errs[k] != nil {
+						failed = cmp.Or(failed, errs[k])
+						continue
+					}
+					delete(synced, batch[0].DB)
+					st.fills.edited(batch[0].DB)
+					c.noteAddedCopies(st, o, batch)
 				}
-				delete(synced, a.DB)
-				if countKind(batch, ActAddCopy) > 0 {
-					st.noteAdded(a.DB)
+				if failed != nil {
+					return failed
 				}
-			}
-			if stop != nil {
-				return stop
+				if stop != nil {
+					return stop
+				}
 			}
 			i = j
 			continue
 		}
-		i++
 		if a.Kind == ActSyncShards {
-			if synced[a.DB] {
-				continue
+			// A run of pushes goes out at once: each starts its database's fills, and none waits
+			// for another.
+			var posts []Action
+			var stop error
+			for i < len(actions) && actions[i].Kind == ActSyncShards {
+				b := actions[i]
+				i++
+				if synced[b.DB] || stop != nil || st.fills.pushedRecently(b.DB, c.cfg.Now()) {
+					continue
+				}
+				if err := hook(b); err != nil {
+					stop = err
+					continue
+				}
+				synced[b.DB] = true
+				posts = append(posts, b)
 			}
-			synced[a.DB] = true
+			errs := make([]error, len(posts))
+			_ = inParallel(len(posts), func(k int) error {
+				errs[k] = c.apply(ctx, st, sts, o, posts[k])
+				return nil
+			})
+			var failed error
+			for k, b := range posts {
+				if errs[k] != nil {
+					c.metrics.Action(string(b.Kind), "error")
+					failed = cmp.Or(failed, fmt.Errorf("%s: %w", b, errs[k]))
+					continue
+				}
+				c.metrics.Action(string(b.Kind), "success")
+				st.noteSynced(b.DB)
+				st.fills.pushed(b.DB, c.cfg.Now())
+				logger.V(2).Info("Applied action", "action", b.String())
+			}
+			if err := cmp.Or(failed, stop); err != nil {
+				return err
+			}
+			continue
 		}
+		i++
 		if err := hook(a); err != nil {
 			return err
 		}
@@ -73,12 +120,66 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 			return fmt.Errorf("%s: %w", a, err)
 		}
 		c.metrics.Action(string(a.Kind), "success")
-		if a.Kind == ActSyncShards {
-			st.noteSynced(a.DB)
-		}
 		logger.V(2).Info("Applied action", "action", a.String())
 	}
 	return nil
+}
+
+// noteAddedCopies remembers the copies a written batch added: their database waits for a
+// successful _sync_shards (unsynced.go), and the fill clock watches them fill (fillclock.go).
+func (c *Controller) noteAddedCopies(st *clusterState, o Observed, batch []Action) {
+	now := c.cfg.Now()
+	for _, a := range batch {
+		if a.Kind != ActAddCopy {
+			continue
+		}
+		st.noteAdded(a.DB)
+		var docs int64
+		if o.Shards != nil {
+			for _, n := range o.Shards.Maps[a.DB].ByRange[a.Range] {
+				if s, ok := o.Shards.Stats[placement.CopyKey{DB: a.DB, Range: a.Range, Node: n}]; ok && n != a.Node {
+					docs = max(docs, s.Docs+s.Deleted)
+				}
+			}
+		}
+		st.fills.added(placement.CopyKey{DB: a.DB, Range: a.Range, Node: a.Node}, now, docs)
+	}
+}
+
+// mapWave is a run of map edits that may be written at once: edits of different databases are
+// different documents, and no edit of the wave waits for another.
+type mapWave struct{ actions []Action }
+
+// mapWaves cuts a run of map edits, in plan order, into waves: a new wave starts where the edits go
+// from drops to adds, so the drops that end moves are written before the adds that take their
+// slots, as the plan orders them (were a drop to fail, no add would overfill the per-node limits).
+func mapWaves(edits []Action) []mapWave {
+	var waves []mapWave
+	for i, a := range edits {
+		if i == 0 || a.Kind == ActAddCopy && edits[i-1].Kind == ActRemoveCopy {
+			waves = append(waves, mapWave{})
+		}
+		w := &waves[len(waves)-1]
+		w.actions = append(w.actions, a)
+	}
+	return waves
+}
+
+// batches groups the wave's edits by database, in the order each database first appears: one
+// read-modify-write per database.
+func (w mapWave) batches() [][]Action {
+	var out [][]Action
+	at := map[string]int{}
+	for _, a := range w.actions {
+		k, ok := at[a.DB]
+		if !ok {
+			k = len(out)
+			at[a.DB] = k
+			out = append(out, nil)
+		}
+		out[k] = append(out[k], a)
+	}
+	return out
 }
 
 func isMapEdit(a Action) bool { return a.Kind == ActAddCopy || a.Kind == ActRemoveCopy }

@@ -219,18 +219,26 @@ func identityKey(pod *corev1.Pod) string {
 	return fmt.Sprintf("%s/%s/%d", pod.UID, pod.Status.PodIP, restarts)
 }
 
-// maxConcurrentNodes bounds the HTTP requests one sync has in flight.
+// maxConcurrentNodes bounds the HTTP requests one sync has in flight to its nodes.
 const maxConcurrentNodes = 8
+
+// maxShardReads bounds the reads of node-local shard copies (counts, checkpoints) one sync has in
+// flight: small GETs, all through the coordinator, that a sync with many moves in flight makes by
+// the dozen, and that stand between a fill ending and the next move starting.
+const maxShardReads = 16
 
 // inParallel calls fn(i) for every i below n, at most maxConcurrentNodes at a time, and returns the
 // first error by index. fn must only write to its own index of whatever it fills.
-func inParallel(n int, fn func(i int) error) error {
+func inParallel(n int, fn func(i int) error) error { return inParallelN(n, maxConcurrentNodes, fn) }
+
+// inParallelN is inParallel with at most limit calls at a time.
+func inParallelN(n, limit int, fn func(i int) error) error {
 	if n == 1 {
 		return fn(0)
 	}
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, maxConcurrentNodes)
+	sem := make(chan struct{}, limit)
 	for i := range n {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -381,11 +389,15 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	if err != nil {
 		return
 	}
-	dbs, maps, err := c.readShardMaps(ctx, st, api, coord, o.Pods[coord.Ordinal].Identity)
-	if err != nil {
-		return
-	}
-	obs := &ShardObs{DBs: dbs, Maps: maps, Stats: map[placement.CopyKey]placement.CopyStat{},
+	// The maps, the _nodes docs and the maintenance modes do not depend on each other: one round trip.
+	var (
+		wg      sync.WaitGroup
+		dbs     []string
+		maps    map[string]couch.ShardMap
+		mapsErr error
+	)
+	wg.Go(func() { dbs, maps, mapsErr = c.readShardMaps(ctx, st, api, coord, o.Pods[coord.Ordinal].Identity) })
+	obs := &ShardObs{Stats: map[placement.CopyKey]placement.CopyStat{},
 		Maintenance: map[string]bool{}, Fenced: map[string]bool{}, Decom: map[string]bool{}, NodeZones: map[string]string{}}
 	// The decom mark and zone of every node of this StatefulSet, leaving or not: placement sets the
 	// mark on leaving nodes and clears it from nodes that stay after all. Foreign entries are never
@@ -402,27 +414,31 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		}
 	}
 	docs, found := make([]couch.NodeDoc, len(named)), make([]bool, len(named))
-	if err := inParallel(len(named), func(i int) error {
-		d, err := api.GetNodeDoc(ctx, named[i])
-		if couch.IsNotFound(err) {
-			return nil
-		}
-		docs[i], found[i] = d, err == nil
+	modes := make([]string, len(maint))
+	var docsErr, modesErr error
+	wg.Go(func() {
+		docsErr = inParallel(len(named), func(i int) error {
+			d, err := api.GetNodeDoc(ctx, named[i])
+			if couch.IsNotFound(err) {
+				return nil
+			}
+			docs[i], found[i] = d, err == nil
+			return err
+		})
+	})
+	modesErr = inParallel(len(maint), func(i int) (err error) {
+		modes[i], err = api.MaintenanceMode(ctx, maint[i])
 		return err
-	}); err != nil {
+	})
+	wg.Wait()
+	if mapsErr != nil || docsErr != nil || modesErr != nil {
 		return
 	}
+	obs.DBs, obs.Maps = dbs, maps
 	for i, name := range named {
 		if found[i] {
 			obs.Decom[name], obs.NodeZones[name] = docs[i].Decom, docs[i].Zone
 		}
-	}
-	modes := make([]string, len(maint))
-	if err := inParallel(len(maint), func(i int) (err error) {
-		modes[i], err = api.MaintenanceMode(ctx, maint[i])
-		return err
-	}); err != nil {
-		return
 	}
 	for i, name := range maint {
 		// "nolb" is what the example preStop hook sets: a leftover one is cleared like "true".
@@ -436,46 +452,63 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	c.askSizes(ctx, st, api, in, obs)
 	in.RangeBytes = obs.RangeBytes
 	need := placement.StatsNeeded(in)
+	// The checkpoints of the copies placement may drop are read alongside the counts: which copies
+	// those are does not depend on the counts, so the list is made again once they are in, and any
+	// copy it adds is read then.
+	early := placement.SourcesNeeded(in)
 	infos, read := make([]couch.DBInfo, len(need)), make([]bool, len(need))
-	_ = inParallel(len(need), func(i int) error {
+	cps := map[placement.CopyKey][]couch.SyncCheckpoint{}
+	var cpsMu sync.Mutex
+	readCheckpoints := func(keys []placement.CopyKey) {
+		_ = inParallel(len(keys), func(i int) error {
+			k := keys[i]
+			got, err := api.ShardCheckpoints(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
+			if err == nil { // unknown otherwise: placement keeps the copy and syncs again
+				cpsMu.Lock()
+				cps[k] = got
+				cpsMu.Unlock()
+			}
+			return nil
+		})
+	}
+	wg.Go(func() { readCheckpoints(early) })
+	obs.StatsAt = c.cfg.Now()
+	_ = inParallelN(len(need), maxShardReads, func(i int) error {
 		info, err := api.ShardCopyInfo(ctx, need[i].Node, obs.Maps[need[i].DB].ShardName(need[i].Range))
 		infos[i], read[i] = info, err == nil // unknown counts: placement waits for this copy
 		return nil
 	})
+	wg.Wait()
 	for i, k := range need {
 		if read[i] {
 			c.noteCopySize(st, k, infos[i])
 			obs.Stats[k] = placement.CopyStat{Docs: infos[i].DocCount, Deleted: infos[i].DocDelCount, Seq: copySeq(infos[i].UpdateSeq), UUID: infos[i].UUID}
 		}
 	}
-	var sources []placement.CopyKey
+	var sources, late []placement.CopyKey
 	for _, k := range placement.SourcesNeeded(in) {
-		if _, ok := obs.Stats[k]; ok {
-			sources = append(sources, k)
+		if _, ok := obs.Stats[k]; !ok {
+			continue
+		}
+		sources = append(sources, k)
+		if !slices.Contains(early, k) {
+			late = append(late, k)
 		}
 	}
-	pushed := make([]map[string]int64, len(sources))
-	_ = inParallel(len(sources), func(i int) error {
-		k := sources[i]
-		cps, err := api.ShardCheckpoints(ctx, k.Node, obs.Maps[k.DB].ShardName(k.Range))
-		if err != nil {
-			return nil // unknown: placement keeps the copy and syncs again
+	readCheckpoints(late)
+	for _, k := range sources {
+		got, ok := cps[k]
+		if !ok {
+			continue
 		}
-		uuid, p := obs.Stats[k].UUID, map[string]int64{}
-		for _, cp := range cps {
-			if cp.SourceUUID == uuid && cp.TargetUUID != "" {
-				p[cp.TargetUUID] = max(p[cp.TargetUUID], cp.Seq)
+		s := obs.Stats[k]
+		s.Pushed = map[string]int64{}
+		for _, cp := range got {
+			if cp.SourceUUID == s.UUID && cp.TargetUUID != "" {
+				s.Pushed[cp.TargetUUID] = max(s.Pushed[cp.TargetUUID], cp.Seq)
 			}
 		}
-		pushed[i] = p
-		return nil
-	})
-	for i, k := range sources {
-		if pushed[i] != nil {
-			s := obs.Stats[k]
-			s.Pushed = pushed[i]
-			obs.Stats[k] = s
-		}
+		obs.Stats[k] = s
 	}
 	takeMarks(st, in, obs)
 	st.shardsRead = c.cfg.Now()

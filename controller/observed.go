@@ -82,6 +82,8 @@ type ShardObs struct {
 	Fenced map[string]bool
 	// Marks are the drain marks placement holds copies to drop to (marks.go).
 	Marks map[placement.CopyKey]placement.Mark
+	// StatsAt is when the copies' counts were read.
+	StatsAt time.Time
 	// Unsynced are the databases that got a copy whose _sync_shards is not known to have been posted
 	// (unsynced.go): each gets one until a post succeeds.
 	Unsynced []string

@@ -97,6 +97,8 @@ type clusterState struct {
 	// unsyncedSeeded says the first maps read of this process has guessed them.
 	unsynced       map[string]bool
 	unsyncedSeeded bool
+	// fills schedules the looks at new copies while they fill (fillclock.go).
+	fills fillClock
 }
 
 func newClusterState() *clusterState {

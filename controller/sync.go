@@ -94,6 +94,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 			c.credentialsAccepted(st)
 		}
 	}
+	st.fills.look(start, o.Shards)
 	plan := PlanCluster(o)
 	logger.V(4).Info("Planned", "actions", plan.summary(), "wait", plan.Wait, "phase", plan.Phase, "formed", plan.Formed, "coordinatorSetup", coordinatorSetup(o))
 
@@ -120,6 +121,9 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		next = min(c.cfg.Resync, fillRequeue(start.Sub(st.fillingSince)))
 	} else {
 		st.fillingSince = time.Time{}
+	}
+	if w, ok := st.fills.next(c.cfg.Now()); ok && onlyMoves(plan) {
+		next = min(c.cfg.Resync, w)
 	}
 	if o.CredentialsRejected {
 		next = min(next, 10*time.Second) // notice a fixed Secret soon; CouchDB is asked only after the backoff

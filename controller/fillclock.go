@@ -1,0 +1,212 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+)
+
+// The fill clock: when to look again at new copies that are filling.
+//
+// A copy added to a map fills after its database's _sync_shards, at the pace of internal
+// replication, which depends on the machine, the documents and the load (88 documents took 0.11 s
+// on the recorded 2-core machine). A round of concurrent moves lasts as long as its fills plus the
+// wait for the look that sees them done, so a look that comes late leaves every slot idle, and one
+// that comes early costs a sync that reads every copy in flight and finds nothing to do. The clock
+// learns the pace from the fills it watches:
+//   - a fill seen done bounds the pace from below: its documents over the time from its map edit to
+//     the look that saw it done;
+//   - when that look came after a look that found the copy still short past its expected end, the
+//     bound is tight (the end lies between the two looks) and becomes the pace;
+//   - when it came at the first look after the expected end, the end may have been earlier, so the
+//     clock tries a pace a little faster next time.
+//
+// The next look is then at the earliest expected end of a copy in flight, or a short step after it
+// when that has passed. The clock only schedules; what is safe to do is still decided by placement
+// from what the look reads.
+type fillClock struct {
+	copies map[placement.CopyKey]*fillTrack
+	rate   float64 // documents per second; 0 until a fill has been seen to end
+	// typical is the documents of the fills seen to end, averaged: what a copy whose range's counts
+	// were not read when it was added is expected to hold.
+	typical float64
+	// lead is how long a sync takes to reach its read of the counts, averaged: a look is started
+	// that much before the fill it is for is expected to end.
+	lead time.Duration
+	// pushes is when each database's last _sync_shards succeeded, since its last map edit.
+	pushes map[string]time.Time
+}
+
+// repushAfter is how long a database whose new copies are filling goes without another
+// _sync_shards. Placement asks for one at every look while a copy is short, which keeps a fill going
+// if its push died; but the push a successful post started is still running, and each post makes
+// every copy of the database push to every other (one request, and the cluster's work, per look).
+const repushAfter = 5 * time.Second
+
+// pushedRecently says whether a push of db may be left out now: the clock watches a copy of db
+// filling, and a post of db succeeded less than repushAfter ago with no map edit of db since.
+func (fc *fillClock) pushedRecently(db string, now time.Time) bool {
+	at, ok := fc.pushes[db]
+	if !ok || now.Sub(at) >= repushAfter {
+		return false
+	}
+	for k := range fc.copies {
+		if k.DB == db {
+			return true
+		}
+	}
+	return false
+}
+
+// pushed records a successful _sync_shards of db.
+func (fc *fillClock) pushed(db string, now time.Time) {
+	if fc.pushes == nil {
+		fc.pushes = map[string]time.Time{}
+	}
+	fc.pushes[db] = now
+}
+
+// edited records a map edit of db: its next push is due at once.
+func (fc *fillClock) edited(db string) { delete(fc.pushes, db) }
+
+type fillTrack struct {
+	start time.Time // when the map edit that added it was written (its _sync_shards follows)
+	docs  int64     // documents it must hold: the range's largest other copy when last read
+	late  bool      // a look after its expected end found it short
+}
+
+const (
+	// fillProbe is how much faster than the pace shown the clock tries after a look that may have
+	// come late.
+	fillProbe = 1.1
+	// minFillStep is the shortest wait between looks at filling copies: a look reads every copy in
+	// flight, which takes a few milliseconds itself.
+	minFillStep = 2 * time.Millisecond
+	// maxFillStep is the longest: a long fill is still looked at every second, for its progress.
+	maxFillStep = time.Second
+)
+
+// added starts watching a copy a map edit just added, with the documents its range held then.
+func (fc *fillClock) added(k placement.CopyKey, at time.Time, docs int64) {
+	if fc.copies == nil {
+		fc.copies = map[placement.CopyKey]*fillTrack{}
+	}
+	fc.copies[k] = &fillTrack{start: at, docs: docs}
+}
+
+// look updates the clock from a read of the shard maps and copy counts by the sync that started at
+// syncStart. A copy no longer in its map (the move was undone) is forgotten; one whose counts were
+// not read is kept.
+func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
+	for db, at := range fc.pushes {
+		if syncStart.Sub(at) >= repushAfter {
+			delete(fc.pushes, db)
+		}
+	}
+	if sh == nil || len(fc.copies) == 0 || sh.StatsAt.IsZero() {
+		return
+	}
+	now := sh.StatsAt
+	if d := now.Sub(syncStart); d >= 0 {
+		fc.lead = (4*fc.lead + d) / 5
+	}
+	var lower, tight float64 // the largest lower bound shown, and the tight one, this look
+	probe := false
+	for k, t := range fc.copies {
+		m, ok := sh.Maps[k.DB]
+		if !ok || !m.HasCopy(k.Range, k.Node) {
+			delete(fc.copies, k)
+			continue
+		}
+		s, read := sh.Stats[k]
+		if !read {
+			continue
+		}
+		var want int64
+		for _, n := range m.ByRange[k.Range] {
+			if o, ok := sh.Stats[placement.CopyKey{DB: k.DB, Range: k.Range, Node: n}]; ok && n != k.Node {
+				want = max(want, o.Docs+o.Deleted)
+			}
+		}
+		if want > 0 {
+			t.docs = want
+		}
+		elapsed := now.Sub(t.start).Seconds()
+		if s.Docs+s.Deleted < t.docs {
+			if fc.rate > 0 && elapsed >= float64(t.docs)/fc.rate {
+				t.late = true
+			}
+			continue
+		}
+		delete(fc.copies, k)
+		if t.docs == 0 || elapsed <= 0 {
+			continue // nothing to fill: it says nothing of the pace
+		}
+		if fc.typical == 0 {
+			fc.typical = float64(t.docs)
+		}
+		fc.typical = 0.8*fc.typical + 0.2*float64(t.docs)
+		r := float64(t.docs) / elapsed
+		lower = max(lower, r)
+		if t.late {
+			tight = max(tight, r)
+		} else {
+			probe = true
+		}
+	}
+	switch {
+	case tight > 0:
+		fc.rate = tight
+	case lower > 0:
+		fc.rate = max(fc.rate, lower)
+		if probe {
+			fc.rate *= fillProbe
+		}
+	}
+}
+
+// next is how long to wait before looking at the copies in flight again, and whether the clock
+// knows: it does not before a fill has been seen to end, nor when no copy it watches is short.
+func (fc *fillClock) next(now time.Time) (time.Duration, bool) {
+	if fc.rate <= 0 || len(fc.copies) == 0 {
+		return 0, false
+	}
+	var wait time.Duration
+	known := false
+	for _, t := range fc.copies {
+		docs := float64(t.docs)
+		if docs <= 0 {
+			docs = fc.typical
+		}
+		if docs <= 0 {
+			continue
+		}
+		expect := time.Duration(docs / fc.rate * float64(time.Second))
+		w := t.start.Add(expect).Sub(now) - fc.lead
+		switch {
+		case t.late:
+			w = max(minFillStep, expect/20)
+		case w < minFillStep:
+			w = minFillStep
+		}
+		if !known || w < wait {
+			wait, known = w, true
+		}
+	}
+	return min(wait, maxFillStep), known
+}
+
+// onlyMoves says whether all a plan has in flight is shard moves: its actions edit maps or push
+// copies, and what it waits for, if anything, is copies filling. Then the fill clock, not the quick
+// requeue after acting, says when to look again.
+func onlyMoves(p Plan) bool {
+	if len(p.Actions) == 0 {
+		return p.Filling
+	}
+	for _, a := range p.Actions {
+		if !isMapEdit(a) && a.Kind != ActSyncShards {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,165 @@
+package controller
+
+import (
+	"testing"
+	"time"
+
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// fillWorld is one range of db1 on three nodes plus the copy being filled on a fourth.
+func fillWorld(at time.Time, docs, newDocs int64) *ShardObs {
+	const rng = "00000000-ffffffff"
+	m := couch.ShardMap{ID: "db1", ByNode: map[string][]string{}, ByRange: map[string][]string{}}
+	stats := map[placement.CopyKey]placement.CopyStat{}
+	for i := range 4 {
+		m.AddCopy(rng, nodeName(i))
+		stats[placement.CopyKey{DB: "db1", Range: rng, Node: nodeName(i)}] = placement.CopyStat{Docs: docs}
+	}
+	stats[newCopy] = placement.CopyStat{Docs: newDocs}
+	return &ShardObs{Maps: map[string]couch.ShardMap{"db1": m}, Stats: stats, StatsAt: at}
+}
+
+var newCopy = placement.CopyKey{DB: "db1", Range: "00000000-ffffffff", Node: nodeName(3)}
+
+func TestFillClock(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	type look struct {
+		at      int   // ms after the add when the counts were read
+		filled  int64 // documents the new copy holds then (of 100)
+		gone    bool  // the copy is no longer in the map
+		wantOK  bool  // next knows when to look
+		wantMs  int   // and says to wait this long (ms), when wantOK
+		wantRat float64
+	}
+	for _, tc := range []struct {
+		name  string
+		rate  float64 // documents per second known before the add
+		docs  int64   // the range's documents when the copy was added (0: not read)
+		typ   float64
+		looks []look
+	}{
+		{name: "no pace known: the caller's schedule", looks: []look{
+			{at: 50, filled: 0, wantOK: false},
+			// Done at the second look: 100 documents in at most 200 ms, tried 10% faster next.
+			{at: 200, filled: 100, wantOK: false, wantRat: 550},
+		}},
+		{name: "pace known: the look is at the expected end", rate: 1000, docs: 100, looks: []look{
+			{at: 0, filled: 0, wantOK: true, wantMs: 100},
+			{at: 60, filled: 40, wantOK: true, wantMs: 40},
+		}},
+		{name: "short past the expected end: short steps, then the pace is what it showed", rate: 1000, docs: 100, looks: []look{
+			{at: 100, filled: 60, wantOK: true, wantMs: 10},
+			{at: 125, filled: 100, wantOK: false, wantRat: 800},
+		}},
+		{name: "done at the first look: tried faster", rate: 1000, docs: 100, looks: []look{
+			{at: 100, filled: 100, wantOK: false, wantRat: 1100},
+		}},
+		{name: "counts unread at the add: the typical fill", rate: 1000, typ: 300, looks: []look{
+			{at: 0, filled: -1, wantOK: true, wantMs: 300},
+		}},
+		{name: "a long fill is looked at every second", rate: 10, docs: 100, looks: []look{
+			{at: 0, filled: 0, wantOK: true, wantMs: 1000},
+		}},
+		{name: "an undone move is forgotten", rate: 1000, docs: 100, looks: []look{
+			{at: 50, gone: true, wantOK: false, wantRat: 1000},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := &fillClock{rate: tc.rate, typical: tc.typ}
+			fc.added(newCopy, t0, tc.docs)
+			for i, l := range tc.looks {
+				if l.filled >= 0 {
+					sh := fillWorld(ms(l.at), 100, l.filled)
+					if l.gone {
+						m := sh.Maps["db1"]
+						m.RemoveCopy(newCopy.Range, newCopy.Node)
+						sh.Maps["db1"] = m
+					}
+					fc.look(ms(l.at), sh) // the counts read at the sync's start: no lead
+				}
+				w, ok := fc.next(ms(l.at))
+				if ok != l.wantOK || ok && w != time.Duration(l.wantMs)*time.Millisecond {
+					t.Errorf("look %d: next = %v, %v; want %v, %v", i, w, ok, time.Duration(l.wantMs)*time.Millisecond, l.wantOK)
+				}
+				if l.wantRat > 0 && (fc.rate < l.wantRat*0.999 || fc.rate > l.wantRat*1.001) {
+					t.Errorf("look %d: pace %.1f documents/s, want %.1f", i, fc.rate, l.wantRat)
+				}
+			}
+		})
+	}
+}
+
+// The lead: a sync that reads the counts 15 ms after it starts is started 15 ms before the end.
+func TestFillClockStartsTheLookEarlyByTheLead(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	fc := &fillClock{rate: 1000, lead: 15 * time.Millisecond}
+	fc.added(newCopy, t0, 100)
+	if w, ok := fc.next(t0); !ok || w != 85*time.Millisecond {
+		t.Errorf("next = %v, %v; want 85ms", w, ok)
+	}
+}
+
+func TestMapWaves(t *testing.T) {
+	add := func(db string) Action { return Action{Kind: ActAddCopy, DB: db} }
+	rm := func(db string) Action { return Action{Kind: ActRemoveCopy, DB: db} }
+	edits := []Action{rm("a"), rm("b"), rm("a"), add("c"), add("c"), rm("d"), add("e"), add("a")}
+	var got [][]string
+	for _, w := range mapWaves(edits) {
+		var dbs []string
+		for _, b := range w.batches() {
+			s := b[0].DB + ":"
+			for _, a := range b {
+				s += string(a.Kind)[0:1]
+			}
+			dbs = append(dbs, s)
+		}
+		got = append(got, dbs)
+	}
+	// Drops before the adds that follow them; one write per database and wave, in plan order.
+	want := [][]string{{"a:RR", "b:R"}, {"c:AA", "d:R"}, {"e:A", "a:A"}}
+	if len(got) != len(want) {
+		t.Fatalf("waves %v, want %v", got, want)
+	}
+	for i := range want {
+		if len(got[i]) != len(want[i]) {
+			t.Fatalf("waves %v, want %v", got, want)
+		}
+		for j := range want[i] {
+			if got[i][j] != want[i][j] {
+				t.Errorf("waves %v, want %v", got, want)
+			}
+		}
+	}
+}
+
+// A database with a copy filling gets one push per map edit, and another only after repushAfter;
+// one without (a restarted member catching up) gets one at every look.
+func TestPushedRecently(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	fc := &fillClock{}
+	fc.pushed("db2", t0)
+	if fc.pushedRecently("db2", t0.Add(time.Second)) {
+		t.Error("db2 has no copy filling: its pushes are not left out")
+	}
+	fc.added(newCopy, t0, 100)
+	fc.pushed("db1", t0)
+	for _, tc := range []struct {
+		after time.Duration
+		edit  bool
+		want  bool
+	}{
+		{after: time.Second, want: true},
+		{after: repushAfter, want: false},
+		{after: time.Second, edit: true, want: false},
+	} {
+		if tc.edit {
+			fc.edited("db1")
+		}
+		if got := fc.pushedRecently("db1", t0.Add(tc.after)); got != tc.want {
+			t.Errorf("%v after the push (edit %v): left out %v, want %v", tc.after, tc.edit, got, tc.want)
+		}
+	}
+}
