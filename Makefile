@@ -58,6 +58,7 @@ vet:
 # SA1019 is off because the product contract watches v1 Endpoints (deprecated since 1.33); the
 # EndpointSlice move is kept local to controller/observe.go (STYLE.md section 15).
 lint: vet
+	@unformatted=$$(gofmt -l cmd controller couch metrics test); if [ -n "$$unformatted" ]; then echo "not gofmt-ed: $$unformatted"; exit 1; fi
 	$(GO) run $(STATICCHECK) -checks 'inherit,-SA1019' ./...
 
 ## fuzz: run every fuzzer for FUZZTIME each (seed corpora also run in `make test`).
