@@ -51,7 +51,7 @@ func TestFillClock(t *testing.T) {
 			{at: 60, filled: 40, wantOK: true, wantMs: 40},
 		}},
 		{name: "short past the expected end: short steps, then the pace is what it showed", rate: 1000, docs: 100, looks: []look{
-			{at: 100, filled: 60, wantOK: true, wantMs: 10},
+			{at: 100, filled: 60, wantOK: true, wantMs: 5},
 			{at: 125, filled: 100, wantOK: false, wantRat: 800},
 		}},
 		{name: "done at the first look: tried faster", rate: 1000, docs: 100, looks: []look{

@@ -46,11 +46,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					}
 				}
 				batches := wave.batches()
-				errs := make([]error, len(batches))
-				_ = inParallel(len(batches), func(k int) error {
-					errs[k] = c.applyBatch(ctx, st, sts, o, batches[k])
-					return nil
-				})
+				errs := allAtOnce(batches, func(b []Action) error { return c.applyBatch(ctx, st, sts, o, b) })
 				var failed error
 				for k, batch := range batches {
 					if errs[k] != nil {
@@ -89,11 +85,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 				synced[b.DB] = true
 				posts = append(posts, b)
 			}
-			errs := make([]error, len(posts))
-			_ = inParallel(len(posts), func(k int) error {
-				errs[k] = c.apply(ctx, st, sts, o, posts[k])
-				return nil
-			})
+			errs := allAtOnce(posts, func(b Action) error { return c.apply(ctx, st, sts, o, b) })
 			var failed error
 			for k, b := range posts {
 				if errs[k] != nil {
@@ -180,6 +172,16 @@ func (w mapWave) batches() [][]Action {
 		out[k] = append(out[k], a)
 	}
 	return out
+}
+
+// allAtOnce calls fn for every item at once (within inParallel's bound) and returns each one's error.
+func allAtOnce[T any](items []T, fn func(T) error) []error {
+	errs := make([]error, len(items))
+	_ = inParallel(len(items), func(k int) error {
+		errs[k] = fn(items[k])
+		return nil
+	})
+	return errs
 }
 
 func isMapEdit(a Action) bool { return a.Kind == ActAddCopy || a.Kind == ActRemoveCopy }
