@@ -329,20 +329,10 @@ func (w *world) burst(ctx context.Context, prefix string, n int) (*Burst, error)
 
 // setupState is pod 0's GET /_cluster_setup state, as an admin ("" on any failure).
 func setupState(ctx context.Context, base string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/_cluster_setup", nil)
-	if err != nil {
-		return ""
-	}
-	req.SetBasicAuth("admin", benchPassword)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
 	var body struct {
 		State string `json:"state"`
 	}
-	_ = json.NewDecoder(resp.Body).Decode(&body)
+	_ = getJSON(ctx, base+"/_cluster_setup", &body)
 	return body.State
 }
 
@@ -621,21 +611,31 @@ func (w *world) pollEvery() time.Duration {
 	return 2 * time.Millisecond
 }
 
-// realVersion is the version pod 0 of the first formed cluster reports (GET /).
-func (w *world) realVersion(ctx context.Context) string {
-	base := w.nodeURL("form-0", "db-0")
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/", nil)
-	if err != nil {
-		return "real CouchDB"
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return "real CouchDB"
-	}
-	defer resp.Body.Close()
+// realVersion is the version pod 0 of a namespace's cluster reports (GET /), read while it runs.
+func (w *world) realVersion(ctx context.Context, ns string) string {
 	var body struct {
 		Version string `json:"version"`
 	}
-	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if getJSON(ctx, w.nodeURL(ns, "db-0")+"/", &body) != nil {
+		return "real CouchDB"
+	}
 	return "real CouchDB " + body.Version
+}
+
+// getJSON GETs url as the admin and decodes the answer into out.
+func getJSON(ctx context.Context, url string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth("admin", benchPassword)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }

@@ -91,6 +91,9 @@ func main() {
 		if !set["joins"] {
 			o.joins = 5
 		}
+		if !set["move-dbs"] {
+			o.moveDBs = 30 // three to five real nodes hold 180 copies; the sequential runs take minutes already
+		}
 	}
 	for _, s := range strings.Split(*only, ",") {
 		if s = strings.TrimSpace(s); !slices.Contains(sections, s) {
@@ -148,6 +151,7 @@ type world struct {
 	kube    kubernetes.Interface
 	backend *couchpods.Backend     // emulated nodes; nil on real ones
 	real    *couchpods.RealBackend // real CouchDB nodes (COUCHDB_REL); nil on emulated ones
+	realVer string                 // the version the first real cluster of the moves section reported
 	ready   *readyLog
 	proxy   string
 	kubecfg string
@@ -173,8 +177,8 @@ func run(ctx context.Context, o options, res *results) error {
 	if rel := os.Getenv(couchpods.ReleaseEnv); rel != "" {
 		// Real CouchDB nodes from a release: only the sections that fit real nodes on this machine.
 		for s := range o.only {
-			if s != "single" {
-				fmt.Fprintf(os.Stderr, "bench: %s=%s: section %s skipped (it needs the emulator: its fill rate, sync delay or thousands of nodes); only single runs on real nodes\n", couchpods.ReleaseEnv, rel, s)
+			if s != "single" && s != "moves" {
+				fmt.Fprintf(os.Stderr, "bench: %s=%s: section %s skipped (it needs the emulator: its sync delay or thousands of nodes); only single and moves run on real nodes\n", couchpods.ReleaseEnv, rel, s)
 				delete(o.only, s)
 			}
 		}
@@ -235,7 +239,12 @@ func run(ctx context.Context, o options, res *results) error {
 				return fmt.Errorf("moves: %w", err)
 			}
 			r.Meta = m.end()
-			res.Moves = r
+			if w.real != nil {
+				r.Backend = w.realVer
+				res.RealMoves = r
+			} else {
+				res.Moves = r
+			}
 		case "rollout":
 			r, err := w.rollout(ctx)
 			if err != nil {
@@ -250,7 +259,7 @@ func run(ctx context.Context, o options, res *results) error {
 			}
 			r.Meta = m.end()
 			if w.real != nil {
-				r.Backend = w.realVersion(ctx)
+				r.Backend = w.realVersion(ctx, "form-0")
 				res.RealSingle = r
 			} else {
 				res.Single = r

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -30,6 +31,8 @@ const (
 	defaultMaxFillsPerNode = 4
 )
 
+const defaultsLabel = "concurrent (defaults: --max-concurrent-moves=8 --max-fills-per-node=4)"
+
 // moves measures shard moves on one cluster of o.moveDBs databases: a rebalance 3 -> 5 and then a
 // target-replicas drain 5 -> 3, once with the controller's defaults and once with
 // --max-concurrent-moves=1, each on a fresh cluster with its own controller process.
@@ -38,7 +41,7 @@ func (w *world) moves(ctx context.Context, o options) (*MovesResult, error) {
 	for i, v := range []struct {
 		label    string
 		maxMoves int
-	}{{"concurrent (defaults: --max-concurrent-moves=8 --max-fills-per-node=4)", 0}, {"--max-concurrent-moves=1", 1}} {
+	}{{defaultsLabel, 0}, {"--max-concurrent-moves=1", 1}} {
 		run, err := w.moveVariant(ctx, o, fmt.Sprintf("moves-%d", i), v.label, v.maxMoves)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", v.label, err)
@@ -54,60 +57,79 @@ func (w *world) moveVariant(ctx context.Context, o options, ns, label string, ma
 	if maxMoves == 0 {
 		run.MaxMoves = defaultMaxMoves
 	}
+	rebalance, err := w.moveScenario(ctx, o, run, ns+"-rebalance", 3, "rebalance 3 -> 5",
+		`{"metadata":{"annotations":{"couchdb.io/rebalance":"true"}},"spec":{"replicas":5}}`, 5,
+		func(cl *moveCluster) bool { return len(cl.members()) == 5 }, (*moveCluster).rebalanced)
+	if err != nil {
+		return run, err
+	}
+	// The drain runs on a cluster created with five nodes, not on the rebalanced one: there, every
+	// copy the drain adds goes back to the node the rebalance took it from, whose file is still on
+	// disk (a removal from the map leaves it), so nothing would fill.
+	drain, err := w.moveScenario(ctx, o, run, ns+"-drain", 5, "drain 5 -> 3 (couchdb.io/target-replicas)",
+		`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`, 3,
+		func(*moveCluster) bool { return true }, (*moveCluster).drained)
+	if err != nil {
+		return run, err
+	}
+	run.Phases = []MovePhase{rebalance, drain}
+	return run, nil
+}
+
+// moveScenario measures one change on a fresh cluster of pods pods in its own namespace, with its
+// own controller process (the variant's flags) and its own reader: the cluster is loaded, the patch
+// applied, and the moves timed from started to done. Every document is read through pod 0 all along
+// and through each of the staying nodes afterwards.
+func (w *world) moveScenario(ctx context.Context, o options, run MoveRun, ns string, pods int, name, patch string, staying int,
+	started func(*moveCluster) bool, done func(*moveCluster) (bool, string)) (MovePhase, error) {
 	extra := []string{"--namespace=" + ns}
-	if maxMoves > 0 {
-		extra = append(extra, fmt.Sprintf("--max-concurrent-moves=%d", maxMoves))
+	if run.Label != defaultsLabel {
+		extra = append(extra, fmt.Sprintf("--max-concurrent-moves=%d", run.MaxMoves))
 	}
 	c, err := w.startController(ctx, ns, extra...)
 	if err != nil {
-		return run, err
+		return MovePhase{}, err
 	}
 	defer c.stop()
 	defer func() {
 		// Its pods stop with the namespace, so the later sections' harness is idle again.
 		_ = w.kube.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	}()
-	if err := w.create(ctx, ns, "main", 3, nil); err != nil {
-		return run, err
+	if err := w.create(ctx, ns, "main", int32(pods), nil); err != nil {
+		return MovePhase{}, err
 	}
 	cl := &moveCluster{w: w, ns: ns, c: c}
-	if err := cl.waitMembers(ctx, 3); err != nil {
-		return run, err
+	if err := cl.waitMembers(ctx, pods); err != nil {
+		return MovePhase{}, err
+	}
+	if w.real != nil && w.realVer == "" {
+		w.realVer = w.realVersion(ctx, ns)
 	}
 	dbs, err := cl.load(ctx, o.moveDBs, o.moveDocs)
 	if err != nil {
-		return run, err
+		return MovePhase{}, err
 	}
 	rd := cl.startReader(dbs, o.moveDocs)
-	rebalance, err := cl.phase(ctx, o, run, "rebalance 3 -> 5",
-		`{"metadata":{"annotations":{"couchdb.io/rebalance":"true"}},"spec":{"replicas":5}}`,
-		func() bool { return len(cl.members()) == 5 }, cl.rebalanced)
-	if err != nil {
-		rd.stop()
-		return run, err
-	}
-	drain, err := cl.phase(ctx, o, run, "drain 5 -> 3 (couchdb.io/target-replicas)",
-		`{"metadata":{"annotations":{"couchdb.io/target-replicas":"3"}}}`,
-		func() bool { return true }, cl.drained)
+	p, err := cl.phase(ctx, o, run, name, patch, func() bool { return started(cl) }, func() (bool, string) { return done(cl) })
 	unreadable, passes := rd.stop()
 	if err != nil {
-		return run, err
+		return p, err
 	}
 	if passes == 0 {
-		return run, fmt.Errorf("the reader never completed a pass over the %d databases", len(dbs))
+		return p, fmt.Errorf("%s: the reader never completed a pass over the %d databases", name, len(dbs))
 	}
-	if unreadable > 0 {
-		return run, fmt.Errorf("%d documents were unreadable through db-0 in one pass while copies moved (%d passes)", unreadable, passes)
+	if unreadable > 0 && w.real == nil {
+		return p, fmt.Errorf("%s: %d documents were unreadable through db-0 in one pass while copies moved (%d passes)", name, unreadable, passes)
 	}
-	// After: every document, with its content, through every staying node.
-	for i := 0; i < 3; i++ {
+	// Real nodes: counted and reported, not failed (see renderRealMoves).
+	p.Missed, p.MissedPasses = unreadable, rd.missedPasses()
+	for i := range staying {
 		if bad := cl.unreadable(ctx, fmt.Sprintf("db-%d", i), dbs, o.moveDocs); bad > 0 {
-			return run, fmt.Errorf("%d documents unreadable through db-%d after the drain", bad, i)
+			return p, fmt.Errorf("%s: %d documents unreadable through db-%d afterwards", name, bad, i)
 		}
 	}
-	rebalance.Passes, drain.Passes = passes, passes
-	run.Phases = []MovePhase{rebalance, drain}
-	return run, nil
+	p.Passes = passes
+	return p, nil
 }
 
 // moveCluster is the cluster whose copies move, seen through its emulated nodes.
@@ -117,6 +139,9 @@ type moveCluster struct {
 	c      *ctrl
 	dbs    []string       // every database, system ones included
 	copies map[string]int // database -> copies per range once loaded
+
+	mapsRead map[string]couch.ShardMap // the last read of every map (real nodes: reused for mapsMaxAge)
+	mapsAt   time.Time
 }
 
 func (cl *moveCluster) nodeName(i int) string {
@@ -125,22 +150,19 @@ func (cl *moveCluster) nodeName(i int) string {
 
 // members is pod 0's _nodes.
 func (cl *moveCluster) members() []string {
-	if n := cl.w.backend.Node(cl.ns, "db-0"); n != nil {
-		return n.ClusterNodes()
-	}
-	return nil
+	return cl.w.clusterNodes(context.Background(), cl.ns, "db-0")
 }
 
 func (cl *moveCluster) waitMembers(ctx context.Context, n int) error {
 	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
-		node := cl.w.backend.Node(cl.ns, "db-0")
-		return node != nil && len(node.ClusterNodes()) == n && setupState(ctx, node.URL()) == "cluster_finished", nil
+		url := cl.w.nodeURL(cl.ns, "db-0")
+		return url != "" && len(cl.members()) == n && setupState(ctx, url) == "cluster_finished", nil
 	})
 }
 
 func (cl *moveCluster) do(ctx context.Context, pod, method, path string, body any) (int, []byte, error) {
-	node := cl.w.backend.Node(cl.ns, pod)
-	if node == nil {
+	base := cl.w.nodeURL(cl.ns, pod)
+	if base == "" {
 		return 0, nil, fmt.Errorf("no node for %s/%s", cl.ns, pod)
 	}
 	var rd io.Reader
@@ -148,7 +170,7 @@ func (cl *moveCluster) do(ctx context.Context, pod, method, path string, body an
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, node.URL()+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -197,12 +219,10 @@ func (cl *moveCluster) load(ctx context.Context, n, docs int) ([]string, error) 
 			for _, rng := range m.Ranges() {
 				var counts []int64
 				for _, node := range m.ByRange[rng] {
-					pod := podOf(node)
-					n := cl.w.backend.Node(cl.ns, pod)
-					if n == nil {
+					d, ok := cl.copyDocCount(ctx, podOf(node), m.ShardName(rng))
+					if !ok {
 						return false, nil
 					}
-					d, _, _ := n.CopyDocCount(m.ShardName(rng))
 					counts = append(counts, d)
 				}
 				if slices.Min(counts) != slices.Max(counts) {
@@ -239,7 +259,36 @@ func podOf(node string) string {
 	return pod
 }
 
+// copyDocCount is the documents of a node's copy of shard: read in process from an emulated node,
+// over HTTP as the admin from a real one.
+func (cl *moveCluster) copyDocCount(ctx context.Context, pod, shard string) (int64, bool) {
+	if cl.w.real != nil {
+		n := cl.w.real.Node(cl.ns, pod)
+		if n == nil {
+			return 0, false
+		}
+		d, _, ok := n.CopyDocCount(ctx, "admin", benchPassword, shard)
+		return d, ok
+	}
+	n := cl.w.backend.Node(cl.ns, pod)
+	if n == nil {
+		return 0, false
+	}
+	d, _, _ := n.CopyDocCount(shard)
+	return d, true
+}
+
+// shardMap is db's map as pod 0 holds it: in process from an emulated node, GET
+// /_node/_local/_dbs/{db} from a real one.
 func (cl *moveCluster) shardMap(db string) (couch.ShardMap, bool) {
+	if cl.w.real != nil {
+		code, b, err := cl.do(context.Background(), "db-0", http.MethodGet, "/_node/_local/_dbs/"+url.PathEscape(db), nil)
+		var m couch.ShardMap
+		if err != nil || code != http.StatusOK || json.Unmarshal(b, &m) != nil {
+			return couch.ShardMap{}, false
+		}
+		return m, true
+	}
 	n := cl.w.backend.Node(cl.ns, "db-0")
 	if n == nil {
 		return couch.ShardMap{}, false
@@ -247,18 +296,39 @@ func (cl *moveCluster) shardMap(db string) (couch.ShardMap, bool) {
 	return n.ShardMap(db)
 }
 
-// maps is every database's shard map as pod 0 holds it.
+// maps is every database's shard map as pod 0 holds it. On real nodes it is one GET per database,
+// made 8 at a time, and a read less than mapsMaxAge old is reused: the end-state checks poll it.
 func (cl *moveCluster) maps() (map[string]couch.ShardMap, bool) {
+	if cl.w.real != nil && cl.mapsRead != nil && time.Since(cl.mapsAt) < mapsMaxAge {
+		return cl.mapsRead, true
+	}
+	got := make([]couch.ShardMap, len(cl.dbs))
+	oks := make([]bool, len(cl.dbs))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, db := range cl.dbs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			got[i], oks[i] = cl.shardMap(db)
+		}()
+	}
+	wg.Wait()
 	out := map[string]couch.ShardMap{}
-	for _, db := range cl.dbs {
-		m, ok := cl.shardMap(db)
-		if !ok {
+	for i, db := range cl.dbs {
+		if !oks[i] {
 			return nil, false
 		}
-		out[db] = m
+		out[db] = got[i]
 	}
+	cl.mapsRead, cl.mapsAt = out, time.Now()
 	return out, true
 }
+
+// mapsMaxAge is how long a read of every map on real nodes is reused.
+const mapsMaxAge = 150 * time.Millisecond
 
 // revs is every map's revision, to tell whether anything changed.
 func (cl *moveCluster) revs() string {
@@ -354,6 +424,9 @@ func (cl *moveCluster) n(db string) int { return cl.copies[db] }
 // first copy): the emulator fills it in that many bytes / the fill rate.
 func (cl *moveCluster) copyBytes(maps map[string]couch.ShardMap) map[[2]string]float64 {
 	out := map[[2]string]float64{}
+	if cl.w.backend == nil {
+		return out // real nodes: no fill model, no bound
+	}
 	for db, m := range maps {
 		for _, rng := range m.Ranges() {
 			if len(m.ByRange[rng]) == 0 {
@@ -389,7 +462,7 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 	t1 := time.Now()
 	m0 := cl.c.get("/metrics")
 	cpu0 := cpuSeconds(cl.c.pid())
-	for i := 0; i < 5; i++ {
+	for i := 0; cl.w.backend != nil && i < 5; i++ {
 		if n := cl.w.backend.Node(cl.ns, fmt.Sprintf("db-%d", i)); n != nil {
 			n.ResetRequests()
 		}
@@ -400,7 +473,7 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 	// The controller going idle (no map changing for a minute) short of the end state fails the run
 	// at once, saying what is not so.
 	revs, changed, logged := cl.revs(), time.Now(), time.Now()
-	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 20*time.Minute, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 10*cl.w.pollEvery(), 20*time.Minute, true, func(context.Context) (bool, error) {
 		var ok bool
 		if ok, why = done(); ok {
 			return true, nil
@@ -540,9 +613,12 @@ func sortCounts(counts map[string]int) []PathCount {
 type reader struct {
 	worst  atomic.Int64
 	passes atomic.Int64
+	missed atomic.Int64 // passes that missed any document
 	quit   chan struct{}
 	done   sync.WaitGroup
 }
+
+func (r *reader) missedPasses() int { return int(r.missed.Load()) }
 
 func (cl *moveCluster) startReader(dbs []string, docs int) *reader {
 	r := &reader{quit: make(chan struct{})}
@@ -555,8 +631,12 @@ func (cl *moveCluster) startReader(dbs []string, docs int) *reader {
 				return
 			default:
 			}
-			if bad := cl.unreadable(context.Background(), "db-0", dbs, docs); int64(bad) > r.worst.Load() {
+			bad := cl.unreadable(context.Background(), "db-0", dbs, docs)
+			if int64(bad) > r.worst.Load() {
 				r.worst.Store(int64(bad))
+			}
+			if bad > 0 {
+				r.missed.Add(1)
 			}
 			r.passes.Add(1)
 			time.Sleep(100 * time.Millisecond) // pacing: the reader shares the cores with the controller
