@@ -121,9 +121,18 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		}
 		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonDraining, "Draining %s for %s=%d: maintenance mode on, moving its shard copies", a.Node, AnnotationTargetReplicas, derefInt(o.TargetReplicas))
 		return nil
+	case ActFenceTarget:
+		if _, err := api.SetMaintenanceMode(ctx, a.Node, "true"); err != nil {
+			return err
+		}
+		c.fillFence(st, a.Node, true)
+		return nil
 	case ActClearMaintenance:
-		_, err := api.SetMaintenanceMode(ctx, a.Node, "false")
-		return err
+		if _, err := api.SetMaintenanceMode(ctx, a.Node, "false"); err != nil {
+			return err
+		}
+		c.fillFence(st, a.Node, false)
+		return nil
 	case ActSetDecom, ActClearDecom:
 		return setDecom(ctx, api, a.Node, a.Kind == ActSetDecom)
 	case ActSetZone:

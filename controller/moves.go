@@ -278,3 +278,27 @@ func countKind(actions []Action, kind ActionKind) int {
 	}
 	return n
 }
+
+// fillFence records that node was put in (on) or taken out of maintenance mode for a fill, so that
+// observe keeps asking its pod, which fails its readiness probe meanwhile.
+func (c *Controller) fillFence(st *clusterState, node string, on bool) {
+	if !on {
+		delete(st.fillFenced, node)
+		return
+	}
+	if st.fillFenced == nil {
+		st.fillFenced = map[string]bool{}
+	}
+	st.fillFenced[node] = true
+}
+
+// fillFencedOrdinals is the ordinals of the pods whose nodes are fenced for fills.
+func fillFencedOrdinals(st *clusterState, statefulSet string) map[int]bool {
+	out := map[int]bool{}
+	for n := range st.fillFenced {
+		if ord, ok := nodeOrdinal(n, statefulSet); ok {
+			out[ord] = true
+		}
+	}
+	return out
+}

@@ -270,7 +270,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 		// A draining node is asked even when not ready: maintenance mode makes its /_up (and so its
 		// readiness probe) fail on purpose, while it still serves the moves.
 		d, draining := drainingOrdinal(*o)
-		if p.IP != "" && !p.Terminating && (p.ContainersReady || draining && d == ord) {
+		if p.IP != "" && !p.Terminating && (p.ContainersReady || draining && d == ord || o.FillFenced[ord]) {
 			ords = append(ords, ord)
 		}
 	}

@@ -20,6 +20,9 @@ type Observed struct {
 	TargetReplicas *int     // couchdb.io/target-replicas, when valid
 	Replicate      []string // couchdb.io/replicate
 	Rebalance      bool     // couchdb.io/rebalance
+	// FillFenced holds the ordinals this controller put in maintenance mode while copies fill on
+	// them (placement rule 10): their /_up fails, so their pods are asked although not ready.
+	FillFenced map[int]bool
 
 	// Problems that no retry can fix (bad labels or annotations, credentials): each becomes a
 	// Warning event, and the planner does nothing while any is present.

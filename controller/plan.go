@@ -28,6 +28,7 @@ const (
 	ActRemoveCopy         ActionKind = "RemoveCopy"
 	ActSetMaintenance     ActionKind = "SetMaintenance"
 	ActClearMaintenance   ActionKind = "ClearMaintenance"
+	ActFenceTarget        ActionKind = "FenceTarget"
 	ActScaleDown          ActionKind = "ScaleDown"
 	ActSetDecom           ActionKind = "SetDecom"
 	ActClearDecom         ActionKind = "ClearDecom"
@@ -39,7 +40,7 @@ const (
 var placementKinds = map[placement.Kind]ActionKind{
 	placement.CreateDB: ActCreateDB, placement.AddCopy: ActAddCopy, placement.SyncShards: ActSyncShards,
 	placement.RemoveCopy: ActRemoveCopy, placement.SetMaintenance: ActSetMaintenance,
-	placement.ClearMaintenance: ActClearMaintenance, placement.RemoveNode: ActRemoveNode, placement.ScaleDown: ActScaleDown,
+	placement.ClearMaintenance: ActClearMaintenance, placement.FenceTarget: ActFenceTarget, placement.RemoveNode: ActRemoveNode, placement.ScaleDown: ActScaleDown,
 	placement.SetDecom: ActSetDecom, placement.ClearDecom: ActClearDecom,
 	placement.SetZone: ActSetZone, placement.SetPlacement: ActSetPlacement,
 }
@@ -69,7 +70,7 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s)", a.Kind, a.DB)
 	case ActAddCopy, ActRemoveCopy:
 		return fmt.Sprintf("%s(%s/%s on %s)", a.Kind, a.DB, a.Range, a.Node)
-	case ActSetMaintenance, ActClearMaintenance, ActSetDecom, ActClearDecom:
+	case ActSetMaintenance, ActClearMaintenance, ActFenceTarget, ActSetDecom, ActClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case ActScaleDown:
 		return fmt.Sprintf("%s(replicas=%d)", a.Kind, a.Replicas)
@@ -105,10 +106,12 @@ type Plan struct {
 
 // Node states, as the node_state metric reports them.
 const (
-	statePending     = "pending"
-	stateJoining     = "joining"
-	stateMember      = "member"
-	stateDraining    = "draining"
+	statePending  = "pending"
+	stateJoining  = "joining"
+	stateMember   = "member"
+	stateDraining = "draining"
+	// stateFilling: a member in maintenance mode while new shard copies fill on it (placement rule 10).
+	stateFilling     = "filling"
 	stateDeparted    = "departed"
 	stateUnreachable = "unreachable"
 	stateInvalid     = "invalid"
@@ -491,6 +494,8 @@ func nodeStates(o Observed, members, connected []string) map[string]string {
 			s = stateDeparted
 		case o.TargetReplicas != nil && *o.TargetReplicas < o.Replicas && ord == o.Replicas-1:
 			s = stateDraining
+		case o.FillFenced[ord] && n != nil && n.Reached:
+			s = stateFilling
 		case !pod.ContainersReady || pod.IP == "":
 			s = statePending
 		case n == nil || !n.Reached:

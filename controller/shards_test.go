@@ -349,6 +349,18 @@ func TestSyncScaleDownMovesCopies(t *testing.T) {
 				t.Errorf("SyncShards applied %v times, want at least one per added copy (%d)", got, k)
 			}
 			delete(d, `actions_total{action="SyncShards",result="success"}`)
+			// Fill fences come and go with the syncs' timing; every one of them must have ended.
+			fence, unfence := `actions_total{action="FenceTarget",result="success"}`, `actions_total{action="ClearMaintenance",result="success"}`
+			if d[fence] != d[unfence] {
+				t.Errorf("%v fill fences set, %v cleared", d[fence], d[unfence])
+			}
+			delete(d, fence)
+			delete(d, unfence)
+			for ord := range staying {
+				if f.node(ord).MaintenanceMode() == "true" {
+					t.Errorf("db-%d is left in maintenance mode", ord)
+				}
+			}
 			wantDelta := tc.actions(k)
 			wantDelta[`syncs_total{result="success"}`] = float64(syncs)
 			if diff := cmp.Diff(wantDelta, d); diff != "" {

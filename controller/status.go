@@ -90,6 +90,10 @@ type clusterState struct {
 	configPending   string                           // the configKey of this sync's read
 	catchUp         catchUpMemory                    // catchup.go
 	mapCache        shardMapCache                    // mapcache.go
+	// fillFenced: the nodes (by name) this controller fenced for fills and has not unfenced. A
+	// restart forgets them; their pods are then not ready and not asked, and the day-2 check
+	// clears the maintenance mode it finds on them (placement fences them again if still filling).
+	fillFenced map[string]bool
 
 	// marks are the drain marks of the copies placement is to drop (marks.go).
 	marks map[placement.CopyKey]placement.Mark

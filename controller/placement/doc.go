@@ -67,6 +67,13 @@
 //     counts, and the sum of the squared bytes per member, so rebalancing stops.
 //  9. A leaving node that no map references leaves _nodes; a drained node's StatefulSet then shrinks by
 //     one.
+//  10. A staying member filling the new copy of a range with a copy to drop is fenced (maintenance mode
+//     "true", FenceTarget) before its copy enters the map, and unfenced (ClearMaintenance) before the
+//     plan whose drop ends its last such fill: CouchDB serves each range of a clustered read from the
+//     first copy that answers, and an unfilled copy answers first. A member is fenced only while every
+//     range it holds keeps a serving copy elsewhere (live, unfenced, staying, not filling, not being
+//     dropped); a move whose target other fences keep unsafe waits for their fills to end, one whose
+//     target can never be fenced goes ahead unfenced. See fence.go.
 //
 // Concurrency: up to Input.MaxMoves copies are filled at once in the cluster (a range with a copy to
 // drop counts as one move in flight per copy to drop; a new copy planned now counts too), and a

@@ -186,7 +186,7 @@ func (v *view) planDrops(p *planner) string {
 					after.RemoveCopy(rng, node)
 				}
 				if len(v.removable(db, after, rng)) == 0 {
-					p.release(m, rng, drop)
+					p.release(db, m, rng, drop)
 				}
 			}
 		}

@@ -62,7 +62,9 @@ func (v *view) planHeal(p *planner) {
 			if p.budget() <= 0 || !p.canFill(src) {
 				return
 			}
-			target, blocked := v.target(p, s.db, holders, false)
+			// A move keeps the range's live copies meanwhile (a drain's); a heal restores one.
+			move := len(v.liveCopies(m, s.rng)) >= v.want(s.db)
+			target, blocked := v.target(p, RangeRef{s.db, s.rng}, holders, false, move)
 			if target == "" {
 				if !blocked {
 					p.wait(fmt.Sprintf("no live member can take a copy of %s/%s", s.db, s.rng))
@@ -80,7 +82,8 @@ func (v *view) planHeal(p *planner) {
 // zone the range lacks (required with needZone), then one a target-replicas drain keeps (not one it
 // drains later), then the fewest copies of db, the fewest bytes, the fewest copies, the lowest name.
 // blocked reports that members could take it but are at their fill limit.
-func (v *view) target(p *planner, db string, holders []string, needZone bool) (string, bool) {
+func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move bool) (string, bool) {
+	db := rr.DB
 	has := map[string]bool{}
 	for _, h := range holders {
 		if v.isStaying[h] {
@@ -98,7 +101,7 @@ func (v *view) target(p *planner, db string, holders []string, needZone bool) (s
 		if needZone && !lacking {
 			continue
 		}
-		if !p.canFill(n) {
+		if !p.canFill(n) || !p.mayFill(rr, n, move) {
 			blocked = true
 			continue
 		}

@@ -33,6 +33,8 @@ func (v *view) findInFlight() {
 			}
 			if n := newestCopy(m, rng); v.isStaying[n] {
 				v.fills[n]++
+				v.filling[RangeRef{db, rng}] = n
+				v.filledBefore[n] = true
 			}
 		}
 	}
@@ -46,12 +48,25 @@ type planner struct {
 	syncs   []string
 	synced  map[string]bool
 	waiting string
+	// added and removed are the copies this plan adds and drops, per range; fences its fill fences
+	// (built on first use, fenceState).
+	added, removed map[RangeRef][]string
+	fences         *fences
 }
 
-func newPlanner(v *view) *planner { return &planner{v: v, synced: map[string]bool{}} }
+func newPlanner(v *view) *planner {
+	return &planner{v: v, synced: map[string]bool{}, added: map[RangeRef][]string{}, removed: map[RangeRef][]string{}}
+}
 
 func (p *planner) edit(a Action) {
 	p.edits = append(p.edits, a)
+	rr := RangeRef{a.DB, a.Range}
+	switch a.Kind {
+	case AddCopy:
+		p.added[rr] = append(p.added[rr], a.Node)
+	case RemoveCopy:
+		p.removed[rr] = append(p.removed[rr], a.Node)
+	}
 }
 
 func (p *planner) sync(db string) {
@@ -84,9 +99,17 @@ func (p *planner) canFill(node string) bool { return node == "" || p.v.fills[nod
 // range short of copies). It updates the projected counts so later choices in this plan see it.
 func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 	v := p.v
+	rr := RangeRef{db, rng}
+	if src != "" {
+		// A heal (no copy to drop) is no move in flight once added, so nothing would tell when
+		// its fill ends: it goes unfenced.
+		p.fenceFor(rr, target)
+	} else {
+		p.fenceState().onNode[target] = append(p.fenceState().onNode[target], rr)
+	}
 	p.edit(Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m)})
 	p.sync(db)
-	rr := RangeRef{db, rng}
+	v.filling[rr] = target
 	size := v.in.RangeBytes[rr]
 	v.busy[rr] = true
 	v.inFlight++
@@ -109,7 +132,7 @@ func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 // are applied before any add that follows them, so the moves in flight never exceed the bounds, and
 // a finished move no longer waits a sync to make room. The range stays busy: it gets no second move
 // in this plan. It undoes exactly what findInFlight counted for the range.
-func (p *planner) release(m couch.ShardMap, rng string, drop []string) {
+func (p *planner) release(db string, m couch.ShardMap, rng string, drop []string) {
 	v := p.v
 	v.inFlight -= len(drop)
 	for _, node := range drop {
@@ -120,6 +143,7 @@ func (p *planner) release(m couch.ShardMap, rng string, drop []string) {
 	if n := newestCopy(m, rng); v.isStaying[n] {
 		v.fills[n]--
 	}
+	delete(v.filling, RangeRef{db, rng})
 }
 
 // actions returns the edits, then the SyncShards.

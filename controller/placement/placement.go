@@ -85,8 +85,11 @@ const (
 	// ClearMaintenance takes a node that is no longer being drained (the target was raised or removed)
 	// back into service.
 	ClearMaintenance Kind = "ClearMaintenance"
-	RemoveNode       Kind = "RemoveNode"
-	ScaleDown        Kind = "ScaleDown"
+	// FenceTarget puts a member in maintenance mode while a new copy of a range fills on it, so
+	// clients read the range from its complete copies (rule 10); ClearMaintenance ends it.
+	FenceTarget Kind = "FenceTarget"
+	RemoveNode  Kind = "RemoveNode"
+	ScaleDown   Kind = "ScaleDown"
 	// SetDecom marks a leaving node's _nodes doc "decom": true so new databases get no copy on it;
 	// ClearDecom takes the mark off a node that stays after all.
 	SetDecom   Kind = "SetDecom"
@@ -114,7 +117,7 @@ func (a Action) String() string {
 		return fmt.Sprintf("CreateDB(%s n=%d)", a.DB, a.N)
 	case SyncShards:
 		return fmt.Sprintf("SyncShards(%s)", a.DB)
-	case SetMaintenance, ClearMaintenance, RemoveNode, SetDecom, ClearDecom:
+	case SetMaintenance, ClearMaintenance, FenceTarget, RemoveNode, SetDecom, ClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
 	case SetZone, SetPlacement:
 		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Value)
@@ -168,7 +171,8 @@ func Plan(in Input) Result {
 	r.Actions = append(r.Actions, fix...)
 	r.Actions = append(r.Actions, zoneSteps...)
 	for _, m := range in.Members {
-		if m.Maintenance && m.Name != v.drain && m.Live {
+		// A member filling a copy keeps its fill fence until fenceSteps decides.
+		if m.Maintenance && m.Name != v.drain && m.Live && !v.filledBefore[m.Name] {
 			r.Actions = append(r.Actions, Action{Kind: ClearMaintenance, Node: m.Name})
 		}
 	}
@@ -199,11 +203,13 @@ func Plan(in Input) Result {
 		r.Waiting = p.waiting
 	}
 	shardSteps := p.actions()
+	fenceSteps := v.fenceSteps(p)
+	r.Actions = append(r.Actions, fenceSteps...)
 	r.Actions = append(r.Actions, shardSteps...)
 	if len(r.AtRisk) > 0 && r.Waiting == "" {
 		r.Waiting = "some ranges have no live copy; their databases are left as they are"
 	}
-	if len(shardSteps) > 0 || len(r.AtRisk) > 0 {
+	if len(shardSteps) > 0 || len(fenceSteps) > 0 || len(r.AtRisk) > 0 {
 		return r
 	}
 	r.Actions = append(r.Actions, v.leaveSteps(len(r.Actions) > 0)...)

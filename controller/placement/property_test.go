@@ -322,12 +322,12 @@ func TestPlacementProperty(t *testing.T) {
 		return
 	}
 	t.Logf("placement property: %d sequences from seed %d, %d interleaved steps, %s, actions %v, exercised %v", sequences, *propSeed, steps.Load(), time.Since(start).Round(time.Millisecond), kinds, seen)
-	for _, k := range []string{"plans filling several copies", "plans editing several databases", "balance checked", "zones checked", "lagging checkpoints", "drops at a mark"} {
+	for _, k := range []string{"plans filling several copies", "plans editing several databases", "balance checked", "zones checked", "lagging checkpoints", "drops at a mark", "fill fences checked"} {
 		if seen[k] == 0 && sequences >= 100 {
 			t.Errorf("no sequence exercised %s", k)
 		}
 	}
-	for _, k := range []Kind{AddCopy, RemoveCopy, SyncShards, SetMaintenance, ClearMaintenance, RemoveNode, ScaleDown, CreateDB, SetDecom, ClearDecom, SetZone, SetPlacement} {
+	for _, k := range []Kind{AddCopy, RemoveCopy, SyncShards, SetMaintenance, ClearMaintenance, FenceTarget, RemoveNode, ScaleDown, CreateDB, SetDecom, ClearDecom, SetZone, SetPlacement} {
 		if kinds[k] == 0 && sequences >= 100 {
 			t.Errorf("no sequence exercised %s", k)
 		}

@@ -44,6 +44,7 @@ func (c *propCluster) step(crash bool) bool {
 	}
 	if !crash {
 		c.checkInFlight(o.in, res)
+		c.checkFences(res)
 	}
 	return planned
 }
@@ -93,6 +94,36 @@ func (c *propCluster) checkInFlight(before Input, res Result) {
 	}
 }
 
+// checkFences: once a plan is applied, every range held by a member in maintenance mode for a fill
+// (not the drained node) keeps a copy on a live member that serves clients (rule 10).
+func (c *propCluster) checkFences(res Result) {
+	if !slices.ContainsFunc(res.Actions, func(a Action) bool { return a.Kind == FenceTarget }) {
+		return
+	}
+	after, ok := c.observe()
+	if !ok {
+		return
+	}
+	v := newView(after.in)
+	serving := map[string]bool{}
+	for _, m := range after.in.Members {
+		serving[m.Name] = m.Live && !m.Maintenance && !v.leaving[m.Name]
+	}
+	for _, m := range after.in.Members {
+		if !m.Live || !m.Fenced || v.leaving[m.Name] {
+			continue
+		}
+		for db, sm := range after.in.Maps {
+			for _, rng := range sm.ByNode[m.Name] {
+				if !slices.ContainsFunc(sm.ByRange[rng], func(n string) bool { return serving[n] }) {
+					c.fatalf("plan %v fenced %s while %s/%s has no serving copy elsewhere: %v", res.Actions, m.Name, db, rng, sm.ByRange[rng])
+				}
+			}
+		}
+	}
+	c.seen["fill fences checked"]++
+}
+
 // checkLiveRanges: no range that had a live copy before the step's actions has none after them.
 // (Only the controller acts within a step; pods go down between steps.)
 func (c *propCluster) checkLiveRanges(before observation) {
@@ -139,7 +170,7 @@ func (c *propCluster) apply(o observation, a Action) {
 		err = c.editMap(api, o, a)
 	case SyncShards:
 		err = api.SyncShards(c.ctx, a.DB)
-	case SetMaintenance, ClearMaintenance:
+	case SetMaintenance, ClearMaintenance, FenceTarget:
 		v := "true"
 		if a.Kind == ClearMaintenance {
 			v = "false"

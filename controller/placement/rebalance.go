@@ -143,7 +143,7 @@ func (v *view) pickRange(p *planner, db, from, to string, maxSize int64) (move, 
 	m := v.in.Maps[db]
 	best, found := move{}, false
 	for _, rng := range m.ByNode[from] {
-		if v.busy[RangeRef{db, rng}] || m.HasCopy(rng, to) || !v.keepsZones(db, m, rng, from, to) {
+		if v.busy[RangeRef{db, rng}] || m.HasCopy(rng, to) || !v.keepsZones(db, m, rng, from, to) || !p.mayFill(RangeRef{db, rng}, to, true) {
 			continue
 		}
 		size := v.in.RangeBytes[RangeRef{db, rng}]

@@ -134,6 +134,13 @@ func (s *sim) step(t *testing.T) bool {
 			s.applied++
 		case SyncShards:
 			s.synced[a.DB] = true
+		case FenceTarget, ClearMaintenance:
+			for i := range s.in.Members {
+				if s.in.Members[i].Name == a.Node {
+					s.in.Members[i].Maintenance = a.Kind == FenceTarget
+					s.in.Members[i].Fenced = a.Kind == FenceTarget
+				}
+			}
 		default:
 			t.Fatalf("unexpected %s", a)
 		}

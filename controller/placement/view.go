@@ -46,10 +46,14 @@ type view struct {
 	proj      map[string]map[string]int
 	projBytes map[string]int64
 
-	busy               map[RangeRef]bool            // ranges with a move in flight or planned
-	drops              map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
-	inFlight           int                          // copies being filled
-	fills              map[string]int               // moves each node takes part in
+	busy     map[RangeRef]bool            // ranges with a move in flight or planned
+	drops    map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
+	inFlight int                          // copies being filled
+	fills    map[string]int               // moves each node takes part in
+	// filling is, per range with a move in flight or planned, the staying member whose new copy is
+	// being filled (the newest copy), and filledBefore the members that were filling before the plan.
+	filling            map[RangeRef]string
+	filledBefore       map[string]bool
 	maxMoves, maxFills int
 }
 
@@ -57,6 +61,7 @@ func newView(in Input) *view {
 	v := &view{in: in, live: map[string]bool{}, isStaying: map[string]bool{}, leaving: map[string]bool{}, leavesLater: map[string]bool{}, frozen: map[string]bool{},
 		load: map[string]int{}, count: map[string]map[string]int{}, bytes: map[string]int64{},
 		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, fills: map[string]int{},
+		filling: map[RangeRef]string{}, filledBefore: map[string]bool{},
 		drops: map[string]map[string]string{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
 	if v.maxMoves <= 0 {
 		v.maxMoves = 1

@@ -142,7 +142,7 @@ func (v *view) planZoneFix(p *planner) {
 			if p.budget() <= 0 {
 				return
 			}
-			target, _ := v.target(p, db, m.ByRange[rng], true)
+			target, _ := v.target(p, RangeRef{db, rng}, m.ByRange[rng], true, true)
 			if target == "" {
 				continue
 			}

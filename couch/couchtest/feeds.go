@@ -76,6 +76,23 @@ func (nw *Network) bestCopy(coord *Node, m couch.ShardMap, rng string) (*Node, *
 	return bn, bc
 }
 
+// firstCopy is the copy that serves rng of a streamed read (_all_docs, _changes): real CouchDB keeps
+// the first worker per range to answer (fabric_streams), among every copy in the map that is not
+// fenced, and a copy that is still being filled has less to read and answers first. The emulator
+// takes the worst case every time: the answering copy with the fewest documents (ties: the first
+// node by name). So a copy added to a map unfenced, before its fill, shows up as missing documents,
+// as it did on real CouchDB 3.4.3 nodes during moves.
+func (nw *Network) firstCopy(coord *Node, m couch.ShardMap, rng string) *shardCopy {
+	var bn *Node
+	var bc *shardCopy
+	for node, c := range nw.liveCopies(coord, m, rng) {
+		if bc == nil || len(c.docs) < len(bc.docs) || len(c.docs) == len(bc.docs) && node.name < bn.name {
+			bn, bc = node, c
+		}
+	}
+	return bc
+}
+
 // positions is the current clustered sequence of m as coord sees it.
 func (nw *Network) positions(coord *Node, m couch.ShardMap) []seqPos {
 	var out []seqPos
@@ -87,11 +104,11 @@ func (nw *Network) positions(coord *Node, m couch.ShardMap) []seqPos {
 	return out
 }
 
-// winners merges the best copy of every range into one id -> doc view.
+// winners merges the serving copy of every range (firstCopy) into one id -> doc view.
 func (nw *Network) winners(coord *Node, m couch.ShardMap) map[string]*docRec {
 	out := map[string]*docRec{}
 	for _, rng := range m.Ranges() {
-		if _, c := nw.bestCopy(coord, m, rng); c != nil {
+		if c := nw.firstCopy(coord, m, rng); c != nil {
 			for id, d := range c.docs {
 				out[id] = d
 			}

@@ -216,3 +216,46 @@ func TestRecordedFillRateMatchesTheRecording(t *testing.T) {
 	}
 	t.Logf("recorded copy: %d docs, %d bytes to move, %v at RecordedFillRate", d, fill, got)
 }
+
+// A streamed read takes each range from the first copy to answer, and a copy still being filled
+// answers first: _all_docs misses documents through an unfenced new copy, and sees them all once its
+// node is in maintenance mode (as on real CouchDB 3.4.3 nodes during moves).
+func TestAllDocsReadsTheFillingCopyUnlessFenced(t *testing.T) {
+	ctx := context.Background()
+	const docs = 50
+	nw, _, clients := fillCluster(t, 1_000_000)
+	if err := clients[0].CreateDB(ctx, "moving", 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	bulk(t, clients[0], "moving", docs, 10)
+	rows := func() int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, clients[0].BaseURL()+"/moving/_all_docs", nil)
+		req.SetBasicAuth("admin", "s3cret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Rows []json.RawMessage `json:"rows"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatal(err)
+		}
+		return len(out.Rows)
+	}
+	if got := rows(); got != docs {
+		t.Fatalf("before the move: %d rows, want %d", got, docs)
+	}
+	target, _ := addCopy(t, nw, clients[0], "moving") // in the map, not filled (no _sync_shards)
+	if got := rows(); got != 0 {
+		t.Errorf("through the unfenced empty copy: %d rows, want 0", got)
+	}
+	if _, err := clients[0].SetMaintenanceMode(ctx, target.Name(), "true"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rows(); got != docs {
+		t.Errorf("with the filling copy's node fenced: %d rows, want %d", got, docs)
+	}
+}

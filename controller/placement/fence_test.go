@@ -1,0 +1,78 @@
+package placement
+
+import (
+	"maps"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// TestFillFences checks rule 10: a member filling a new copy is fenced (maintenance mode) before the
+// copy enters the map, only while every range it holds keeps a serving copy elsewhere; a move whose
+// target only other fences keep from being fenced waits for them; fences end with their fills.
+func TestFillFences(t *testing.T) {
+	one := 3
+	fenced := func(m Member) Member { m.Maintenance, m.Fenced = true, true; return m }
+	drainOf3 := append(members(0, 1, 2), fenced(Member{Name: name(3), Ordinal: 3, Live: true}))
+	rebalanced := members(0, 1, 2, 3)
+	rebalanced[3] = fenced(rebalanced[3])
+	a := withN(smap("a", map[string][]int{all: {0, 1, 2}}), 3)
+	a.AddCopy(all, name(3)) // the move's new copy, added last
+	inFlight := map[string]couch.ShardMap{"a": a}
+	caughtUp := stats("a", all, 10, 0, 1, 2, 3)
+	lagging := maps.Clone(caughtUp)
+	s := lagging[CopyKey{"a", all, name(3)}]
+	s.Docs = 4
+	lagging[CopyKey{"a", all, name(3)}] = s
+	cases := map[string]struct {
+		in   Input
+		want []string
+	}{
+		"a rebalance fences the new members before their copies enter the map": {
+			in: Input{Replicas: 4, Members: members(0, 1, 2, 3), Rebalance: true, MaxMoves: 8, MaxFillsPerNode: 4,
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2}, r1: {0, 1, 2}})}},
+			want: []string{"FenceTarget(" + name(3) + ")", "AddCopy(a/" + r0 + " on " + name(3) + ")", "SyncShards(a)"},
+		},
+		"a drain fences one target at a time when two would leave a range with no serving copy": {
+			// c's range on 0, 1 and the drained 3: with 0 and 1 both fenced, nobody serves it.
+			in: Input{Replicas: 4, TargetReplicas: &one, Members: drainOf3, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {1, 2, 3}}), "b": smap("b", map[string][]int{all: {0, 2, 3}}), "c": smap("c", map[string][]int{all: {0, 1, 3}})}},
+			want: []string{"FenceTarget(" + name(0) + ")", "AddCopy(a/" + all + " on " + name(0) + ")", "SyncShards(a)"},
+		},
+		"a target no fence can ever make safe fills unfenced (n=2, its other copy on the drained node)": {
+			in: Input{Replicas: 3, TargetReplicas: func() *int { two := 2; return &two }(), MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(2): true},
+				Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, fenced(Member{Name: name(2), Ordinal: 2, Live: true})},
+				Maps:    map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {1, 2}, r1: {0, 2}})}},
+			want: []string{"AddCopy(a/" + r0 + " on " + name(0) + ")", "AddCopy(a/" + r1 + " on " + name(1) + ")", "SyncShards(a)"},
+		},
+		"a fill still short keeps its fence": {
+			in:   Input{Replicas: 4, Members: rebalanced, Rebalance: true, MaxMoves: 1, Maps: inFlight, Stats: lagging},
+			want: []string{"SyncShards(a)"},
+		},
+		"the fence ends before the move's drop": {
+			in:   Input{Replicas: 4, Members: rebalanced, Rebalance: true, MaxMoves: 1, Maps: inFlight, Stats: caughtUp},
+			want: []string{"ClearMaintenance(" + name(3) + ")", "RemoveCopy(a/" + all + " on " + name(2) + ")"},
+		},
+		"a fence left over with no fill is cleared": {
+			in:   Input{Replicas: 4, Members: rebalanced, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 3}})}},
+			want: []string{"ClearMaintenance(" + name(3) + ")"},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			res := Plan(tc.in)
+			var got []string
+			for _, a := range res.Actions {
+				got = append(got, a.String())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("actions (-want +got):\n%s\nwaiting %q", diff, res.Waiting)
+			}
+			if err := checkSafety(tc.in, res); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
