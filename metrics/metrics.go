@@ -38,6 +38,7 @@ type Recorder struct {
 	couchRequests *prometheus.CounterVec
 	couchDuration *prometheus.HistogramVec
 	kubeRequests  *prometheus.CounterVec
+	kubeThrottle  prometheus.Histogram
 	leader        prometheus.Gauge
 	workqueue     *workqueueMetrics
 
@@ -88,6 +89,9 @@ func New(reg prometheus.Registerer) *Recorder {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 3, 11)}, []string{"method"}),
 		kubeRequests: f.NewCounterVec(prometheus.CounterOpts(opts("kube_api_requests_total",
 			"Requests to the Kubernetes API by method and status code.")), []string{"method", "code"}),
+		kubeThrottle: f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem,
+			Name: "kube_api_throttle_seconds", Help: "Time Kubernetes API requests waited for the controller's own rate limiter (--kube-api-qps, --kube-api-burst).",
+			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		leader:        f.NewGauge(prometheus.GaugeOpts(opts("leader", "1 while this replica holds the leader lease."))),
 		podsByCluster: map[clusterKey]map[string]string{},
 		phases:        map[clusterKey]string{},

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 func TestRegistryLints(t *testing.T) {
@@ -40,6 +44,7 @@ func exercise(r *Recorder) {
 	r.Action("AddNode", "success")
 	r.SetLeader(true)
 	r.kubeRequests.WithLabelValues("GET", "200").Inc()
+	r.KubeThrottled(time.Millisecond)
 	p := r.WorkqueueProvider()
 	p.NewDepthMetric("couchdb").Inc()
 	p.NewAddsMetric("couchdb").Inc()
@@ -151,5 +156,39 @@ func TestRoundTripperCountsMethodAndCode(t *testing.T) {
 	resp.Body.Close()
 	if got := testutil.ToFloat64(r.couchRequests.WithLabelValues("put", "409")); got != 1 {
 		t.Errorf("couchdb_requests_total{method=put,code=409} = %v, want 1", got)
+	}
+}
+
+// TestKubeThrottleCountsTheClientRateLimiter: requests made faster than --kube-api-qps allows show
+// their wait in kube_api_throttle_seconds, so a throttled controller is visible.
+func TestKubeThrottleCountsTheClientRateLimiter(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r := New(reg)
+	r.RegisterClientGoMetrics()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"x"}}`)
+	}))
+	defer srv.Close()
+	kube, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL, QPS: 20, Burst: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const requests = 5
+	for range requests {
+		if _, err := kube.CoreV1().Namespaces().Get(context.Background(), "x", metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var m dto.Metric
+	if err := r.kubeThrottle.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	// Burst 1 at 20/s: the four requests after the first wait about 50 ms each.
+	if got := m.GetHistogram().GetSampleCount(); got != requests {
+		t.Errorf("throttle observations = %d, want %d (one per request)", got, requests)
+	}
+	if sum := m.GetHistogram().GetSampleSum(); sum < 0.15 || sum > 2 {
+		t.Errorf("throttle sum = %.3fs, want about 0.2s for 4 requests over a burst of 1 at 20/s", sum)
 	}
 }

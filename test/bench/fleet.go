@@ -23,6 +23,8 @@ import (
 const (
 	formationMetric = "couchdb_controller_cluster_formation_duration_seconds"
 	joinMetric      = "couchdb_controller_node_join_duration_seconds"
+	throttleMetric  = "couchdb_controller_kube_api_throttle_seconds"
+	apiMetric       = "couchdb_controller_kube_api_requests_total"
 )
 
 // single forms 3-node clusters one after another, each only once the previous one is finished, and
@@ -151,18 +153,26 @@ func (w *world) fleetStages(ctx context.Context, o options) (*FleetResult, error
 		first = n
 		fmt.Fprintf(os.Stderr, "bench: %d clusters measured\n", n)
 	}
-	joins0 := histogramOf(c.get("/metrics"), joinMetric)
+	m0 := c.get("/metrics")
+	joins0, throttle0 := histogramOf(m0, joinMetric), histogramOf(m0, throttleMetric)
 	cpu0 := cpuSeconds(c.pid())
 	var burst *Burst
+	profDone := make(chan string, 1)
+	go func() { profDone <- c.pprofOwn("burst-cpu", "/debug/pprof/profile?seconds=30") }()
 	r.HarnessBurstProfile, err = selfProfile(w.runDir, "burst", func() (err error) {
 		burst, err = w.burst(ctx, "bench-", first)
 		return err
 	})
+	r.BurstProfile = <-profDone
 	if err != nil {
 		return nil, err
 	}
 	burst.ControllerCPU = cpuSeconds(c.pid()) - cpu0
-	burst.Metric = histogramOf(c.get("/metrics"), joinMetric).minus(joins0)
+	m1 := c.get("/metrics")
+	burst.Metric = histogramOf(m1, joinMetric).minus(joins0)
+	burst.APIRequests = metricSum(m1, apiMetric, "") - metricSum(m0, apiMetric, "")
+	thr := histogramOf(m1, throttleMetric).minus(throttle0)
+	burst.Throttled, burst.ThrottledMax = thr.Sum, thr.maxBucket()
 	r.Burst = burst
 	r.Heap = c.pprofTop("heap", "/debug/pprof/heap")
 	return r, nil
@@ -254,8 +264,7 @@ func (w *world) stage(ctx context.Context, c *ctrl, first, n int, steady time.Du
 	time.Sleep(steady)
 	st.CPUSteady = (cpuSeconds(c.pid()) - cpu1) / steady.Seconds()
 	resyncs := steady.Seconds() / defaultResync.Seconds()
-	st.APIPerSync = (metricSum(c.get("/metrics"), "couchdb_controller_kube_api_requests_total", "") -
-		metricSum(m0, "couchdb_controller_kube_api_requests_total", "")) / resyncs
+	st.APIPerSync = (metricSum(c.get("/metrics"), apiMetric, "") - metricSum(m0, apiMetric, "")) / resyncs
 	gets, nodes := 0, 0
 	for _, node := range w.backend.Nodes() {
 		if !node.Running() {
@@ -273,6 +282,10 @@ func (w *world) stage(ctx context.Context, c *ctrl, first, n int, steady time.Du
 	}
 	st.GetsPerNode = float64(gets) / float64(max(nodes, 1)) / resyncs
 	st.PeakRSS, st.RSS = procStatusMiB(c.pid(), "VmHWM:"), procStatusMiB(c.pid(), "VmRSS:")
+	if profile {
+		// After the window, so that profiling does not count in the steady CPU.
+		r.SteadyProfile = c.pprofOwn("steady-cpu", "/debug/pprof/profile?seconds=60")
+	}
 	return st, nil
 }
 

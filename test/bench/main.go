@@ -380,6 +380,17 @@ func (c *ctrl) pprofTop(name, path string) string {
 	return pprofSummary(c.bin, file, 12)
 }
 
+// pprofOwn fetches a CPU profile and summarises it by cumulative time, keeping only the controller's
+// own functions: where its code spends, which a flat top of syscalls and the runtime does not say.
+func (c *ctrl) pprofOwn(name, path string) string {
+	file := filepath.Join(c.runDir, c.name+"-"+name+".pprof")
+	body := c.get(path)
+	if body == "" || os.WriteFile(file, []byte(body), 0o644) != nil {
+		return "(no profile)"
+	}
+	return pprofSummary(c.bin, file, 25, "-cum", "-show=couchdb-controller|net/http|retryablehttp|client-go|encoding/json|prometheus")
+}
+
 // selfProfile profiles this process (the harness: emulated nodes, kubelet, proxy, observers) while
 // f runs, and summarises it. The harness shares the cores with the controller; its profile says
 // where the cores went when the controller is not the bottleneck.
@@ -402,8 +413,9 @@ func selfProfile(runDir, name string, f func() error) (string, error) {
 	return pprofSummary(exe, file, 15), ferr
 }
 
-func pprofSummary(bin, file string, nodes int) string {
-	out, err := exec.Command("go", "tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", nodes), bin, file).CombinedOutput()
+func pprofSummary(bin, file string, nodes int, extra ...string) string {
+	args := append([]string{"tool", "pprof", "-top", fmt.Sprintf("-nodecount=%d", nodes)}, extra...)
+	out, err := exec.Command("go", append(args, bin, file)...).CombinedOutput()
 	if err != nil {
 		return fmt.Sprintf("(pprof: %v)", err)
 	}

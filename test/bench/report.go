@@ -100,6 +100,8 @@ type FleetResult struct {
 	FormProfile         string  `json:"formProfile"`
 	HarnessFormProfile  string  `json:"harnessFormProfile"`
 	HarnessBurstProfile string  `json:"harnessBurstProfile"`
+	BurstProfile        string  `json:"burstProfile,omitempty"`  // controller, the burst's first 30 s, its own code by cumulative time
+	SteadyProfile       string  `json:"steadyProfile,omitempty"` // controller, 60 s of the largest stage's steady window, likewise
 	Heap                string  `json:"heap"`
 }
 
@@ -127,6 +129,9 @@ type Burst struct {
 	Joins         []float64 `json:"joins"`
 	ControllerCPU float64   `json:"controllerCpu"`
 	Metric        histogram `json:"metric"`
+	APIRequests   float64   `json:"apiRequests,omitempty"` // Kubernetes API requests the controller made over the burst
+	Throttled     float64   `json:"throttled,omitempty"`   // s its requests waited for its own rate limiter, summed
+	ThrottledMax  float64   `json:"throttledMax,omitempty"`
 }
 
 type PollerResult struct {
@@ -304,6 +309,10 @@ func renderJoins(b *strings.Builder, r results) {
 	if r.Fleet != nil && r.Fleet.Burst != nil {
 		bu := r.Fleet.Burst
 		fmt.Fprintf(b, "\nThe burst: every scale patch sent in %.1f s, the last node joined %.1f s after the first patch; the controller used %.1f s of CPU\nmeanwhile; its own `node_join_duration_seconds` over the burst: %s.\n", bu.Patched, bu.AllJoined, bu.ControllerCPU, bu.Metric.summary())
+		if bu.APIRequests > 0 {
+			fmt.Fprintf(b, "Its Kubernetes API requests over the burst: %.0f (%.1f per join), which waited %.1f s in all for its own rate limiter (`kube_api_throttle_seconds`; the longest wait fell in the <= %s s bucket).\n",
+				bu.APIRequests, bu.APIRequests/float64(max(bu.Clusters, 1)), bu.Throttled, fmtBucket(bu.ThrottledMax))
+		}
 	}
 	if r.Poller != nil {
 		fmt.Fprintf(b, "\nThe poller: %s\n", r.Poller.Meta)
@@ -432,8 +441,22 @@ func renderProfiles(b *strings.Builder, r results) {
 		fmt.Fprintf(b, "Controller CPU, 30 s while %d clusters formed:\n\n```\n%s\n```\n\n", last, f.FormProfile)
 		fmt.Fprintf(b, "The bench process itself (emulated nodes, kubelet, proxy, observers; `runtime/pprof`) while %d clusters formed:\n\n```\n%s\n```\n\n", last, f.HarnessFormProfile)
 		fmt.Fprintf(b, "The bench process during the join burst:\n\n```\n%s\n```\n\n", f.HarnessBurstProfile)
+		if f.BurstProfile != "" {
+			fmt.Fprintf(b, "Controller CPU, the first 30 s of the join burst, its own code and the libraries it calls by cumulative time:\n\n```\n%s\n```\n\n", f.BurstProfile)
+		}
+		if f.SteadyProfile != "" {
+			fmt.Fprintf(b, "Controller CPU, 60 s of the steady state at %d clusters, likewise:\n\n```\n%s\n```\n\n", last, f.SteadyProfile)
+		}
 		fmt.Fprintf(b, "Controller heap in use at the end:\n\n```\n%s\n```\n", f.Heap)
 	}
+}
+
+// fmtBucket prints a histogram bucket's upper bound.
+func fmtBucket(le float64) string {
+	if math.IsInf(le, 1) || le > 1e300 {
+		return "+Inf"
+	}
+	return strconv.FormatFloat(le, 'g', -1, 64)
 }
 
 func quantile(v []float64, q float64) float64 {
@@ -489,6 +512,14 @@ func (h histogram) minus(o histogram) histogram {
 		out.Counts = append(out.Counts, c)
 	}
 	return out
+}
+
+// maxBucket is the upper bound of the bucket the largest observation fell in (0 when none).
+func (h histogram) maxBucket() float64 {
+	if h.Count == 0 {
+		return 0
+	}
+	return h.le(1)
 }
 
 // le is the upper bound of the bucket quantile q falls in (NaN when nothing was observed).
