@@ -73,7 +73,10 @@
 //     first copy that answers, and an unfilled copy answers first. A member is fenced only while every
 //     range it holds keeps a serving copy elsewhere (live, unfenced, staying, not filling, not being
 //     dropped); a move whose target other fences keep unsafe waits for their fills to end, one whose
-//     target can never be fenced goes ahead unfenced. See fence.go.
+//     target can never be fenced goes ahead unfenced. A drain's move waits so for the member it would
+//     go to rather than take another that could be fenced alongside, and moves onto a member fenced
+//     already go first: a fence kept busy with moves that could go elsewhere keeps the other members
+//     from being fenced together once the ranges that keep them apart have moved. See fence.go.
 //
 // Concurrency: up to Input.MaxMoves copies are filled at once in the cluster (a range with a copy to
 // drop counts as one move in flight per copy to drop; a new copy planned now counts too), and a

@@ -118,6 +118,13 @@ func (p *planner) mayFill(rr RangeRef, target string, move bool) bool {
 	return len(f.set) == 0 || !p.safeToFence(target, rr, map[string]bool{})
 }
 
+// fencedForFill says whether node is fenced for a fill: in this plan already, or since an earlier
+// plan whose fill it was taking (its fence lasts if it takes another fill now).
+func (p *planner) fencedForFill(node string) bool {
+	v := p.v
+	return p.fenceState().set[node] || v.fenced(node) && v.filledBefore[node] && v.fenceable(node)
+}
+
 // fenceFor records a new copy of rr on target and fences target when that is safe.
 func (p *planner) fenceFor(rr RangeRef, target string) {
 	f := p.fenceState()

@@ -50,32 +50,65 @@ func (v *view) planHeal(p *planner) {
 		}
 		return todo[i].size > todo[j].size
 	})
-	for _, s := range todo {
-		m := v.in.Maps[s.db]
-		// The copy this heal will let go: the drained node's, which takes part in the fill.
-		src := ""
-		if v.drain != "" && !v.drainDown && m.HasCopy(s.rng, v.drain) {
-			src = v.drain
-		}
-		holders := slices.Clone(m.ByRange[s.rng])
-		for k := v.want(s.db) - len(v.stayingCopies(m, s.rng)); k > 0; k-- {
-			if p.budget() <= 0 || !p.canFill(src) {
+	// Two passes: the heals and the moves whose target is already fenced for a fill, then the rest.
+	// Moves keep going to a fenced member while it has any to take, so its fence is not lifted for
+	// another member's: only once the ranges that could go to it are done can two members be
+	// fenced at once (rule 10 lets a member be fenced only while every range it holds keeps a
+	// serving copy elsewhere, and in a drain most ranges share two members with the drained node).
+	done := make([]bool, len(todo))
+	for pass := range 2 {
+		for i, s := range todo {
+			if done[i] {
+				continue
+			}
+			more, skipped := v.healRange(p, s.db, s.rng, pass == 0)
+			if !more {
 				return
 			}
-			// A move keeps the range's live copies meanwhile (a drain's); a heal restores one.
-			move := len(v.liveCopies(m, s.rng)) >= v.want(s.db)
-			target, blocked := v.target(p, RangeRef{s.db, s.rng}, holders, false, move)
-			if target == "" {
-				if !blocked {
-					p.wait(fmt.Sprintf("no live member can take a copy of %s/%s", s.db, s.rng))
-				}
-				break
-			}
-			p.add(m, s.db, s.rng, target, src)
-			src = "" // one fill slot of the drained node per range
-			holders = append(holders, target)
+			done[i] = !skipped
 		}
 	}
+}
+
+// healRange adds the copies one range lacks, within the budget; with warmOnly, a move (a range that
+// keeps its live copies meanwhile) only onto a member fenced for a fill already. more is false once
+// the budget is spent; skipped says warmOnly left the range for later, untouched.
+func (v *view) healRange(p *planner, db, rng string, warmOnly bool) (more, skipped bool) {
+	m := v.in.Maps[db]
+	// The copy this heal will let go: the drained node's, which takes part in the fill.
+	src := ""
+	if v.drain != "" && !v.drainDown && m.HasCopy(rng, v.drain) {
+		src = v.drain
+	}
+	holders := slices.Clone(m.ByRange[rng])
+	for k := v.want(db) - len(v.stayingCopies(m, rng)); k > 0; k-- {
+		if p.budget() <= 0 || !p.canFill(src) {
+			return false, false
+		}
+		// A move keeps the range's live copies meanwhile (a drain's); a heal restores one.
+		move := len(v.liveCopies(m, rng)) >= v.want(db)
+		target, fenceWait, blocked := v.pick(p, RangeRef{db, rng}, holders, false, move)
+		if src != "" && move && fenceWait != "" {
+			// A drain move waits for the member it would go to rather than extend another member's
+			// fence: a fence kept busy with moves that could go elsewhere keeps every other member
+			// from being fenced (and filled) alongside it. It waits only for fills in flight.
+			p.wait(fmt.Sprintf("a copy of %s/%s waits for the fills on other members to end before %s can be fenced for it", db, rng, fenceWait))
+			return true, warmOnly && len(holders) == len(m.ByRange[rng])
+		}
+		if target == "" {
+			if !blocked {
+				p.wait(fmt.Sprintf("no live member can take a copy of %s/%s", db, rng))
+			}
+			break
+		}
+		if warmOnly && move && !p.fencedForFill(target) {
+			return true, len(holders) == len(m.ByRange[rng])
+		}
+		p.add(m, db, rng, target, src)
+		src = "" // one fill slot of the drained node per range
+		holders = append(holders, target)
+	}
+	return true, false
 }
 
 // target picks the live staying member to take a new copy of a range of db held by holders: one in a
@@ -83,6 +116,14 @@ func (v *view) planHeal(p *planner) {
 // drains later), then the fewest copies of db, the fewest bytes, the fewest copies, the lowest name.
 // blocked reports that members could take it but are at their fill limit.
 func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move bool) (string, bool) {
+	best, _, blocked := v.pick(p, rr, holders, needZone, move)
+	return best, blocked
+}
+
+// pick is target, and also the member target would pick but for the fill fences of other members
+// (fenceWait: it has a free fill slot, but mayFill says to wait for their fills to end), "" when
+// that is the member picked.
+func (v *view) pick(p *planner, rr RangeRef, holders []string, needZone, move bool) (best, fenceWait string, blocked bool) {
 	db := rr.DB
 	has := map[string]bool{}
 	for _, h := range holders {
@@ -90,8 +131,7 @@ func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move 
 			has[v.in.Zones[h]] = true
 		}
 	}
-	best, blocked := "", false
-	var bestKey [5]int64
+	var bestKey, waitKey [5]int64
 	for _, n := range v.liveStaying() {
 		if slices.Contains(holders, n) {
 			continue
@@ -99,10 +139,6 @@ func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move 
 		z := v.in.Zones[n]
 		lacking := v.zonesOn && z != "" && !has[z]
 		if needZone && !lacking {
-			continue
-		}
-		if !p.canFill(n) || !p.mayFill(rr, n, move) {
-			blocked = true
 			continue
 		}
 		newZone := int64(1)
@@ -114,9 +150,19 @@ func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move 
 			later = 1
 		}
 		key := [5]int64{newZone, later, int64(v.proj[db][n]), v.projBytes[n], int64(v.load[n])}
+		if !p.canFill(n) || !p.mayFill(rr, n, move) {
+			blocked = true
+			if p.canFill(n) && (fenceWait == "" || slices.Compare(key[:], waitKey[:]) < 0) {
+				fenceWait, waitKey = n, key
+			}
+			continue
+		}
 		if best == "" || slices.Compare(key[:], bestKey[:]) < 0 {
 			best, bestKey = n, key
 		}
 	}
-	return best, best == "" && blocked
+	if best != "" && fenceWait != "" && slices.Compare(bestKey[:], waitKey[:]) < 0 {
+		fenceWait = ""
+	}
+	return best, fenceWait, best == "" && blocked
 }
