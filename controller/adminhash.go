@@ -185,6 +185,16 @@ type configCheck struct {
 	drift   map[string]bool // item label -> drifting, from the last read
 	details []DriftStatus
 	differ  []Problem // other [admins] entries that differ
+	// nodes is each member's config as last read (by pod), for a read the key change concerns only
+	// in part: a join changes the member list, not what the other members hold.
+	nodes map[string]nodeConfigEntry
+}
+
+type nodeConfigEntry struct {
+	identity, node string // the pod's process and CouchDB node when read
+	user           string // whose [admins] hash AdminHash is
+	at             time.Time
+	obs            *NodeConfigObs
 }
 
 // configKey changes whenever some member may hold a different config than at the last read (or
@@ -230,17 +240,29 @@ func (c *Controller) observeConfig(ctx context.Context, st *clusterState, sts *a
 	if st.config.key == key && c.cfg.Now().Sub(st.config.at) < shardsMaxAge {
 		return
 	}
+	now := c.cfg.Now()
+	// The periodic re-read (nothing changed) reads every member: that is how a change made behind
+	// the controller's back is seen. A changed key reads only the members whose pod or node changed,
+	// or whose entry is old or was written to since (noteDayTwo drops those): a join then reads the
+	// new member alone, not every member's four sections again.
+	reuse := st.config.key != key
 	sets := c.podSets(ctx, sts)
 	obs := &ConfigObs{User: st.creds.Username, SyncAdminHash: syncHash, PodSets: sets, Nodes: map[int]*NodeConfigObs{}}
 	// Every member at once: this read happens on each join's path (the new member's config is
 	// copied right after), and one round trip per node and section in turn is 16 for a 4-node cluster.
 	ords := configMembers(*o, coord)
 	nodes := make([]*NodeConfigObs, len(ords))
+	fresh := make([]bool, len(ords))
 	_ = inParallel(len(ords), func(i int) error {
 		ord := ords[i]
-		n := &NodeConfigObs{Pod: o.Nodes[ord].Pod, Node: o.Nodes[ord].Name}
-		nodes[i] = n
-		api, err := c.client(st, scheme, ca, o.Pods[ord])
+		pod, name := o.Pods[ord], o.Nodes[ord].Name
+		if e, ok := st.config.nodes[pod.Name]; reuse && ok && e.identity == pod.Identity && e.node == name && e.user == obs.User && now.Sub(e.at) < shardsMaxAge {
+			nodes[i] = e.obs
+			return nil
+		}
+		n := &NodeConfigObs{Pod: o.Nodes[ord].Pod, Node: name}
+		nodes[i], fresh[i] = n, true
+		api, err := c.client(st, scheme, ca, pod)
 		if err == nil {
 			err = readNodeConfig(ctx, api, obs.User, n)
 		}
@@ -249,9 +271,18 @@ func (c *Controller) observeConfig(ctx context.Context, st *clusterState, sts *a
 		}
 		return nil
 	})
+	entries := map[string]nodeConfigEntry{}
 	for i, ord := range ords {
 		obs.Nodes[ord] = nodes[i]
+		pod := o.Pods[ord]
+		switch e, ok := st.config.nodes[pod.Name]; {
+		case fresh[i] && nodes[i].Err == "":
+			entries[pod.Name] = nodeConfigEntry{identity: pod.Identity, node: nodes[i].Node, user: obs.User, at: now, obs: nodes[i]}
+		case !fresh[i] && ok:
+			entries[pod.Name] = e
+		}
 	}
+	st.config.nodes = entries
 	o.Config = obs
 	st.configPending = key
 }

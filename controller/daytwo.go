@@ -105,6 +105,10 @@ func (c *Controller) noteDayTwo(st *clusterState, sts *appsv1.StatefulSet, o Obs
 			}
 		} else {
 			st.config.key = ""
+			// What was written is read again; the members nothing was written to are not.
+			for _, a := range p.Config.Actions {
+				delete(st.config.nodes, a.Pod)
+			}
 		}
 	}
 	if !st.config.read {

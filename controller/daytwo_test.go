@@ -322,7 +322,7 @@ func TestDayTwoOtherAdminsReportedNotChanged(t *testing.T) {
 		f.putConfig(i, "admins", "ops", "ops-password-8812")
 		hs = append(hs, f.getConfig(i, "admins", "ops"))
 	}
-	f.restartContainer("db-2") // what makes the controller read the config again
+	f.forceConfigRead() // set behind the controller's back: seen at the periodic re-read
 	f.resetCalls()
 	f.syncUntilQuiet(2)
 	for i := 0; i < 3; i++ {
@@ -636,5 +636,55 @@ func TestIniSets(t *testing.T) {
 		if got := iniSets(body, "couchdb", "uuid"); got != want {
 			t.Errorf("iniSets(%q) = %t, want %t", body, got, want)
 		}
+	}
+}
+
+// forceConfigRead makes the next sync read every member's config (as shardsMaxAge passing would).
+func (f *fixture) forceConfigRead() {
+	st := f.c.state(key)
+	f.c.mu.Lock()
+	st.config.at = time.Time{}
+	f.c.mu.Unlock()
+}
+
+// TestConfigReadOnlyWhereItChanged: a join reads the new member's config, not every member's again;
+// a restarted pod is read alone; the periodic re-read reads every member.
+func TestConfigReadOnlyWhereItChanged(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	configReads := func() map[string]int {
+		out := map[string]int{}
+		for _, c := range f.couchCalls() {
+			if s := c.String(); strings.Contains(s, "GET /_node/_local/_config/") {
+				out[strings.Fields(s)[0]]++
+			}
+		}
+		return out
+	}
+	sts := statefulSet(4, nil)
+	sts.ResourceVersion = "2"
+	f.cache(sts)
+	f.addNode(3, testPass)
+	f.cache(pod(3, true))
+	f.resetCalls()
+	f.syncUntilQuiet(3)
+	if got := f.node(0).ClusterNodes(); len(got) != 4 {
+		t.Fatalf("_nodes %v after the join", got)
+	}
+	// The new member is read, written to (uuid, secret) and read again; the others not at all.
+	if got := configReads(); got["10.0.0.1"]+got["10.0.0.2"]+got["10.0.0.3"] != 0 || got["10.0.0.4"] == 0 {
+		t.Errorf("config reads by node during the join: %v, want only 10.0.0.4's", got)
+	}
+	f.restartContainer("db-1")
+	f.resetCalls()
+	f.syncUntilQuiet(2)
+	if got := configReads(); got["10.0.0.1"]+got["10.0.0.3"]+got["10.0.0.4"] != 0 || got["10.0.0.2"] == 0 {
+		t.Errorf("config reads by node after db-1 restarted: %v, want only 10.0.0.2's", got)
+	}
+	f.forceConfigRead()
+	f.resetCalls()
+	f.syncUntilQuiet(1)
+	if got := configReads(); len(got) != 4 {
+		t.Errorf("config reads by node at the periodic re-read: %v, want all four", got)
 	}
 }
