@@ -661,12 +661,7 @@ func TestConfigReadOnlyWhereItChanged(t *testing.T) {
 		}
 		return out
 	}
-	sts := statefulSet(4, nil)
-	sts.ResourceVersion = "2"
-	f.cache(sts)
-	f.addNode(3, testPass)
-	f.cache(pod(3, true))
-	f.resetCalls()
+	f.scaleUpToFour()
 	f.syncUntilQuiet(3)
 	if got := f.node(0).ClusterNodes(); len(got) != 4 {
 		t.Fatalf("_nodes %v after the join", got)

@@ -21,12 +21,7 @@ import (
 func TestSyncJoinAsksEachThingOnce(t *testing.T) {
 	f := newFixture(t)
 	f.formed3()
-	sts := statefulSet(4, nil)
-	sts.ResourceVersion = "2"
-	f.cache(sts)
-	f.addNode(3, testPass)
-	f.cache(pod(3, true))
-	f.resetCalls()
+	f.scaleUpToFour()
 	f.syncUntilQuiet(1)
 	var got []string
 	for _, c := range f.couchCalls() {
@@ -161,4 +156,15 @@ func (a orderedAPI) Welcome(ctx context.Context) (couch.Welcome, error) {
 		a.beforeWelcome()
 	}
 	return a.CouchAPI.Welcome(ctx)
+}
+
+// scaleUpToFour scales a formed 3-node cluster to 4 with the new pod ready, and forgets the calls
+// made so far.
+func (f *fixture) scaleUpToFour() {
+	sts := statefulSet(4, nil)
+	sts.ResourceVersion = "2"
+	f.cache(sts)
+	f.addNode(3, testPass)
+	f.cache(pod(3, true))
+	f.resetCalls()
 }

@@ -49,22 +49,10 @@ func drainPace(t *testing.T, seed int64, dbs, q, members, keep, maxMoves, perNod
 			break
 		}
 		for _, a := range res.Actions {
+			if s.apply(t, a) {
+				continue
+			}
 			switch a.Kind {
-			case AddCopy, RemoveCopy:
-				m := s.in.Maps[a.DB].Clone()
-				if _, err := Edit(&m, a); err != nil {
-					t.Fatal(err)
-				}
-				s.in.Maps[a.DB] = m
-				if a.Kind == AddCopy {
-					s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
-				}
-			case SyncShards:
-				s.synced[a.DB] = true
-			case FenceTarget, ClearMaintenance, SetMaintenance:
-				i := slices.IndexFunc(s.in.Members, func(m Member) bool { return m.Name == a.Node })
-				on := a.Kind != ClearMaintenance
-				s.in.Members[i].Maintenance, s.in.Members[i].Fenced = on, on
 			case SetDecom:
 				s.in.Decom[a.Node] = true
 			case RemoveNode:

@@ -121,31 +121,39 @@ func (s *sim) step(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	for _, a := range res.Actions {
-		switch a.Kind {
-		case AddCopy, RemoveCopy:
-			m := s.in.Maps[a.DB].Clone()
-			if _, err := Edit(&m, a); err != nil {
-				t.Fatal(err)
-			}
-			s.in.Maps[a.DB] = m
-			if a.Kind == AddCopy {
-				s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
-			}
-			s.applied++
-		case SyncShards:
-			s.synced[a.DB] = true
-		case FenceTarget, ClearMaintenance:
-			for i := range s.in.Members {
-				if s.in.Members[i].Name == a.Node {
-					s.in.Members[i].Maintenance = a.Kind == FenceTarget
-					s.in.Members[i].Fenced = a.Kind == FenceTarget
-				}
-			}
-		default:
+		if !s.apply(t, a) {
 			t.Fatalf("unexpected %s", a)
 		}
 	}
 	return len(res.Actions) > 0
+}
+
+// apply applies one shard step (map edits, syncs, fences) and reports whether it was one.
+func (s *sim) apply(t *testing.T, a Action) bool {
+	switch a.Kind {
+	case AddCopy, RemoveCopy:
+		m := s.in.Maps[a.DB].Clone()
+		if _, err := Edit(&m, a); err != nil {
+			t.Fatal(err)
+		}
+		s.in.Maps[a.DB] = m
+		if a.Kind == AddCopy {
+			s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
+		}
+		s.applied++
+	case SyncShards:
+		s.synced[a.DB] = true
+	case FenceTarget, ClearMaintenance, SetMaintenance:
+		for i := range s.in.Members {
+			if s.in.Members[i].Name == a.Node {
+				on := a.Kind != ClearMaintenance
+				s.in.Members[i].Maintenance, s.in.Members[i].Fenced = on, on
+			}
+		}
+	default:
+		return false
+	}
+	return true
 }
 
 // TestRebalanceFixpoint applies plans to simulated clusters (2-7 members, zones off or equal zones,
@@ -292,19 +300,7 @@ func TestRebalanceScaleUpSpreadsTheUserData(t *testing.T) {
 				t.Fatalf("max moves %d: no fixpoint", maxMoves)
 			}
 			for _, a := range res.Actions {
-				switch a.Kind {
-				case AddCopy, RemoveCopy:
-					m := s.in.Maps[a.DB].Clone()
-					if _, err := Edit(&m, a); err != nil {
-						t.Fatal(err)
-					}
-					s.in.Maps[a.DB] = m
-					if a.Kind == AddCopy {
-						s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
-					}
-				case SyncShards:
-					s.synced[a.DB] = true
-				}
+				s.apply(t, a)
 			}
 		}
 		acc := s.in.Maps["acc1"]
