@@ -523,7 +523,24 @@ func copySeq(v any) int64 {
 	return -1
 }
 
+// setupMaxAge bounds how long a CouchDB process's cluster_finished answer stands for it. Once a
+// cluster is finished, its coordinator's answer only changes when a system database is deleted
+// (finish_cluster then creates it again) or the process is replaced (a new identity asks again), so a
+// steady-state sync asks only the nodes' _membership: one request per node per resync, not one more.
+// A deleted _users or _replicator is noticed within setupMaxAge.
+const setupMaxAge = shardsMaxAge
+
+// askSetup asks a node for its setup state, unless the same process said cluster_finished less than
+// setupMaxAge ago.
 func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed, n *NodeObs) {
+	identity, now := o.Pods[n.Ordinal].Identity, c.cfg.Now()
+	c.mu.Lock()
+	seen := st.finishedSeen
+	c.mu.Unlock()
+	if seen.identity == identity && now.Sub(seen.at) < setupMaxAge {
+		n.Setup = couch.StateClusterFinished
+		return
+	}
 	api, err := c.client(st, scheme, ca, o.Pods[n.Ordinal])
 	if err == nil {
 		n.Setup, err = api.SetupState(ctx)
@@ -532,6 +549,14 @@ func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme stri
 		n.Setup = ""
 		n.Reached = false
 		n.fail(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case n.Setup == couch.StateClusterFinished:
+		st.finishedSeen = setupSeen{identity: identity, at: now}
+	case st.finishedSeen.identity == identity:
+		st.finishedSeen = setupSeen{}
 	}
 }
 

@@ -10,14 +10,15 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // TestSyncJoinAsksEachThingOnce: the sync that joins a new node asks each node for its membership
-// once, the new CouchDB process who it is once, and the coordinator's setup state once, then writes
-// the one _nodes document.
+// once and the new CouchDB process who it is once, then writes the one _nodes document. The
+// coordinator's setup state is not asked: the same process said cluster_finished a sync ago.
 func TestSyncJoinAsksEachThingOnce(t *testing.T) {
 	f := newFixture(t)
 	f.formed3()
@@ -29,7 +30,6 @@ func TestSyncJoinAsksEachThingOnce(t *testing.T) {
 	}
 	sort.Strings(got)
 	want := []string{
-		"10.0.0.1 GET /_cluster_setup",
 		"10.0.0.1 GET /_membership",
 		"10.0.0.1 PUT /_node/_local/_nodes/couchdb@db-3.db.ns.svc.cluster.local",
 		"10.0.0.2 GET /_membership",
@@ -70,9 +70,9 @@ func TestSyncNewProcessWrongCredentialsOneLogin(t *testing.T) {
 	}
 }
 
-// TestSyncJoinAsksInParallel: the coordinator's setup state is asked while the other nodes are, and
-// a new process's questions go out together: each wrapped call below waits for one that a serial
-// sync would only send after it.
+// TestSyncJoinAsksInParallel: the coordinator's setup state, when it is asked (here by a controller
+// that has just started), is asked while the other nodes are, and a new process's questions go out
+// together: each wrapped call below waits for one that a serial sync would only send after it.
 func TestSyncJoinAsksInParallel(t *testing.T) {
 	f := newFixture(t)
 	f.formed3()
@@ -104,8 +104,7 @@ func TestSyncJoinAsksInParallel(t *testing.T) {
 			beforeWelcome: func() { waitFor(nameAsked, "the new node's name was asked only after its welcome") },
 		}
 	}
-	f.newController()
-	f.syncUntilQuiet(1) // fresh clients: wrapped
+	f.newController() // fresh clients (wrapped), and nothing known of the setup state
 	armed.Store(true)
 	sts := statefulSet(4, nil)
 	sts.ResourceVersion = "2"
@@ -167,4 +166,52 @@ func (f *fixture) scaleUpToFour() {
 	f.addNode(3, testPass)
 	f.cache(pod(3, true))
 	f.resetCalls()
+}
+
+// TestSteadySyncAsksSetupOnlyWhenItMayHaveChanged: once the coordinator said cluster_finished, a
+// steady-state sync asks each node its _membership and nothing else, until the answer is
+// setupMaxAge old or another CouchDB process coordinates (here: pod 0's container restarted).
+func TestSteadySyncAsksSetupOnlyWhenItMayHaveChanged(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	now := time.Now()
+	f.c.cfg.Now = func() time.Time { return now }
+	setupAsks := func() (setup, other int) {
+		for _, c := range f.couchCalls() {
+			switch {
+			case c.Path == "/_cluster_setup":
+				setup++
+			case c.Method != http.MethodGet || c.Path != "/_membership":
+				other++
+			}
+		}
+		f.resetCalls()
+		return setup, other
+	}
+	for _, step := range []struct {
+		name       string
+		change     func()
+		setupAsked int
+	}{
+		{"steady", func() {}, 0},
+		{"a minute on", func() { now = now.Add(time.Minute) }, 0},
+		{"setupMaxAge on", func() { now = now.Add(setupMaxAge) }, 1},
+		{"steady again", func() {}, 0},
+		{"pod 0 restarted", func() {
+			f.updatePod("db-0", func(p *corev1.Pod) {
+				p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "couchdb", RestartCount: 1, Ready: true}}
+			})
+		}, 1},
+	} {
+		f.resetCalls()
+		step.change()
+		f.syncUntilQuiet(1)
+		setup, other := setupAsks()
+		if setup != step.setupAsked {
+			t.Errorf("%s: GET /_cluster_setup asked %d times, want %d", step.name, setup, step.setupAsked)
+		}
+		if step.name == "steady" && other != 0 {
+			t.Errorf("%s: %d requests other than GET /_membership", step.name, other)
+		}
+	}
 }

@@ -95,6 +95,9 @@ type clusterState struct {
 	// clears the maintenance mode it finds on them (placement fences them again if still filling).
 	fillFenced map[string]bool
 
+	// finishedSeen is the last process that answered cluster_finished, and when (askSetup).
+	finishedSeen setupSeen
+
 	// marks are the drain marks of the copies placement is to drop (marks.go).
 	marks map[placement.CopyKey]placement.Mark
 	// unsynced are the databases whose added copies wait for a successful _sync_shards (unsynced.go);
@@ -103,6 +106,12 @@ type clusterState struct {
 	unsyncedSeeded bool
 	// fills schedules the looks at new copies while they fill (fillclock.go).
 	fills fillClock
+}
+
+// setupSeen is a CouchDB process (its pod's identityKey) and when it said cluster_finished.
+type setupSeen struct {
+	identity string
+	at       time.Time
 }
 
 func newClusterState() *clusterState {
