@@ -165,6 +165,60 @@ func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
 	}
 }
 
+// expected is how long the clock expects a watched copy's fill to take, from its map edit; false
+// before a fill has been seen to end, or when neither its documents nor a typical fill are known.
+func (fc *fillClock) expected(t *fillTrack) (time.Duration, bool) {
+	docs := float64(t.docs)
+	if docs <= 0 {
+		docs = fc.typical
+	}
+	if fc.rate <= 0 || docs <= 0 {
+		return 0, false
+	}
+	return time.Duration(docs / fc.rate * float64(time.Second)), true
+}
+
+// dueShare is how close to its expected end a copy's fill must be for a look to read its range: the
+// counts of a range read before that would only show the copy short.
+const dueShare = 10
+
+// notDue lists the ranges whose counts a look at now may leave unread: a copy of the range the clock
+// watches is expected to fill for longer than a tenth of its fill (and has not been seen short past
+// its end). Placement waits for a range whose counts it lacks, as for one still catching up, so this
+// only saves reads: during concurrent moves most of a look's ranges are mid-fill, and reading every
+// copy of each (n+1 of them) made most of a look's requests and of its time.
+func (fc *fillClock) notDue(now time.Time) map[placement.RangeRef]bool {
+	var out map[placement.RangeRef]bool
+	for k, t := range fc.copies {
+		expect, ok := fc.expected(t)
+		if !ok || t.late || now.Before(t.start) {
+			continue
+		}
+		if t.start.Add(expect - expect/dueShare).After(now) {
+			if out == nil {
+				out = map[placement.RangeRef]bool{}
+			}
+			out[placement.RangeRef{DB: k.DB, Range: k.Range}] = true
+		}
+	}
+	return out
+}
+
+// due keeps the copies of keys whose ranges a look at now must read (notDue).
+func (fc *fillClock) due(keys []placement.CopyKey, now time.Time) []placement.CopyKey {
+	skip := fc.notDue(now)
+	if len(skip) == 0 {
+		return keys
+	}
+	out := keys[:0:0]
+	for _, k := range keys {
+		if !skip[placement.RangeRef{DB: k.DB, Range: k.Range}] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // next is how long to wait before looking at the copies in flight again, and whether the clock
 // knows: it does not before a fill has been seen to end, nor when no copy it watches is short.
 func (fc *fillClock) next(now time.Time) (time.Duration, bool) {
@@ -174,14 +228,10 @@ func (fc *fillClock) next(now time.Time) (time.Duration, bool) {
 	var wait time.Duration
 	known := false
 	for _, t := range fc.copies {
-		docs := float64(t.docs)
-		if docs <= 0 {
-			docs = fc.typical
-		}
-		if docs <= 0 {
+		expect, ok := fc.expected(t)
+		if !ok {
 			continue
 		}
-		expect := time.Duration(docs / fc.rate * float64(time.Second))
 		w := t.start.Add(expect).Sub(now) - fc.lead
 		switch {
 		case t.late:

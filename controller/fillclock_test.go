@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -160,6 +161,58 @@ func TestPushedRecently(t *testing.T) {
 		}
 		if got := fc.pushedRecently("db1", t0.Add(tc.after)); got != tc.want {
 			t.Errorf("%v after the push (edit %v): left out %v, want %v", tc.after, tc.edit, got, tc.want)
+		}
+	}
+}
+
+// A look reads the counts of a range only once the clock expects its new copy to be (nearly)
+// filled: the copies of a range mid-fill are left unread, the other ranges' copies are all read.
+func TestFillClockLeavesRangesMidFillUnread(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	other := placement.CopyKey{DB: "db2", Range: "00000000-7fffffff", Node: nodeName(1)}
+	keys := []placement.CopyKey{
+		{DB: newCopy.DB, Range: newCopy.Range, Node: nodeName(0)},
+		newCopy,
+		other,
+	}
+	for _, tc := range []struct {
+		name     string
+		rate     float64
+		late     bool
+		at       time.Duration // after the add
+		wantRead int
+	}{
+		{name: "no pace known: every copy read", rate: 0, at: 10 * time.Millisecond, wantRead: 3},
+		{name: "mid-fill: its range left unread", rate: 1000, at: 50 * time.Millisecond, wantRead: 1},
+		{name: "within a tenth of its end: read", rate: 1000, at: 91 * time.Millisecond, wantRead: 3},
+		{name: "past its end: read", rate: 1000, at: 150 * time.Millisecond, wantRead: 3},
+		{name: "seen short past its end before: read at every look", rate: 1000, late: true, at: 50 * time.Millisecond, wantRead: 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := &fillClock{rate: tc.rate}
+			fc.added(newCopy, t0, 100) // 100 documents: 100 ms at 1000/s
+			fc.copies[newCopy].late = tc.late
+			got := fc.due(slices.Clone(keys), t0.Add(tc.at))
+			if len(got) != tc.wantRead {
+				t.Fatalf("read %v, want %d of %v", got, tc.wantRead, keys)
+			}
+			if !slices.Contains(got, other) {
+				t.Errorf("the range with no copy filling was left unread: %v", got)
+			}
+		})
+	}
+}
+
+// Before the pace is known the looks come at a quarter of the wait so far, from 25 ms up to a second.
+func TestFillRequeue(t *testing.T) {
+	for _, tc := range []struct{ waiting, want time.Duration }{
+		{0, 25 * time.Millisecond},
+		{80 * time.Millisecond, 25 * time.Millisecond},
+		{400 * time.Millisecond, 100 * time.Millisecond},
+		{time.Minute, time.Second},
+	} {
+		if got := fillRequeue(tc.waiting); got != tc.want {
+			t.Errorf("fillRequeue(%v) = %v, want %v", tc.waiting, got, tc.want)
 		}
 	}
 }

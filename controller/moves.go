@@ -262,12 +262,19 @@ func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1
 	return nil
 }
 
-// fillRequeue schedules the next look at moves in flight from how long they have been filling: soon
-// while a copy is fresh (a small copy fills in about 0.1 s), less often as it takes longer, never
-// later than a second.
+// fillRequeue schedules the next look at moves in flight while the fill clock does not know their
+// pace (before the first fill was seen to end), from how long they have been filling: a quarter of
+// that, so the look that sees the first fill end comes at most about a quarter late and the pace
+// the clock learns from it is at most that slow; never sooner than firstFillStep (a small copy fills
+// in about 0.1 s), never later than a second. With a 200 ms floor the bench's first fills (about 0.15 s)
+// were seen after 0.37 s: the clock started at less than half the pace, and its probes (fillProbe)
+// took six rounds of every slot to find it.
 func fillRequeue(waiting time.Duration) time.Duration {
-	return min(max(waiting/4, 200*time.Millisecond), time.Second)
+	return min(max(waiting/4, firstFillStep), time.Second)
 }
+
+// firstFillStep is the shortest wait between looks while no pace is known.
+const firstFillStep = 25 * time.Millisecond
 
 func countKind(actions []Action, kind ActionKind) int {
 	n := 0

@@ -451,11 +451,14 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	in := placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)
 	c.askSizes(ctx, st, api, in, obs)
 	in.RangeBytes = obs.RangeBytes
-	need := placement.StatsNeeded(in)
+	// Ranges whose new copies the fill clock expects to be filling still are left unread (notDue):
+	// placement waits for them as for any copy catching up.
+	now := c.cfg.Now()
+	need := st.fills.due(placement.StatsNeeded(in), now)
 	// The checkpoints of the copies placement may drop are read alongside the counts: which copies
 	// those are does not depend on the counts, so the list is made again once they are in, and any
 	// copy it adds is read then.
-	early := placement.SourcesNeeded(in)
+	early := st.fills.due(placement.SourcesNeeded(in), now)
 	infos, read := make([]couch.DBInfo, len(need)), make([]bool, len(need))
 	cps := map[placement.CopyKey][]couch.SyncCheckpoint{}
 	var cpsMu sync.Mutex
@@ -472,7 +475,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		})
 	}
 	wg.Go(func() { readCheckpoints(early) })
-	obs.StatsAt = c.cfg.Now()
+	obs.StatsAt = now
 	_ = inParallelN(len(need), maxShardReads, func(i int) error {
 		info, err := api.ShardCopyInfo(ctx, need[i].Node, obs.Maps[need[i].DB].ShardName(need[i].Range))
 		infos[i], read[i] = info, err == nil // unknown counts: placement waits for this copy
