@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -257,5 +258,27 @@ func TestAllDocsReadsTheFillingCopyUnlessFenced(t *testing.T) {
 	}
 	if got := rows(); got != docs {
 		t.Errorf("with the filling copy's node fenced: %d rows, want %d", got, docs)
+	}
+}
+
+// ShardMaps reads every named map at once, as ShardMap reads each: the same maps and revisions, and
+// none for a database that does not exist.
+func TestShardMapsReadsEachMapOnce(t *testing.T) {
+	_, nodes, clients := fillCluster(t, 0)
+	ctx := context.Background()
+	for _, db := range []string{"db1", "db2"} {
+		if err := clients[0].CreateDB(ctx, db, 2, 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := nodes[1].ShardMaps([]string{"db1", "db2", "nodb"})
+	if len(got) != 2 {
+		t.Fatalf("ShardMaps: %d maps, want db1 and db2: %v", len(got), got)
+	}
+	for _, db := range []string{"db1", "db2"} {
+		one, ok := nodes[1].ShardMap(db)
+		if !ok || !reflect.DeepEqual(got[db], one) || got[db].Rev == "" {
+			t.Errorf("%s: ShardMaps gave %+v, ShardMap %+v (%v)", db, got[db], one, ok)
+		}
 	}
 }

@@ -227,6 +227,23 @@ func (n *Node) ShardMap(db string) (couch.ShardMap, bool) {
 	return m, true
 }
 
+// ShardMaps is the shard map of each of dbs the node's _dbs holds, read under one lock: a test
+// that polls every map while the network serves requests holds the network's lock once, not once
+// per database.
+func (n *Node) ShardMaps(dbs []string) map[string]couch.ShardMap {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	out := make(map[string]couch.ShardMap, len(dbs))
+	for _, db := range dbs {
+		if d, ok := n.dbsDB[db]; ok && !d.Deleted {
+			m := d.Map.Clone()
+			m.Rev = d.Rev
+			out[db] = m
+		}
+	}
+	return out
+}
+
 // CopyDocCount reports the documents of the node's local copy of shard.
 func (n *Node) CopyDocCount(shard string) (docs, deleted int64, ok bool) {
 	n.net.mu.Lock()

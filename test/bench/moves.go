@@ -296,11 +296,31 @@ func (cl *moveCluster) shardMap(db string) (couch.ShardMap, bool) {
 	return n.ShardMap(db)
 }
 
-// maps is every database's shard map as pod 0 holds it. On real nodes it is one GET per database,
-// made 8 at a time, and a read less than mapsMaxAge old is reused: the end-state checks poll it.
+// maps is every database's shard map as pod 0 holds it, and a read less than mapsMaxAge old is
+// reused: the end-state checks poll it (the check and the change detector each read it). On real
+// nodes it is one GET per database, made 8 at a time; on emulated ones one read under the network's
+// lock, which the emulated nodes' request handling takes too: a lock taken per database, twice per
+// poll, made the emulator a bottleneck of the moves it measured (the harness's mutex profile: half
+// of all waiting for the network's lock was behind this poll).
 func (cl *moveCluster) maps() (map[string]couch.ShardMap, bool) {
-	if cl.w.real != nil && cl.mapsRead != nil && time.Since(cl.mapsAt) < mapsMaxAge {
+	maxAge := mapsMaxAge
+	if cl.w.real == nil {
+		maxAge = 5 * cl.w.pollEvery()
+	}
+	if cl.mapsRead != nil && time.Since(cl.mapsAt) < maxAge {
 		return cl.mapsRead, true
+	}
+	if cl.w.real == nil {
+		n := cl.w.backend.Node(cl.ns, "db-0")
+		if n == nil {
+			return nil, false
+		}
+		out := n.ShardMaps(cl.dbs)
+		if len(out) != len(cl.dbs) {
+			return nil, false
+		}
+		cl.mapsRead, cl.mapsAt = out, time.Now()
+		return out, true
 	}
 	got := make([]couch.ShardMap, len(cl.dbs))
 	oks := make([]bool, len(cl.dbs))
@@ -446,6 +466,7 @@ func (cl *moveCluster) copyBytes(maps map[string]couch.ShardMap) map[[2]string]f
 // done, and measures the moves between.
 func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, patch string, started func() bool, done func() (bool, string)) (MovePhase, error) {
 	p := MovePhase{Name: name}
+	cl.mapsRead = nil // a fresh read, not one the loading left
 	before, ok := cl.maps()
 	if !ok {
 		return p, fmt.Errorf("%s: could not read the maps before", name)
@@ -509,6 +530,7 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 	}
 	p.Paths = cl.requestKinds()
 
+	cl.mapsRead = nil
 	after, ok := cl.maps()
 	if !ok {
 		return p, fmt.Errorf("%s: could not read the maps after", name)
