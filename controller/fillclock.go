@@ -35,6 +35,9 @@ type fillClock struct {
 	lead time.Duration
 	// pushes is when each database's last _sync_shards succeeded, since its last map edit.
 	pushes map[string]time.Time
+	// longest is the longest a fill seen to end took (from its map edit to the look that saw it
+	// done): no range is left unread longer than that after its edit (notDue), whatever the pace says.
+	longest time.Duration
 }
 
 // repushAfter is how long a database whose new copies are filling goes without another
@@ -84,6 +87,11 @@ const (
 	minFillStep = 2 * time.Millisecond
 	// maxFillStep is the longest: a long fill is still looked at every second, for its progress.
 	maxFillStep = time.Second
+	// minPaceDocs is the fewest documents a fill must move to teach the clock the pace. A copy of a
+	// range with a document or two (_users, _replicator) takes as long as the push takes to start:
+	// on real CouchDB 3.4 nodes that read as about one document per second, and a pace that slow made
+	// every larger copy look minutes from done.
+	minPaceDocs = 10
 )
 
 // added starts watching a copy a map edit just added, with the documents its range held then.
@@ -146,6 +154,10 @@ func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
 			fc.typical = float64(t.docs)
 		}
 		fc.typical = 0.8*fc.typical + 0.2*float64(t.docs)
+		fc.longest = max(fc.longest, now.Sub(t.start))
+		if t.docs < minPaceDocs {
+			continue // its time is the push's own latency, not a pace
+		}
 		r := float64(t.docs) / elapsed
 		lower = max(lower, r)
 		if t.late {
@@ -187,6 +199,11 @@ const dueShare = 10
 // its end). Placement waits for a range whose counts it lacks, as for one still catching up, so this
 // only saves reads: during concurrent moves most of a look's ranges are mid-fill, and reading every
 // copy of each (n+1 of them) made most of a look's requests and of its time.
+//
+// A pace that is wrong must not hold a move back: the expected fill counts for at most the longest
+// fill seen and at most maxFillStep, after which the range is read at every look, as a copy the
+// clock does not watch is. (A pace learned from a one-document fill on real nodes once left a range
+// unread for minutes, and the move waited that long for counts it never asked for.)
 func (fc *fillClock) notDue(now time.Time) map[placement.RangeRef]bool {
 	var out map[placement.RangeRef]bool
 	for k, t := range fc.copies {
@@ -194,7 +211,8 @@ func (fc *fillClock) notDue(now time.Time) map[placement.RangeRef]bool {
 		if !ok || t.late || now.Before(t.start) {
 			continue
 		}
-		if t.start.Add(expect - expect/dueShare).After(now) {
+		hold := min(expect, fc.longest, maxFillStep)
+		if t.start.Add(hold - hold/dueShare).After(now) {
 			if out == nil {
 				out = map[placement.RangeRef]bool{}
 			}

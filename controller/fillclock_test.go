@@ -178,19 +178,27 @@ func TestFillClockLeavesRangesMidFillUnread(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		rate     float64
+		docs     int64
+		longest  time.Duration // the longest fill seen
 		late     bool
 		at       time.Duration // after the add
 		wantRead int
 	}{
-		{name: "no pace known: every copy read", rate: 0, at: 10 * time.Millisecond, wantRead: 3},
-		{name: "mid-fill: its range left unread", rate: 1000, at: 50 * time.Millisecond, wantRead: 1},
-		{name: "within a tenth of its end: read", rate: 1000, at: 91 * time.Millisecond, wantRead: 3},
-		{name: "past its end: read", rate: 1000, at: 150 * time.Millisecond, wantRead: 3},
-		{name: "seen short past its end before: read at every look", rate: 1000, late: true, at: 50 * time.Millisecond, wantRead: 3},
+		{name: "no pace known: every copy read", rate: 0, docs: 100, longest: time.Second, at: 10 * time.Millisecond, wantRead: 3},
+		{name: "mid-fill: its range left unread", rate: 1000, docs: 100, longest: time.Second, at: 50 * time.Millisecond, wantRead: 1},
+		{name: "within a tenth of its end: read", rate: 1000, docs: 100, longest: time.Second, at: 91 * time.Millisecond, wantRead: 3},
+		{name: "past its end: read", rate: 1000, docs: 100, longest: time.Second, at: 150 * time.Millisecond, wantRead: 3},
+		{name: "seen short past its end before: read at every look", rate: 1000, docs: 100, longest: time.Second, late: true, at: 50 * time.Millisecond, wantRead: 3},
+		// A pace far too slow (1 document/s: 100 s for this copy) holds the range back no longer
+		// than the longest fill seen, nor than maxFillStep.
+		{name: "pace too slow: unread while within the longest fill seen", rate: 1, docs: 100, longest: 200 * time.Millisecond, at: 150 * time.Millisecond, wantRead: 1},
+		{name: "pace too slow: read once past the longest fill seen", rate: 1, docs: 100, longest: 200 * time.Millisecond, at: 190 * time.Millisecond, wantRead: 3},
+		{name: "pace too slow: read after maxFillStep, however long fills were", rate: 1, docs: 100, longest: time.Minute, at: maxFillStep, wantRead: 3},
+		{name: "a long fill: read at every look after maxFillStep", rate: 10, docs: 10000, longest: time.Hour, at: 2 * maxFillStep, wantRead: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fc := &fillClock{rate: tc.rate}
-			fc.added(newCopy, t0, 100) // 100 documents: 100 ms at 1000/s
+			fc := &fillClock{rate: tc.rate, longest: tc.longest}
+			fc.added(newCopy, t0, tc.docs)
 			fc.copies[newCopy].late = tc.late
 			got := fc.due(slices.Clone(keys), t0.Add(tc.at))
 			if len(got) != tc.wantRead {
@@ -203,7 +211,26 @@ func TestFillClockLeavesRangesMidFillUnread(t *testing.T) {
 	}
 }
 
-// Before the pace is known the looks come at a quarter of the wait so far, from 25 ms up to a second.
+// A copy of a range with a document or two fills in the push's own latency: it must not teach the
+// clock a pace (on real nodes that read as one document per second), but it does bound how long a
+// range is left unread.
+func TestFillClockLearnsNoPaceFromTinyFills(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	fc := &fillClock{}
+	fc.added(newCopy, t0, 1)
+	sh := fillWorld(t0.Add(time.Second), 1, 1)
+	fc.look(t0.Add(time.Second), sh)
+	if fc.rate != 0 {
+		t.Errorf("a one-document fill set the pace to %v documents/s", fc.rate)
+	}
+	if fc.longest != time.Second {
+		t.Errorf("longest fill %v, want 1s", fc.longest)
+	}
+	if len(fc.copies) != 0 {
+		t.Errorf("the filled copy is still watched: %v", fc.copies)
+	}
+}
+
 func TestFillRequeue(t *testing.T) {
 	for _, tc := range []struct{ waiting, want time.Duration }{
 		{0, 25 * time.Millisecond},
