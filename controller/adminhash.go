@@ -3,7 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"slices"
@@ -46,7 +46,9 @@ type configItem struct {
 	Fix  string // what to do about a difference
 }
 
-var configItems = []configItem{
+// configItems is an array so that each member's digests and values are fixed-size arrays, not maps:
+// the controller keeps them for every member of every cluster (4,000 at 1,000 clusters).
+var configItems = [...]configItem{
 	{Label: "couchdb.uuid", Section: "couchdb", Key: "uuid", Copy: true,
 		Fix: "set one [couchdb] uuid for all pods (an ini file every pod mounts) and restart the pods that differ"},
 	{Label: "chttpd_auth.secret", Section: "chttpd_auth", Key: "secret", Env: "COUCHDB_SECRET", Copy: true,
@@ -58,12 +60,19 @@ var configItems = []configItem{
 }
 
 func itemByLabel(label string) (configItem, bool) {
-	for _, it := range configItems {
-		if it.Label == label {
-			return it, true
-		}
+	if i := itemIndex(label); i >= 0 {
+		return configItems[i], true
 	}
 	return configItem{}, false
+}
+
+func itemIndex(label string) int {
+	for i, it := range configItems {
+		if it.Label == label {
+			return i
+		}
+	}
+	return -1
 }
 
 // hidden holds a value read from CouchDB that must never be shown: every fmt verb prints ***.
@@ -75,10 +84,11 @@ func (hidden) Format(f fmt.State, _ rune)     { _, _ = io.WriteString(f, "***") 
 func (s hidden) MarshalText() ([]byte, error) { return []byte("***"), nil }
 
 // digest is how values are compared: a prefix of their SHA-256. It never leaves the controller's
-// memory either (for n and q it would be easy to reverse).
-func digest(v string) string {
+// memory either (for n and q it would be easy to reverse). 0 stands for "unset", so a value whose
+// prefix is 0 reads as 1 (one chance in 2^64 that two values then compare equal).
+func digest(v string) uint64 {
 	sum := sha256.Sum256([]byte(v))
-	return hex.EncodeToString(sum[:8])
+	return max(binary.BigEndian.Uint64(sum[:8]), 1)
 }
 
 // ConfigObs is what the members' runtime config said.
@@ -94,14 +104,29 @@ type ConfigObs struct {
 type NodeConfigObs struct {
 	Pod       string
 	Node      string
-	Err       string            // the config could not be read: nothing is decided for this node
-	AdminHash string            // digest of [admins] User, "" when unset
-	Admins    map[string]string // every [admins] entry: user -> digest
-	Digests   map[string]string // item label -> digest; absent when unset
-	values    map[string]hidden // item label, or "admins" -> the value
+	Err       string                   // the config could not be read: nothing is decided for this node
+	AdminHash uint64                   // digest of [admins] User, 0 when unset
+	Admins    []adminDigest            // every [admins] entry
+	Digests   [len(configItems)]uint64 // by configItems index; 0 when unset
+	values    [len(configItems)]hidden // by configItems index, for the items copied (Copy)
+	adminHash hidden                   // [admins] User, as stored
 }
 
-const adminsValue = "admins"
+// adminDigest is one [admins] entry, by digest.
+type adminDigest struct {
+	User   string
+	Digest uint64
+}
+
+// adminDigestOf is the digest of user's [admins] entry, 0 when n has none.
+func (n *NodeConfigObs) adminDigestOf(user string) uint64 {
+	for _, a := range n.Admins {
+		if a.User == user {
+			return a.Digest
+		}
+	}
+	return 0
+}
 
 // syncAdminHashEnabled reads couchdb.io/sync-admin-hash; a value other than "true"/"false" is a Problem
 // and reads as "false": writing hashes is what a typo must not turn on.
@@ -288,7 +313,6 @@ func (c *Controller) observeConfig(ctx context.Context, st *clusterState, sts *a
 }
 
 func readNodeConfig(ctx context.Context, api CouchAPI, user string, n *NodeConfigObs) error {
-	n.Admins, n.Digests, n.values = map[string]string{}, map[string]string{}, map[string]hidden{}
 	names := []string{"admins", "couchdb", "chttpd_auth", "cluster"}
 	got := make([]map[string]string, len(names))
 	if err := inParallel(len(names), func(i int) error {
@@ -305,17 +329,21 @@ func readNodeConfig(ctx context.Context, api CouchAPI, user string, n *NodeConfi
 	for i, s := range names {
 		sections[s] = got[i]
 	}
-	for u, h := range sections["admins"] {
-		n.Admins[u] = digest(h)
+	admins := sections["admins"]
+	n.Admins = make([]adminDigest, 0, len(admins))
+	for u, h := range admins {
+		n.Admins = append(n.Admins, adminDigest{User: u, Digest: digest(h)})
 		if u == user {
 			n.AdminHash = digest(h)
-			n.values[adminsValue] = hidden(h)
+			n.adminHash = hidden(h)
 		}
 	}
-	for _, it := range configItems {
+	for i, it := range configItems {
 		if v, ok := sections[it.Section][it.Key]; ok {
-			n.Digests[it.Label] = digest(v)
-			n.values[it.Label] = hidden(v)
+			n.Digests[i] = digest(v)
+			if it.Copy {
+				n.values[i] = hidden(v)
+			}
 		}
 	}
 	return nil
@@ -339,17 +367,17 @@ type configPlan struct {
 // majority is the ordinal whose digest most of the readable nodes share (ties: the lowest ordinal).
 // A node that restarted holds a fresh value; taking the majority keeps the value the rest of the
 // cluster (and every cookie issued so far) relies on, instead of spreading the restarted node's.
-func majority(c *ConfigObs, get func(*NodeConfigObs) string) (int, bool) {
-	count := map[string]int{}
+func majority(c *ConfigObs, get func(*NodeConfigObs) uint64) (int, bool) {
+	count := map[uint64]int{}
 	for _, n := range c.Nodes {
-		if n.Err == "" && get(n) != "" {
+		if n.Err == "" && get(n) != 0 {
 			count[get(n)]++
 		}
 	}
 	best, bestN := -1, 0
 	for _, ord := range sortedOrdinals(c.Nodes) {
 		n := c.Nodes[ord]
-		if n.Err != "" || get(n) == "" {
+		if n.Err != "" || get(n) == 0 {
 			continue
 		}
 		if k := count[get(n)]; k > bestN {
@@ -366,7 +394,7 @@ func planConfig(o Observed) configPlan {
 	if c == nil {
 		return cp
 	}
-	copyTo := func(kind ActionKind, label string, get func(*NodeConfigObs) string) {
+	copyTo := func(kind ActionKind, label string, get func(*NodeConfigObs) uint64) {
 		from, ok := majority(c, get)
 		if !ok {
 			return
@@ -379,11 +407,11 @@ func planConfig(o Observed) configPlan {
 		}
 	}
 	if c.SyncAdminHash && c.User != "" {
-		copyTo(ActCopyAdminHash, "", func(n *NodeConfigObs) string { return n.AdminHash })
+		copyTo(ActCopyAdminHash, "", func(n *NodeConfigObs) uint64 { return n.AdminHash })
 	}
-	for _, it := range configItems {
+	for i, it := range configItems {
 		label := it.Label
-		get := func(n *NodeConfigObs) string { return n.Digests[label] }
+		get := func(n *NodeConfigObs) uint64 { return n.Digests[i] }
 		if it.Copy && !c.PodSets[label] {
 			copyTo(ActCopyConfig, label, get)
 			continue
@@ -397,9 +425,9 @@ func planConfig(o Observed) configPlan {
 }
 
 // driftOf groups the readable nodes by value.
-func driftOf(c *ConfigObs, it configItem, get func(*NodeConfigObs) string) (DriftStatus, bool) {
-	groups := map[string][]string{}
-	var order []string
+func driftOf(c *ConfigObs, it configItem, get func(*NodeConfigObs) uint64) (DriftStatus, bool) {
+	groups := map[uint64][]string{}
+	var order []uint64
 	d := DriftStatus{Key: it.Label, Fix: it.Fix}
 	for _, ord := range sortedOrdinals(c.Nodes) {
 		n := c.Nodes[ord]
@@ -407,7 +435,7 @@ func driftOf(c *ConfigObs, it configItem, get func(*NodeConfigObs) string) (Drif
 			continue
 		}
 		v := get(n)
-		if v == "" {
+		if v == 0 {
 			d.Unset = append(d.Unset, n.Pod)
 			continue
 		}
@@ -427,8 +455,8 @@ func driftOf(c *ConfigObs, it configItem, get func(*NodeConfigObs) string) (Drif
 func adminsDiffer(c *ConfigObs) []Problem {
 	users := map[string]bool{}
 	for _, n := range c.Nodes {
-		for u := range n.Admins {
-			users[u] = true
+		for _, a := range n.Admins {
+			users[a.User] = true
 		}
 	}
 	names := make([]string, 0, len(users))
@@ -440,7 +468,7 @@ func adminsDiffer(c *ConfigObs) []Problem {
 	sort.Strings(names)
 	var out []Problem
 	for _, u := range names {
-		d, ok := driftOf(c, configItem{Label: u}, func(n *NodeConfigObs) string { return n.Admins[u] })
+		d, ok := driftOf(c, configItem{Label: u}, func(n *NodeConfigObs) uint64 { return n.adminDigestOf(u) })
 		if !ok {
 			continue
 		}
@@ -488,8 +516,8 @@ func (c *Controller) applyConfigCopy(ctx context.Context, api CouchAPI, st *clus
 	}
 	src, from := o.Config.Nodes[a.From], o.Pods[a.From]
 	if a.Kind == ActCopyAdminHash {
-		h, ok := src.values[adminsValue]
-		if !ok || !strings.HasPrefix(string(h), "-") {
+		h := src.adminHash
+		if h == "" || !strings.HasPrefix(string(h), "-") {
 			// Only a stored hash (-pbkdf2:..., -hashed-...) may be copied: a plaintext value would
 			// make CouchDB hash it again with a new salt, which is what this repairs.
 			return fmt.Errorf("the admin entry read from %s is not a hash", src.Pod)
@@ -502,11 +530,11 @@ func (c *Controller) applyConfigCopy(ctx context.Context, api CouchAPI, st *clus
 		klog.FromContext(ctx).V(2).Info("Copied admin password hash", "pod", a.Pod, "from", from.Name, "user", o.Config.User)
 		return nil
 	}
-	it, ok := itemByLabel(a.Text)
-	v, has := src.values[a.Text]
-	if !ok || !has {
+	i := itemIndex(a.Text)
+	if i < 0 || src.Digests[i] == 0 || !configItems[i].Copy {
 		return fmt.Errorf("no %s read from %s", a.Text, src.Pod)
 	}
+	it, v := configItems[i], src.values[i]
 	if _, err := api.SetConfig(ctx, "_local", it.Section, it.Key, string(v)); err != nil {
 		return fmt.Errorf("copy [%s] %s to %s: %w", it.Section, it.Key, a.Pod, err)
 	}
