@@ -46,19 +46,35 @@ type fillClock struct {
 // every copy of the database push to every other (one request, and the cluster's work, per look).
 const repushAfter = 5 * time.Second
 
+// emptyRepushAfter is how long after a post a watched copy may still read empty before the
+// database is pushed again, repushAfter or not. On real CouchDB 3.4 nodes a post right after the
+// map edit sometimes fills nothing: a source node pushes by its own copy of the map, which the edit
+// reaches by _dbs's internal replication a moment later, and a push that found no target copy
+// ends as done (one that hit the target's file being created, file_exists, is retried by
+// mem3_sync after 5 s). Such a copy stayed at 0 documents until the next post, 5 s later, in 4 of
+// the 71 moves of a 30-database drain, and 16 s of its 32 s went to those waits. Posting again is
+// cheap: mem3_sync drops a push already queued for the same copy.
+const emptyRepushAfter = 500 * time.Millisecond
+
 // pushedRecently says whether a push of db may be left out now: the clock watches a copy of db
-// filling, and a post of db succeeded less than repushAfter ago with no map edit of db since.
+// filling, and a post of db succeeded less than repushAfter ago with no map edit of db since, and
+// no watched copy of db read empty emptyRepushAfter or more after that post.
 func (fc *fillClock) pushedRecently(db string, now time.Time) bool {
 	at, ok := fc.pushes[db]
 	if !ok || now.Sub(at) >= repushAfter {
 		return false
 	}
-	for k := range fc.copies {
-		if k.DB == db {
-			return true
+	watched := false
+	for k, t := range fc.copies {
+		if k.DB != db {
+			continue
 		}
+		if !t.emptyAt.IsZero() && t.emptyAt.Sub(at) >= emptyRepushAfter {
+			return false // the post did not reach it
+		}
+		watched = true
 	}
-	return false
+	return watched
 }
 
 // pushed records a successful _sync_shards of db.
@@ -76,6 +92,9 @@ type fillTrack struct {
 	start time.Time // when the map edit that added it was written (its _sync_shards follows)
 	docs  int64     // documents it must hold: the range's largest other copy when last read
 	late  bool      // a look after its expected end found it short
+	// emptyAt is when the last look read it holding nothing while its range holds documents; zero
+	// once it holds some.
+	emptyAt time.Time
 }
 
 const (
@@ -140,6 +159,10 @@ func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
 			t.docs = want
 		}
 		elapsed := now.Sub(t.start).Seconds()
+		t.emptyAt = time.Time{}
+		if s.Docs+s.Deleted == 0 && t.docs > 0 {
+			t.emptyAt = now
+		}
 		if s.Docs+s.Deleted < t.docs {
 			if fc.rate > 0 && elapsed >= float64(t.docs)/fc.rate {
 				t.late = true

@@ -138,6 +138,32 @@ func TestMapWaves(t *testing.T) {
 
 // A database with a copy filling gets one push per map edit, and another only after repushAfter;
 // one without (a restarted member catching up) gets one at every look.
+// A copy the post did not reach (it reads empty a while after it) gets another post before
+// repushAfter; one that is filling, or was read empty too soon after the post to tell, does not.
+func TestPushedAgainWhenTheCopyStaysEmpty(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name     string
+		readAt   time.Duration // after the post
+		newDocs  int64
+		leaveOut bool
+	}{
+		{name: "empty half a second after the post: pushed again", readAt: emptyRepushAfter, newDocs: 0, leaveOut: false},
+		{name: "empty right after the post: too soon to tell", readAt: 100 * time.Millisecond, newDocs: 0, leaveOut: true},
+		{name: "filling: its push is running", readAt: 2 * time.Second, newDocs: 10, leaveOut: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := &fillClock{rate: 1} // a pace so slow that no look finds the copy late
+			fc.added(newCopy, t0, 100)
+			fc.pushed("db1", t0)
+			fc.look(t0.Add(tc.readAt), fillWorld(t0.Add(tc.readAt), 100, tc.newDocs))
+			if got := fc.pushedRecently("db1", t0.Add(tc.readAt)); got != tc.leaveOut {
+				t.Errorf("left out %v, want %v", got, tc.leaveOut)
+			}
+		})
+	}
+}
+
 func TestPushedRecently(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	fc := &fillClock{}
