@@ -287,25 +287,45 @@ func countKind(actions []Action, kind ActionKind) int {
 }
 
 // fillFence records that node was put in (on) or taken out of maintenance mode for a fill, so that
-// observe keeps asking its pod, which fails its readiness probe meanwhile.
+// observe keeps asking its pod, which fails its readiness probe meanwhile and until the probe's
+// next run after the fence ends.
 func (c *Controller) fillFence(st *clusterState, node string, on bool) {
 	if !on {
 		delete(st.fillFenced, node)
+		if st.unfenced == nil {
+			st.unfenced = map[string]time.Time{}
+		}
+		st.unfenced[node] = c.cfg.Now()
 		return
 	}
 	if st.fillFenced == nil {
 		st.fillFenced = map[string]bool{}
 	}
 	st.fillFenced[node] = true
+	delete(st.unfenced, node)
 }
 
-// fillFencedOrdinals is the ordinals of the pods whose nodes are fenced for fills.
-func fillFencedOrdinals(st *clusterState, statefulSet string) map[int]bool {
-	out := map[int]bool{}
+// unfenceGrace is how long a node taken out of maintenance mode is asked although its pod is not
+// ready: longer than a readiness probe's period (10 s by default) and its timeout.
+const unfenceGrace = time.Minute
+
+// fillFencedOrdinals is the ordinals of the pods whose nodes are fenced for fills (fenced), and of
+// those unfenced less than unfenceGrace ago (unfenced), whose pods may not be ready again yet.
+func fillFencedOrdinals(st *clusterState, statefulSet string, now time.Time) (fenced, unfenced map[int]bool) {
+	fenced, unfenced = map[int]bool{}, map[int]bool{}
 	for n := range st.fillFenced {
 		if ord, ok := nodeOrdinal(n, statefulSet); ok {
-			out[ord] = true
+			fenced[ord] = true
 		}
 	}
-	return out
+	for n, at := range st.unfenced {
+		if now.Sub(at) >= unfenceGrace {
+			delete(st.unfenced, n)
+			continue
+		}
+		if ord, ok := nodeOrdinal(n, statefulSet); ok {
+			unfenced[ord] = true
+		}
+	}
+	return fenced, unfenced
 }

@@ -257,6 +257,20 @@ func inParallelN(n, limit int, fn func(i int) error) error {
 	return nil
 }
 
+// asked says whether observeCouch asks the pod of ord: a ready one, and also one that is not ready
+// because this controller put its node in maintenance mode, which makes its /_up (and so its
+// readiness probe) fail on purpose: the draining node, which still serves the moves; a member
+// fenced for a fill; and one unfenced a moment ago, whose probe has not run since. A member not
+// asked is not live, and its ranges would look short of copies.
+func asked(o Observed, ord int) bool {
+	p := o.Pods[ord]
+	if p == nil || p.IP == "" || p.Terminating {
+		return false
+	}
+	d, draining := drainingOrdinal(o)
+	return p.ContainersReady || draining && d == ord || o.FillFenced[ord] || o.Unfenced[ord]
+}
+
 // observeCouch asks every ready pod's CouchDB who it is and whom it knows, then the coordinator (and,
 // while not formed, every node) for its setup state. The lowest ordinal is asked first and alone: if
 // it rejects the credentials, no other node is tried with them (CouchDB locks accounts).
@@ -267,10 +281,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 		p := o.Pods[ord]
 		n := &NodeObs{Ordinal: ord, Pod: p.Name}
 		o.Nodes[ord] = n
-		// A draining node is asked even when not ready: maintenance mode makes its /_up (and so its
-		// readiness probe) fail on purpose, while it still serves the moves.
-		d, draining := drainingOrdinal(*o)
-		if p.IP != "" && !p.Terminating && (p.ContainersReady || draining && d == ord || o.FillFenced[ord]) {
+		if asked(*o, ord) {
 			ords = append(ords, ord)
 		}
 	}

@@ -23,6 +23,9 @@ type Observed struct {
 	// FillFenced holds the ordinals this controller put in maintenance mode while copies fill on
 	// them (placement rule 10): their /_up fails, so their pods are asked although not ready.
 	FillFenced map[int]bool
+	// Unfenced holds the ordinals whose fill fence ended less than unfenceGrace ago: their pods
+	// turn ready only at their readiness probe's next run, and are asked until then.
+	Unfenced map[int]bool
 
 	// Problems that no retry can fix (bad labels or annotations, credentials): each becomes a
 	// Warning event, and the planner does nothing while any is present.

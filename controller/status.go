@@ -94,6 +94,11 @@ type clusterState struct {
 	// restart forgets them; their pods are then not ready and not asked, and the day-2 check
 	// clears the maintenance mode it finds on them (placement fences them again if still filling).
 	fillFenced map[string]bool
+	// unfenced: the nodes this controller took out of maintenance mode after their fills, and when.
+	// Their pods stay not ready until the readiness probe runs again (periodSeconds, 10 s by
+	// default), and a member not asked is not live: placement would see its ranges short and heal
+	// them, unfenced, onto the other members. So they are asked until unfenceGrace has passed.
+	unfenced map[string]time.Time
 
 	// finishedSeen is the last process that answered cluster_finished, and when (askSetup).
 	finishedSeen setupSeen

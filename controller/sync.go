@@ -83,7 +83,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		}
 	}
 	if len(o.Problems) == 0 && !o.CredentialsRejected {
-		o.FillFenced = fillFencedOrdinals(st, o.StatefulSet)
+		o.FillFenced, o.Unfenced = fillFencedOrdinals(st, o.StatefulSet, c.cfg.Now())
 		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
 		c.observeConfig(ctx, st, sts, scheme, ca, &o)
 		c.observeCatchUp(ctx, st, scheme, ca, &o)
