@@ -154,10 +154,22 @@ func (cl *moveCluster) members() []string {
 }
 
 func (cl *moveCluster) waitMembers(ctx context.Context, n int) error {
-	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
 		url := cl.w.nodeURL(cl.ns, "db-0")
 		return url != "" && len(cl.members()) == n && setupState(ctx, url) == "cluster_finished", nil
 	})
+	if err != nil {
+		// Say why, for the run that cannot be repeated at will: what the controller waits for, and
+		// what each node lists in its own _nodes.
+		var views []string
+		for i := range n {
+			pod := fmt.Sprintf("db-%d", i)
+			views = append(views, fmt.Sprintf("%s lists %d", pod, len(cl.w.clusterNodes(context.Background(), cl.ns, pod))))
+		}
+		return fmt.Errorf("%s: %d members and cluster_finished not reached: %w (nodes: %s; controller status: %+v)",
+			cl.ns, n, err, strings.Join(views, ", "), cl.c.clusters())
+	}
+	return nil
 }
 
 func (cl *moveCluster) do(ctx context.Context, pod, method, path string, body any) (int, []byte, error) {
