@@ -48,7 +48,10 @@ const (
 	ReasonDataAtRisk         = "DataAtRisk"
 	ReasonCouchDBUnreachable = "CouchDBUnreachable"
 	// ReasonNodeNotConnected: a node in _nodes whose Erlang distribution never connected.
-	ReasonNodeNotConnected  = "NodeNotConnected"
+	ReasonNodeNotConnected = "NodeNotConnected"
+	// ReasonSetupStalled: every pod is ready and answers, and setup has waited on the same thing
+	// for a minute.
+	ReasonSetupStalled      = "SetupStalled"
 	ReasonInvalidAnnotation = "InvalidAnnotation"
 	ReasonUnderReplicated   = "UnderReplicated"
 	ReasonConfigDrift       = "ConfigDrift"

@@ -99,6 +99,10 @@ type clusterState struct {
 	// default), and a member not asked is not live: placement would see its ranges short and heal
 	// them, unfenced, onto the other members. So they are asked until unfenceGrace has passed.
 	unfenced map[string]time.Time
+	// setupWait is the wait of the last sync before setup finished, and since when it has not
+	// changed (setupStalled).
+	setupWait      string
+	setupWaitSince time.Time
 
 	// finishedSeen is the last process that answered cluster_finished, and when (askSetup).
 	finishedSeen setupSeen

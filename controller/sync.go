@@ -103,6 +103,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	warnings := append(append([]Problem{}, o.Problems...), plan.Warnings...)
 	warnings = append(warnings, c.unreachable(st, sts, o)...)
 	warnings = append(warnings, c.notConnected(st, sts, o)...)
+	warnings = append(warnings, c.setupStalled(st, sts, o, plan)...)
 	warnings = append(warnings, c.noteDayTwo(st, sts, o, plan, applyErr)...)
 	warnings = append(warnings, setupProblems(applyErr)...)
 	c.warn(ctx, st, sts, warnings)
@@ -279,6 +280,42 @@ func (c *Controller) unreachable(st *clusterState, sts *appsv1.StatefulSet, o Ob
 	return out
 }
 
+// setupStalled warns when setup has waited on the same thing for UnreachableAfter while every pod
+// below spec.replicas is ready and answers: the Kubernetes side is done, and formation waits
+// (retried every second) raise no event of their own. One real-node bench run waited 3 minutes for
+// cluster_finished with nothing in the controller's log at its default verbosity. Waits while pods
+// are still starting are left alone: at 1,000 clusters created at once they last that long by design.
+func (c *Controller) setupStalled(st *clusterState, sts *appsv1.StatefulSet, o Observed, p Plan) []Problem {
+	if p.Formed || p.Wait == "" || len(p.Actions) > 0 || !allPodsAnswer(o) {
+		st.setupWait, st.setupWaitSince = "", time.Time{}
+		return nil
+	}
+	now := c.cfg.Now()
+	if p.Wait != st.setupWait {
+		st.setupWait, st.setupWaitSince = p.Wait, now
+		return nil
+	}
+	d := now.Sub(st.setupWaitSince)
+	if d < c.cfg.UnreachableAfter {
+		return nil
+	}
+	return []Problem{{ReasonSetupStalled, fmt.Sprintf(
+		"StatefulSet %s/%s: every pod is ready and answers, but cluster setup has waited %s on: %s. The controller retries every second; the pods' CouchDB logs say why a node does not see the others (its _nodes, its Erlang connections)",
+		sts.Namespace, sts.Name, d.Round(time.Second), p.Wait)}}
+}
+
+// allPodsAnswer says whether every ordinal below spec.replicas has a ready pod whose CouchDB answered
+// with a valid node name.
+func allPodsAnswer(o Observed) bool {
+	for ord := range o.Replicas {
+		p, n := o.Pods[ord], o.Nodes[ord]
+		if p == nil || !p.ContainersReady || p.Terminating || !n.Valid() {
+			return false
+		}
+	}
+	return o.Replicas > 0
+}
+
 // notConnected turns a node that answers and is listed in the coordinator's _nodes, but has not been
 // connected to it (all_nodes) for UnreachableAfter, into a Warning. Formation and joins only wait
 // for the connection, which a mismatched Erlang cookie, a blocked distribution port or a node name
@@ -355,7 +392,7 @@ func (c *Controller) warn(ctx context.Context, st *clusterState, sts *appsv1.Sta
 		// Messages with durations or backoffs change every sync; key on the reason alone (and, for
 		// credentials, on whether the account is locked: that changes what the user must do).
 		switch p.Reason {
-		case ReasonCouchDBUnreachable, ReasonCouchDBBadResponse:
+		case ReasonCouchDBUnreachable, ReasonCouchDBBadResponse, ReasonSetupStalled:
 			k = sts.Name + "\x00" + p.Reason
 		case ReasonCredentialsInvalid:
 			k = sts.Name + "\x00" + p.Reason + "\x00" + strconv.FormatBool(strings.Contains(p.Message, "locked the admin account"))
