@@ -17,3 +17,17 @@ func metricHasLabel(m prometheus.Metric, name, value string) bool {
 	}
 	return false
 }
+
+// collected returns the per-cluster series of desc.
+func collected(r *Recorder, desc *prometheus.Desc) []prometheus.Metric {
+	ch := make(chan prometheus.Metric, 1000)
+	r.clusters.Collect(ch)
+	close(ch)
+	var out []prometheus.Metric
+	for m := range ch {
+		if m.Desc() == desc {
+			out = append(out, m)
+		}
+	}
+	return out
+}

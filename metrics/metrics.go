@@ -3,7 +3,6 @@
 package metrics
 
 import (
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,13 +24,8 @@ var Phases = []string{"Forming", "Ready", "Scaling", "Degraded", "Paused"}
 type Recorder struct {
 	joinDuration  prometheus.Histogram
 	formDuration  prometheus.Histogram
-	nodeState     *prometheus.GaugeVec
-	clusterNodes  *prometheus.GaugeVec
-	clusterFormed *prometheus.GaugeVec
-	clusterPhase  *prometheus.GaugeVec
-	shardRanges   *prometheus.GaugeVec
+	clusters      *clusterCollector
 	shardMoves    *prometheus.CounterVec
-	configDrift   *prometheus.GaugeVec
 	syncs         *prometheus.CounterVec
 	syncDuration  prometheus.Histogram
 	actions       *prometheus.CounterVec
@@ -41,10 +35,6 @@ type Recorder struct {
 	kubeThrottle  prometheus.Histogram
 	leader        prometheus.Gauge
 	workqueue     *workqueueMetrics
-
-	mu            sync.Mutex                       // guards podsByCluster and phases; workers record concurrently
-	podsByCluster map[clusterKey]map[string]string // pod -> the state its series shows
-	phases        map[clusterKey]string
 }
 
 type clusterKey struct{ namespace, cluster string }
@@ -62,18 +52,7 @@ func New(reg prometheus.Registerer) *Recorder {
 		formDuration: f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem,
 			Name: "cluster_formation_duration_seconds", Help: "Time from the last pod of a new cluster becoming ready to finish_cluster succeeding.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
-		nodeState: f.NewGaugeVec(prometheus.GaugeOpts(opts("node_state",
-			"State of each CouchDB pod: one series per pod, valued 1, labelled with its current state (a change of state replaces the series).")), []string{"namespace", "cluster", "pod", "state"}),
-		clusterNodes: f.NewGaugeVec(prometheus.GaugeOpts(opts("cluster_nodes",
-			"CouchDB nodes per cluster: desired (spec.replicas), member (in _membership), reachable (answering HTTP).")), []string{"namespace", "cluster", "kind"}),
-		clusterFormed: f.NewGaugeVec(prometheus.GaugeOpts(opts("cluster_formed",
-			"1 once the cluster's setup is finished.")), []string{"namespace", "cluster"}),
-		clusterPhase: f.NewGaugeVec(prometheus.GaugeOpts(opts("cluster_phase",
-			"Phase of each cluster: one series per cluster, valued 1, labelled with its current phase (a change of phase replaces the series).")), []string{"namespace", "cluster", "phase"}),
-		shardRanges: f.NewGaugeVec(prometheus.GaugeOpts(opts("shard_ranges",
-			"Shard ranges of all databases by health: healthy, under_replicated (fewer live copies than the database's n), unavailable (no live copy); zone_violation counts, among them, the ranges whose copies cover fewer zones than they could.")), []string{"namespace", "cluster", "state"}),
-		configDrift: f.NewGaugeVec(prometheus.GaugeOpts(opts("config_drift",
-			"1 when the cluster's members disagree about a config key that must be equal on all of them ([couchdb] uuid, [chttpd_auth] secret, [cluster] n and q), else 0.")), []string{"namespace", "cluster", "key"}),
+		clusters: newClusterCollector(),
 		shardMoves: f.NewCounterVec(prometheus.CounterOpts(opts("shard_moves_total",
 			"Shard copy additions and removals by result.")), []string{"result"}),
 		syncs: f.NewCounterVec(prometheus.CounterOpts(opts("syncs_total",
@@ -92,10 +71,9 @@ func New(reg prometheus.Registerer) *Recorder {
 		kubeThrottle: f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Subsystem: subsystem,
 			Name: "kube_api_throttle_seconds", Help: "Time Kubernetes API requests waited for the controller's own rate limiter (--kube-api-qps, --kube-api-burst).",
 			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
-		leader:        f.NewGauge(prometheus.GaugeOpts(opts("leader", "1 while this replica holds the leader lease."))),
-		podsByCluster: map[clusterKey]map[string]string{},
-		phases:        map[clusterKey]string{},
+		leader: f.NewGauge(prometheus.GaugeOpts(opts("leader", "1 while this replica holds the leader lease."))),
 	}
+	reg.MustRegister(r.clusters)
 	r.workqueue = newWorkqueueMetrics(f)
 	return r
 }
@@ -110,63 +88,34 @@ func (r *Recorder) ObserveFormation(d time.Duration) { r.formDuration.Observe(d.
 // state of each pod has a series (value 1): with thousands of pods, a series per possible state
 // would be most of the controller's memory, and every query (== 1, sum by state) works the same.
 func (r *Recorder) SetNodeStates(ns, cluster string, podStates map[string]string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	k := clusterKey{ns, cluster}
-	prev := r.podsByCluster[k]
-	for pod, old := range prev {
-		if podStates[pod] != old {
-			r.nodeState.DeleteLabelValues(ns, cluster, pod, old)
-		}
-	}
-	now := make(map[string]string, len(podStates))
-	for pod, state := range podStates {
-		now[pod] = state
-		if prev[pod] != state {
-			r.nodeState.WithLabelValues(ns, cluster, pod, state).Set(1)
-		}
-	}
-	r.podsByCluster[k] = now
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) { setPods(rec, podStates) })
 }
 
 // SetClusterNodes records desired, member and reachable node counts.
 func (r *Recorder) SetClusterNodes(ns, cluster string, desired, member, reachable int) {
-	r.clusterNodes.WithLabelValues(ns, cluster, "desired").Set(float64(desired))
-	r.clusterNodes.WithLabelValues(ns, cluster, "member").Set(float64(member))
-	r.clusterNodes.WithLabelValues(ns, cluster, "reachable").Set(float64(reachable))
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) {
+		rec.nodes, rec.hasNodes = [3]float64{float64(desired), float64(member), float64(reachable)}, true
+	})
 }
 
 // SetClusterFormed records whether setup is finished.
 func (r *Recorder) SetClusterFormed(ns, cluster string, formed bool) {
-	v := 0.0
-	if formed {
-		v = 1
-	}
-	r.clusterFormed.WithLabelValues(ns, cluster).Set(v)
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) { rec.formed, rec.hasFormed = b2f(formed), true })
 }
 
 // SetClusterPhase sets the cluster's phase (one of Phases); as for node_state, only the current
 // phase has a series.
 func (r *Recorder) SetClusterPhase(ns, cluster, phase string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	k := clusterKey{ns, cluster}
-	if old, ok := r.phases[k]; ok && old != phase {
-		r.clusterPhase.DeleteLabelValues(ns, cluster, old)
-	}
-	if r.phases[k] != phase {
-		r.clusterPhase.WithLabelValues(ns, cluster, phase).Set(1)
-		r.phases[k] = phase
-	}
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) { rec.phase = phase })
 }
 
 // SetShardRanges records shard range health counts. zoneViolation overlaps the other three: a
 // healthy range can have all its copies in one zone.
 func (r *Recorder) SetShardRanges(ns, cluster string, healthy, underReplicated, unavailable, zoneViolation int) {
-	r.shardRanges.WithLabelValues(ns, cluster, "healthy").Set(float64(healthy))
-	r.shardRanges.WithLabelValues(ns, cluster, "under_replicated").Set(float64(underReplicated))
-	r.shardRanges.WithLabelValues(ns, cluster, "unavailable").Set(float64(unavailable))
-	r.shardRanges.WithLabelValues(ns, cluster, "zone_violation").Set(float64(zoneViolation))
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) {
+		rec.ranges = [4]float64{float64(healthy), float64(underReplicated), float64(unavailable), float64(zoneViolation)}
+		rec.hasRanges = true
+	})
 }
 
 // ConfigDriftKeys are the values of config_drift's key label.
@@ -174,18 +123,17 @@ var ConfigDriftKeys = []string{"couchdb.uuid", "chttpd_auth.secret", "cluster.n"
 
 // SetConfigDrift sets config_drift for every key of ConfigDriftKeys: 1 for those in drifting, else 0.
 func (r *Recorder) SetConfigDrift(ns, cluster string, drifting map[string]bool) {
-	for _, k := range ConfigDriftKeys {
-		v := 0.0
-		if drifting[k] {
-			v = 1
+	r.clusters.update(ns, cluster, func(rec *clusterRecord) {
+		for i, k := range ConfigDriftKeys {
+			rec.drift[i] = drifting[k]
 		}
-		r.configDrift.WithLabelValues(ns, cluster, k).Set(v)
-	}
+		rec.hasDrift = true
+	})
 }
 
 // ConfigDriftGauge exposes one series for tests of callers.
-func (r *Recorder) ConfigDriftGauge(ns, cluster, key string) prometheus.Gauge {
-	return r.configDrift.WithLabelValues(ns, cluster, key)
+func (r *Recorder) ConfigDriftGauge(ns, cluster, key string) prometheus.Collector {
+	return one{r.clusters, clusterKey{ns, cluster}, r.clusters.configDrift, key}
 }
 
 // ShardMove counts one shard copy change.
@@ -210,21 +158,9 @@ func (r *Recorder) SetLeader(leader bool) {
 }
 
 // ForgetCluster deletes every series of one cluster.
-func (r *Recorder) ForgetCluster(ns, cluster string) {
-	l := prometheus.Labels{"namespace": ns, "cluster": cluster}
-	r.nodeState.DeletePartialMatch(l)
-	r.clusterNodes.DeletePartialMatch(l)
-	r.clusterFormed.DeletePartialMatch(l)
-	r.clusterPhase.DeletePartialMatch(l)
-	r.shardRanges.DeletePartialMatch(l)
-	r.configDrift.DeletePartialMatch(l)
-	r.mu.Lock()
-	delete(r.podsByCluster, clusterKey{ns, cluster})
-	delete(r.phases, clusterKey{ns, cluster})
-	r.mu.Unlock()
-}
+func (r *Recorder) ForgetCluster(ns, cluster string) { r.clusters.forget(ns, cluster) }
 
 // ClusterFormedGauge exposes one series for tests of callers.
-func (r *Recorder) ClusterFormedGauge(ns, cluster string) prometheus.Gauge {
-	return r.clusterFormed.WithLabelValues(ns, cluster)
+func (r *Recorder) ClusterFormedGauge(ns, cluster string) prometheus.Collector {
+	return one{r.clusters, clusterKey{ns, cluster}, r.clusters.clusterFormed, cluster}
 }

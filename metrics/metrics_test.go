@@ -76,22 +76,19 @@ func TestStatesHaveOneSeriesEach(t *testing.T) {
 	for i, st := range steps {
 		r.SetNodeStates("ns", "c", st.states)
 		r.SetClusterPhase("ns", "c", st.phase)
-		got := series(t, r.clusterPhase, "phase")
-		got = append(got, series(t, r.nodeState, "pod")...)
+		got := series(t, r, r.clusters.clusterPhase, "phase")
+		got = append(got, series(t, r, r.clusters.nodeState, "pod")...)
 		if diff := cmp.Diff(st.want, got); diff != "" {
 			t.Errorf("step %d (-want +got):\n%s", i, diff)
 		}
 	}
 }
 
-// series lists a vector's series as "<first label> <last label>=<value>", sorted after the phase.
-func series(t *testing.T, col prometheus.Collector, first string) []string {
+// series lists the series of desc as "<first label> <last label>=<value>", sorted after the phase.
+func series(t *testing.T, r *Recorder, desc *prometheus.Desc, first string) []string {
 	t.Helper()
-	ch := make(chan prometheus.Metric, 100)
-	col.Collect(ch)
-	close(ch)
 	var out []string
-	for m := range ch {
+	for _, m := range collected(r, desc) {
 		var d dto.Metric
 		if err := m.Write(&d); err != nil {
 			t.Fatal(err)
@@ -125,13 +122,11 @@ func TestForgetClusterRemovesOnlyThatCluster(t *testing.T) {
 		r.SetConfigDrift("ns", c, map[string]bool{"cluster.q": true})
 	}
 	r.ForgetCluster("ns", "a")
-	for name, col := range map[string]prometheus.Collector{"node_state": r.nodeState, "cluster_nodes": r.clusterNodes,
-		"cluster_formed": r.clusterFormed, "cluster_phase": r.clusterPhase, "shard_ranges": r.shardRanges, "config_drift": r.configDrift} {
+	c := r.clusters
+	for name, desc := range map[string]*prometheus.Desc{"node_state": c.nodeState, "cluster_nodes": c.clusterNodes,
+		"cluster_formed": c.clusterFormed, "cluster_phase": c.clusterPhase, "shard_ranges": c.shardRanges, "config_drift": c.configDrift} {
 		var left, total int
-		ch := make(chan prometheus.Metric, 100)
-		col.Collect(ch)
-		close(ch)
-		for m := range ch {
+		for _, m := range collected(r, desc) {
 			total++
 			if metricHasLabel(m, "cluster", "a") {
 				left++
