@@ -312,7 +312,10 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// trimPod keeps the fields sync reads; informers store the result.
+// trimPod keeps the fields sync reads; informers store the result. Of the conditions, sync reads
+// ContainersReady and couchdb.io/member (their status and when they last changed); of the metadata,
+// no label (a pod's cluster is its controlling StatefulSet's). At 1,000 clusters the cache holds
+// 4,000 pods, and the dropped labels and conditions were about 1 KB of each.
 func trimPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -322,12 +325,15 @@ func trimPod(obj any) (any, error) {
 		TypeMeta: pod.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
 			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
-			Labels: pod.Labels, OwnerReferences: pod.OwnerReferences, DeletionTimestamp: pod.DeletionTimestamp,
+			OwnerReferences: pod.OwnerReferences, DeletionTimestamp: pod.DeletionTimestamp,
 		},
-		Spec: corev1.PodSpec{ReadinessGates: pod.Spec.ReadinessGates, NodeName: pod.Spec.NodeName},
-		Status: corev1.PodStatus{
-			Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, Conditions: pod.Status.Conditions,
-		},
+		Spec:   corev1.PodSpec{ReadinessGates: pod.Spec.ReadinessGates, NodeName: pod.Spec.NodeName},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP},
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.ContainersReady || c.Type == ConditionMember {
+			out.Status.Conditions = append(out.Status.Conditions, corev1.PodCondition{Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime})
+		}
 	}
 	for _, c := range pod.Spec.Containers {
 		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})

@@ -75,6 +75,20 @@ func TestUpdateMatters(t *testing.T) {
 			p.ResourceVersion = "2"
 			p.Status.Conditions[0].Status = corev1.ConditionTrue
 		})), true},
+		{"pod Ready condition (not read: ContainersReady and the member gate are)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
+			p.ResourceVersion = "2"
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue, Reason: "x"})
+		})), false},
+		{"pod member condition", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
+			p.ResourceVersion = "2"
+			p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: ConditionMember, Status: corev1.ConditionTrue})
+		})), true},
+		{"pod containers ready changed again (its time is read)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
+			p.ResourceVersion, p.Status.Conditions[0].LastTransitionTime = "2", now
+		})), true},
+		{"pod label (a pod's cluster is its StatefulSet's)", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
+			p.ResourceVersion, p.Labels = "2", map[string]string{"x": "y"}
+		})), false},
 		{"pod IP", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.Status.PodIP = "2", "10.0.0.2" })), true},
 		{"pod terminating", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) { p.ResourceVersion, p.DeletionTimestamp = "2", &now })), true},
 		{"pod restarted", trimmed(pod(nil)), trimmed(pod(func(p *corev1.Pod) {
