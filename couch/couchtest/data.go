@@ -297,7 +297,8 @@ func (nw *Network) readDoc(coord *Node, m couch.ShardMap, id string) *docRec {
 
 // scheduleSync pushes every copy of db to its peers after delay, like mem3_sync after a change. With
 // a coordinator (POST /{db}/_sync_shards) the pairs come from the coordinator's shard map, which it
-// hands to each source; otherwise each source pushes to the copies its own map lists.
+// hands to each source; otherwise each source pushes to the copies its own map lists. Either map is
+// the one the node's mem3_shards cache lists when the round runs (shardCache).
 // Like mem3_sync, which keeps one pending push per shard, a sync already scheduled for db absorbs
 // later requests: it pushes everything the copies hold when it runs.
 func (nw *Network) scheduleSync(db string, delay time.Duration, coord *Node) {
@@ -335,8 +336,8 @@ func (nw *Network) syncDB(db string, coord *Node) {
 		if coord != nil && coord.running {
 			view = coord
 		}
-		d, ok := view.dbsDB[db]
-		if !ok || d.Deleted {
+		d := view.shardCache(db)
+		if d == nil || d.Deleted {
 			continue
 		}
 		for _, rng := range d.Map.ByNode[src.name] {

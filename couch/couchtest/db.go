@@ -44,6 +44,12 @@ func (n *Node) dbRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		if r.Method != http.MethodGet {
 			return onlyMethods("GET")
 		}
+		// mem3_httpd answers from the mem3_shards cache, as _sync_shards lists its pairs.
+		d := n.shardCache(db)
+		if d == nil || d.Deleted {
+			return noDB()
+		}
+		m := d.Map
 		if len(seg) == 3 {
 			rng := rangeOf(m, seg[2])
 			return http.StatusOK, obj{"range": rng, "nodes": shardNodes(m, rng)}

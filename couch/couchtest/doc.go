@@ -43,6 +43,9 @@
 //     (true or "true") on its _nodes docs, its [cluster] placement ("zone-a:1,zone-b:1") overriding
 //     the n asked, each rule capped to the allowed nodes of its zone, 500 no_nodes_in_zone and no
 //     database when a rule's zone has none, decommissioned nodes excluded and n capped to the rest;
+//   - optionally (NetworkOptions.ShardCacheLag), mem3_shards' cache behind each node's _dbs: a
+//     _sync_shards lists its pairs from it, so one posted before its node lists a new copy pushes
+//     nothing to that copy, and a burst of edits on one node is listed one change after another;
 //   - an optional copy-fill rate (NetworkOptions.FillRate, RecordedFillRate): internal replication
 //     moves a copy's documents at that many bytes per second, in checkpointed batches, so a new copy
 //     fills in CopyFillBytes / FillRate (FillTime); sizes.file grows with the bodies written;

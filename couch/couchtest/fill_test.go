@@ -17,7 +17,13 @@ import (
 // fillCluster is 3 formed nodes whose internal replication runs at rate bytes/s and only when asked.
 func fillCluster(t *testing.T, rate int64) (*Network, []*Node, []*couch.Client) {
 	t.Helper()
-	nw := NewNetwork(NetworkOptions{SyncDelay: time.Hour, FillRate: rate, PasswordIterations: 10})
+	return formedThree(t, NetworkOptions{SyncDelay: time.Hour, FillRate: rate, PasswordIterations: 10})
+}
+
+// formedThree is 3 formed nodes of a network made with opts.
+func formedThree(t *testing.T, opts NetworkOptions) (*Network, []*Node, []*couch.Client) {
+	t.Helper()
+	nw := NewNetwork(opts)
 	var nodes []*Node
 	var clients []*couch.Client
 	for i := 1; i <= 3; i++ {

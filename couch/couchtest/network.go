@@ -31,6 +31,17 @@ type NetworkOptions struct {
 	// Zero pushes synchronously, within the request (the emulator's historical behaviour, which
 	// callers that read a map from another node right after writing it rely on).
 	DBsPushDelay time.Duration
+	// ShardCacheLag is what each change of a node's _dbs costs its mem3_shards cache before the cache
+	// lists it (shardcache.go): mem3_shards follows _dbs through one changes listener, one change at
+	// a time, so a burst of edits on one node is listed one after another, ShardCacheLag apart.
+	// Internal replication lists its pairs from that cache, so a POST /{db}/_sync_shards handled
+	// before its node lists a new copy pushes nothing to it, then or later; GET /{db}/_shards answers
+	// from it too. Zero lists every change at once (the emulator's historical behaviour). See
+	// RecordedShardCacheLag for what CouchDB 3.4.3 did.
+	ShardCacheLag time.Duration
+	// ShardCacheDelay is how long after a _dbs change the cache's listener hears of it, before it
+	// takes the ShardCacheLag the change costs (only with a ShardCacheLag).
+	ShardCacheDelay time.Duration
 	// LockoutWindow is [chttpd_auth_lockout] max_lifetime: how long a client's failure count for a
 	// user lives after its first failure; 5 failures within it lock the user out for the rest of it.
 	// Default 5m, as in CouchDB.
@@ -343,6 +354,9 @@ type Node struct {
 	// syncDelay holds back every internal-replication push into or out of this node's copies
 	// (syncdelay.go); it survives restarts, like the node's data.
 	syncDelay time.Duration
+	// cacheBusy is when mem3_shards' changes listener has listed every _dbs change so far
+	// (shardcache.go).
+	cacheBusy time.Time
 }
 
 // rawDoc is a document of a node-local database (_nodes).
@@ -358,12 +372,16 @@ type mapDoc struct {
 	Deleted bool
 	Map     couch.ShardMap
 	Seq     int // the node-local _dbs sequence of its last change (for _changes)
+
+	listed time.Time // when the node's mem3_shards cache lists it (ShardCacheLag)
+	prev   *mapDoc   // what the cache lists until then; nil: nothing
 }
 
 // putMapDoc stores a shard map doc in the node's _dbs under the next sequence.
 func (n *Node) putMapDoc(id string, d *mapDoc) {
 	n.dbsSeq++
 	d.Seq = n.dbsSeq
+	n.listLater(id, d)
 	n.dbsDB[id] = d
 }
 

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // With pushes that take time (PushTime), a copy on a node in maintenance mode that mem3 keeps
@@ -17,19 +15,7 @@ import (
 // up once the writes stop.
 func TestPushCheckpointsTrailUnderWriteLoad(t *testing.T) {
 	ctx := context.Background()
-	nw := NewNetwork(NetworkOptions{SyncDelay: 30 * time.Millisecond, PushTime: 40 * time.Millisecond, PasswordIterations: 10})
-	var nodes []*Node
-	var clients []*couch.Client
-	for i := 1; i <= 3; i++ {
-		nd, _ := nw.AddNode(NodeConfig{Name: fmt.Sprintf("node%d@127.0.0.1", i), AdminUser: "admin", AdminPassword: "s3cret", BindAddress: "any", Secret: testSecret})
-		if err := nd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nd.Stop)
-		c, _ := couch.New(couch.Options{BaseURL: nd.URL(), Username: "admin", Password: "s3cret", RetryMax: -1})
-		nodes, clients = append(nodes, nd), append(clients, c)
-	}
-	formCluster(t, nodes, clients)
+	_, nodes, clients := formedThree(t, NetworkOptions{SyncDelay: 30 * time.Millisecond, PushTime: 40 * time.Millisecond, PasswordIterations: 10})
 	api := clients[0]
 	if err := api.CreateDB(ctx, "w", 1, 3); err != nil {
 		t.Fatal(err)

@@ -33,15 +33,7 @@ func TestRealFinishClusterWithoutSecret(t *testing.T) {
 	}
 	const pw = "setup-pw-1"
 	kc := fake.NewClientset()
-	pod := func(name string) *corev1.Pod {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns"}, Spec: corev1.PodSpec{
-			Hostname: name, Subdomain: "db", Containers: []corev1.Container{{Name: "couchdb", Env: []corev1.EnvVar{
-				{Name: "COUCHDB_USER", Value: "admin"},
-				{Name: "COUCHDB_PASSWORD", Value: pw},
-				{Name: "COUCHDB_ERLANG_COOKIE", Value: "c00kie"},
-				{Name: "NODENAME", Value: name + ".db.ns.svc.cluster.local"},
-			}}}}}
-	}
+	pod := func(name string) *corev1.Pod { return realTestPod(name, "db", pw) }
 	b, err := NewReal(kc, RealOptions{Release: rel, RunDir: t.TempDir(), Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +145,18 @@ func TestRealFinishClusterWithoutSecret(t *testing.T) {
 }
 
 var cookieValue = regexp.MustCompile(`AuthSession=[^;]*;`)
+
+// realTestPod is a pod of StatefulSet subdomain in namespace ns whose container starts CouchDB as the
+// official image does, with admin password pw, a shared Erlang cookie and env added.
+func realTestPod(name, subdomain, pw string, env ...corev1.EnvVar) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns"}, Spec: corev1.PodSpec{
+		Hostname: name, Subdomain: subdomain, Containers: []corev1.Container{{Name: "couchdb", Env: append([]corev1.EnvVar{
+			{Name: "COUCHDB_USER", Value: "admin"},
+			{Name: "COUCHDB_PASSWORD", Value: pw},
+			{Name: "COUCHDB_ERLANG_COOKIE", Value: "c00kie"},
+			{Name: "NODENAME", Value: name + "." + subdomain + ".ns.svc.cluster.local"},
+		}, env...)}}}}
+}
 
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
