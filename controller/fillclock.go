@@ -47,14 +47,14 @@ type fillClock struct {
 const repushAfter = 5 * time.Second
 
 // emptyRepushAfter is how long after a post a watched copy may still read empty before the
-// database is pushed again, repushAfter or not. On real CouchDB 3.4 nodes a post right after the
-// map edit sometimes fills nothing. Why is not settled: the node handling the post lists the pairs
-// to push from mem3's shard cache (mem3_shards:for_shard_range), which follows _dbs edits
-// asynchronously, and a push that meets the target's file being created ends with file_exists,
-// which mem3_sync retries only after 5 s (four of those in one drain's node logs). Such a copy
-// stayed at 0 documents until the next post, 5 s later, in 4 of the 71 moves of a 30-database
-// drain, and 16 s of its 32 s went to those waits; each filled within 0.1 s of the next post.
-// Posting again is cheap: mem3_sync drops a push already queued for the same copy.
+// database is pushed again, repushAfter or not. A post fills nothing of a copy its node's
+// mem3_shards cache does not list yet; the post now waits for the cache to list the copies
+// (listed.go), but the wait is bounded, and a push that meets the target's file being created by
+// another push ends with file_exists, which mem3_sync retries only after 5 s (one copy of a wave of
+// 20 in TestRealSyncShardsRightAfterMapEdit). Before the wait, such copies stayed at 0 documents
+// until the next post in 4 of the 71 moves of a 30-database drain, and 16 s of its 32 s went to
+// those waits; each filled within 0.1 s of the next post. Posting again is cheap: mem3_sync drops
+// a push already queued for the same copy.
 const emptyRepushAfter = 500 * time.Millisecond
 
 // pushedRecently says whether a push of db may be left out now: the clock watches a copy of db

@@ -23,7 +23,8 @@ import (
 // process had died between two single edits.
 func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st *clusterState, sts *appsv1.StatefulSet, o Observed, actions []Action) error {
 	logger := klog.FromContext(ctx)
-	synced := map[string]bool{} // databases whose _sync_shards was posted since their last edit
+	synced := map[string]bool{}   // databases whose _sync_shards was posted since their last edit
+	adds := map[string][]Action{} // the copies this apply added, by database, for awaitListed
 	hook := func(a Action) error {
 		if c.cfg.BeforeAction == nil {
 			return nil
@@ -55,6 +56,11 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					}
 					delete(synced, batch[0].DB)
 					st.fills.edited(batch[0].DB)
+					for _, b := range batch {
+						if b.Kind == ActAddCopy {
+							adds[b.DB] = append(adds[b.DB], b)
+						}
+					}
 					c.noteAddedCopies(st, o, batch)
 				}
 				if failed != nil {
@@ -85,7 +91,12 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 				synced[b.DB] = true
 				posts = append(posts, b)
 			}
-			errs := allAtOnce(posts, func(b Action) error { return c.apply(ctx, st, sts, o, b) })
+			errs := allAtOnce(posts, func(b Action) error {
+				if len(adds[b.DB]) > 0 {
+					c.awaitListed(ctx, st, sts, o, b, adds[b.DB])
+				}
+				return c.apply(ctx, st, sts, o, b)
+			})
 			var failed error
 			for k, b := range posts {
 				if errs[k] != nil {

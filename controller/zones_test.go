@@ -309,7 +309,7 @@ func TestApplyBatchesEditsOfOneDatabase(t *testing.T) {
 	for _, c := range f.couchCalls() {
 		calls = append(calls, c.Method+" "+c.Path)
 	}
-	want := []string{"GET /_node/_local/_dbs/db1", "PUT /_node/_local/_dbs/db1", "POST /db1/_sync_shards"}
+	want := []string{"GET /_node/_local/_dbs/db1", "PUT /_node/_local/_dbs/db1", "GET /db1/_shards", "POST /db1/_sync_shards"}
 	if diff := cmp.Diff(want, calls); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
 	}

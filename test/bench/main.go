@@ -548,9 +548,11 @@ func (m *meter) end() Meta {
 func emulatedFillRate(o options) float64 { return o.fillRate }
 
 // networkOptions configures every emulated cluster: internal replication 1 s after a write (CouchDB:
-// 5 s; shorter so loading data settles quickly), moving documents at the fill rate.
+// 5 s; shorter so loading data settles quickly), moving documents at the fill rate, and mem3_shards'
+// cache behind _dbs as on the recorded machine.
 func networkOptions(o options) couchtest.NetworkOptions {
 	// Admin hashes at 1,000 pbkdf2 iterations: 600,000 (CouchDB's) cost seconds per node boot under
 	// the emulator's one lock, on the cores the controller is measured on.
-	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000, FillRate: int64(emulatedFillRate(o))}
+	return couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000, FillRate: int64(emulatedFillRate(o)),
+		ShardCacheLag: couchtest.RecordedShardCacheLag, ShardCacheDelay: couchtest.RecordedShardCacheDelay}
 }

@@ -59,7 +59,8 @@ func run(ctx context.Context, exitAfter bool) error {
 	cfg := cp.AdminConfig()
 	kube := kubernetes.NewForConfigOrDie(cfg)
 	addrs := kubelet.NewAddressMap()
-	network := couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000})
+	network := couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: time.Second, PasswordIterations: 1000, ShardCacheLag: couchtest.RecordedShardCacheLag,
+		ShardCacheDelay: couchtest.RecordedShardCacheDelay})
 	backend := couchpods.New(kube, network)
 	kctx, kcancel := context.WithCancel(ctx)
 	defer kcancel()

@@ -80,8 +80,9 @@ func run(m *testing.M) int {
 			}
 		}()
 	} else {
-		env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond, PasswordIterations: 1000,
-			Clock: func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
+		env.network = couchtest.NewNetwork(couchtest.NetworkOptions{SyncDelay: 200 * time.Millisecond, PasswordIterations: 1000, ShardCacheLag: couchtest.RecordedShardCacheLag,
+			ShardCacheDelay: couchtest.RecordedShardCacheDelay,
+			Clock:           func() time.Time { return time.Now().Add(time.Duration(couchClockSkew.Load())) }})
 		env.backend = couchpods.New(env.kube, env.network)
 		backend = env.backend
 	}

@@ -1,0 +1,58 @@
+package controller
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
+)
+
+// A POST /{db}/_sync_shards pushes only between the copies its node's mem3_shards cache lists
+// (mem3_httpd:handle_sync_req reads mem3:ushards and mem3_shards:for_shard_range, not _dbs), and
+// that cache follows _dbs through one changes listener, one change at a time. On CouchDB 3.4.3 a
+// single edit was listed 3-56 ms after its PUT answered on the node that took it, and when 20
+// edits and then their 20 posts went to one node at once, 16 of the 20 new copies got no push at
+// all and stayed empty until the next post (test/couchpods TestRealSyncShardsRightAfterMapEdit).
+// A concurrent move writes up to --max-concurrent-moves maps in one wave and posts right after,
+// which is that case. So a post that follows an edit adding copies first waits, up to listWait,
+// for GET /{db}/_shards on the same node (the same cache) to list them. If the wait runs out, the
+// post goes anyway and the fill clock's early repush (emptyRepushAfter) covers it.
+
+const (
+	listPoll = 2 * time.Millisecond
+	listWait = time.Second
+)
+
+// awaitListed waits until the node that takes post (db's _sync_shards) lists every copy of adds,
+// or listWait has passed, or the node cannot say.
+func (c *Controller) awaitListed(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, post Action, adds []Action) {
+	api, err := c.via(ctx, st, sts, o, post.Via)
+	if err != nil {
+		return
+	}
+	for range int(listWait / listPoll) {
+		shards, err := api.Shards(ctx, post.DB)
+		if err != nil && !couch.IsNotFound(err) || err == nil && allListed(shards, adds) {
+			return // a 404 is a database the cache does not list yet
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(listPoll):
+		}
+	}
+}
+
+// allListed says whether shards (range -> nodes, as GET /{db}/_shards answers) lists every copy of
+// adds.
+func allListed(shards map[string][]string, adds []Action) bool {
+	for _, a := range adds {
+		if !slices.Contains(shards[a.Range], a.Node) {
+			return false
+		}
+	}
+	return true
+}
