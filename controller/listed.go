@@ -6,6 +6,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -33,10 +34,13 @@ func (c *Controller) awaitListed(ctx context.Context, st *clusterState, sts *app
 	if err != nil {
 		return
 	}
-	for range int(listWait / listPoll) {
+	start := time.Now()
+	for polls := 1; polls <= int(listWait/listPoll); polls++ {
 		shards, err := api.Shards(ctx, post.DB)
 		if err != nil && !couch.IsNotFound(err) || err == nil && allListed(shards, adds) {
-			return // a 404 is a database the cache does not list yet
+			// a 404 is a database the cache does not list yet
+			klog.FromContext(ctx).V(4).Info("Shard cache listed the new copies", "db", post.DB, "copies", len(adds), "after", time.Since(start), "polls", polls, "err", err)
+			return
 		}
 		select {
 		case <-ctx.Done():
@@ -44,6 +48,7 @@ func (c *Controller) awaitListed(ctx context.Context, st *clusterState, sts *app
 		case <-time.After(listPoll):
 		}
 	}
+	klog.FromContext(ctx).V(2).Info("Shard cache did not list the new copies: posting anyway", "db", post.DB, "copies", len(adds), "waited", time.Since(start))
 }
 
 // allListed says whether shards (range -> nodes, as GET /{db}/_shards answers) lists every copy of
