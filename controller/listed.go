@@ -35,7 +35,8 @@ func (c *Controller) awaitListed(ctx context.Context, st *clusterState, sts *app
 		return
 	}
 	start := time.Now()
-	for polls := 1; polls <= int(listWait/listPoll); polls++ {
+	// Bounded by the time, not the number of polls: on a loaded node one GET can take 100 ms.
+	for polls := 1; time.Since(start) < listWait; polls++ {
 		shards, err := api.Shards(ctx, post.DB)
 		if err != nil && !couch.IsNotFound(err) || err == nil && allListed(shards, adds) {
 			// a 404 is a database the cache does not list yet

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -77,5 +78,54 @@ func TestPostWaitsForTheShardCacheToListNewCopies(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// slowNeverListing answers GET /{db}/_shards slowly and never with the new copies: a node whose
+// cache is stuck, or an edit another writer undid.
+type slowNeverListing struct{ CouchAPI }
+
+func (slowNeverListing) Shards(context.Context, string) (map[string][]string, error) {
+	time.Sleep(100 * time.Millisecond)
+	return map[string][]string{}, nil
+}
+
+// TestPostGoesAnywayAfterTheListingWait: the wait is bounded by time, however slowly the node
+// answers, and the post then goes out (the fill clock's early repush covers a post that missed).
+func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	f.createDB(0, "db1", 1, 2, 10)
+	f.wrap = func(_ string, api CouchAPI) CouchAPI { return slowNeverListing{api} }
+	f.c.mu.Lock()
+	for _, st := range f.c.clusters {
+		st.clients = map[string]CouchAPI{}
+	}
+	f.c.mu.Unlock()
+	m, _ := f.node(0).ShardMap("db1")
+	rng := m.Ranges()[0]
+	target := ""
+	for i := range 3 {
+		if !m.HasCopy(rng, escapedNode(i)) {
+			target = escapedNode(i)
+		}
+	}
+	plan := []Action{{Kind: ActAddCopy, Via: 0, DB: "db1", Range: rng, Node: target, NodeCount: 2}, {Kind: ActSyncShards, Via: 0, DB: "db1"}}
+	st, sts := f.c.state(key), f.cachedStatefulSet()
+	o := Observed{Namespace: testNS, StatefulSet: "db", Pods: map[int]*PodObs{0: podObs(f.cachedPod("db-0"), 0, 5984)}}
+	f.resetCalls()
+	start := time.Now()
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < listWait || took > listWait+time.Second/2 {
+		t.Errorf("applyActions took %v, want about listWait (%v)", took, listWait)
+	}
+	posted := false
+	for _, c := range f.couchCalls() {
+		posted = posted || c.Method == "POST" && c.Path == "/db1/_sync_shards"
+	}
+	if !posted {
+		t.Error("no _sync_shards after the wait ran out")
 	}
 }
