@@ -220,7 +220,7 @@ func TestRealSyncShardsRightAfterMapEdit(t *testing.T) {
 		}
 	}
 	slices.Sort(listedAfter)
-	t.Logf("%-40s %6d %6d; listed after the last PUT answered: first %s, median %s, last %s", fmt.Sprintf("wave, POSTs after _shards lists them"),
+	t.Logf("%-40s %6d %6d; listed after the last PUT answered: first %s, median %s, last %s", "wave, POSTs after _shards lists them",
 		len(listedWave), listedFast, listedAfter[0], listedAfter[len(listedAfter)/2], listedAfter[len(listedAfter)-1])
 
 	// What every run showed: without a POST nothing fills the new copy (its
