@@ -40,14 +40,7 @@ func TestPostWaitsForTheShardCacheToListNewCopies(t *testing.T) {
 				}
 			}
 			plan = append(plan, Action{Kind: ActSyncShards, Via: 0, DB: "db1"})
-			st, sts := f.c.state(key), f.cachedStatefulSet()
-			o := Observed{Namespace: testNS, StatefulSet: "db", Pods: map[int]*PodObs{0: podObs(f.cachedPod("db-0"), 0, 5984)}}
-			f.resetCalls()
-			start := time.Now()
-			if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
-				t.Fatal(err)
-			}
-			if took := time.Since(start); took > lag+time.Second/2 {
+			if took := f.applyThroughPod0(plan); took > lag+time.Second/2 {
 				t.Errorf("applyActions took %v with a cache %v behind", took, lag)
 			}
 			reads := 0
@@ -111,14 +104,7 @@ func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
 		}
 	}
 	plan := []Action{{Kind: ActAddCopy, Via: 0, DB: "db1", Range: rng, Node: target, NodeCount: 2}, {Kind: ActSyncShards, Via: 0, DB: "db1"}}
-	st, sts := f.c.state(key), f.cachedStatefulSet()
-	o := Observed{Namespace: testNS, StatefulSet: "db", Pods: map[int]*PodObs{0: podObs(f.cachedPod("db-0"), 0, 5984)}}
-	f.resetCalls()
-	start := time.Now()
-	if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
-		t.Fatal(err)
-	}
-	if took := time.Since(start); took < listWait || took > listWait+time.Second/2 {
+	if took := f.applyThroughPod0(plan); took < listWait || took > listWait+time.Second/2 {
 		t.Errorf("applyActions took %v, want about listWait (%v)", took, listWait)
 	}
 	posted := false
@@ -128,4 +114,18 @@ func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
 	if !posted {
 		t.Error("no _sync_shards after the wait ran out")
 	}
+}
+
+// applyThroughPod0 applies plan as a sync that observed only db-0 would, with the call log reset
+// first, and says how long it took.
+func (f *fixture) applyThroughPod0(plan []Action) time.Duration {
+	f.t.Helper()
+	st, sts := f.c.state(key), f.cachedStatefulSet()
+	o := Observed{Namespace: testNS, StatefulSet: "db", Pods: map[int]*PodObs{0: podObs(f.cachedPod("db-0"), 0, 5984)}}
+	f.resetCalls()
+	start := time.Now()
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
+		f.t.Fatal(err)
+	}
+	return time.Since(start)
 }

@@ -27,26 +27,9 @@ import (
 // state stays cluster_enabled. A session cookie made on the coordinator makes up a secret
 // (ensure_cookie_auth_secret), after which finish_cluster succeeds.
 func TestRealFinishClusterWithoutSecret(t *testing.T) {
-	rel := os.Getenv(ReleaseEnv)
-	if rel == "" {
-		t.Skipf("%s not set: no CouchDB release to run (see README, Development)", ReleaseEnv)
-	}
 	const pw = "setup-pw-1"
-	kc := fake.NewClientset()
-	pod := func(name string) *corev1.Pod { return realTestPod(name, "db", pw) }
-	b, err := NewReal(kc, RealOptions{Release: rel, RunDir: t.TempDir(), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
+	b := startRealPods(t, []string{"db-0", "db-1"}, func(name string) *corev1.Pod { return realTestPod(name, "db", pw) })
 	ctx := context.Background()
-	for _, name := range []string{"db-0", "db-1"} {
-		w, err := b.StartPod(ctx, pod(name), "10.244.0.1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 60*time.Second, name+" ready", func() bool { return w.Ready(ctx) })
-	}
 	n0, n1 := b.Node("ns", "db-0"), b.Node("ns", "db-1")
 	// Every exchange goes into a transcript in the recordings' format (couch/couchtest/testdata),
 	// with the pods' loopback addresses written as the pod IPs 10.244.0.1<i> and the password as ***;
@@ -145,6 +128,30 @@ func TestRealFinishClusterWithoutSecret(t *testing.T) {
 }
 
 var cookieValue = regexp.MustCompile(`AuthSession=[^;]*;`)
+
+// startRealPods skips the test without a CouchDB release (COUCHDB_REL), else starts a real node
+// for pod(name) of each name and waits until each is ready.
+func startRealPods(t *testing.T, names []string, pod func(name string) *corev1.Pod) *RealBackend {
+	t.Helper()
+	rel := os.Getenv(ReleaseEnv)
+	if rel == "" {
+		t.Skipf("%s not set: no CouchDB release to run (see README, Development)", ReleaseEnv)
+	}
+	b, err := NewReal(fake.NewClientset(), RealOptions{Release: rel, RunDir: t.TempDir(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	ctx := context.Background()
+	for _, name := range names {
+		w, err := b.StartPod(ctx, pod(name), "10.244.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 60*time.Second, name+" ready", func() bool { return w.Ready(ctx) })
+	}
+	return b
+}
 
 // realTestPod is a pod of StatefulSet subdomain in namespace ns whose container starts CouchDB as the
 // official image does, with admin password pw, a shared Erlang cookie and env added.

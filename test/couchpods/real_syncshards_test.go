@@ -14,7 +14,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -51,29 +50,12 @@ import (
 // (median 28 ms) after the last PUT answered, and 19 of 20 filled within 0.7 s; the 20th filled at
 // 5.2 s, after a push met file_exists.
 func TestRealSyncShardsRightAfterMapEdit(t *testing.T) {
-	rel := os.Getenv(ReleaseEnv)
-	if rel == "" {
-		t.Skipf("%s not set: no CouchDB release to run (see README, Development)", ReleaseEnv)
-	}
 	const pw = "sync-pw-1"
-	kc := fake.NewClientset()
-	pod := func(name string) *corev1.Pod {
-		return realTestPod(name, "ss", pw, corev1.EnvVar{Name: "COUCHDB_SECRET", Value: "s3cret"})
-	}
-	b, err := NewReal(kc, RealOptions{Release: rel, RunDir: t.TempDir(), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	ctx := context.Background()
 	names := []string{"ss-0", "ss-1", "ss-2"}
-	for _, name := range names {
-		w, err := b.StartPod(ctx, pod(name), "10.244.0.1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, 60*time.Second, name+" ready", func() bool { return w.Ready(ctx) })
-	}
+	b := startRealPods(t, names, func(name string) *corev1.Pod {
+		return realTestPod(name, "ss", pw, corev1.EnvVar{Name: "COUCHDB_SECRET", Value: "s3cret"})
+	})
+	ctx := context.Background()
 	nodes := map[string]*RealNode{} // by Erlang name
 	clients := map[string]*couch.Client{}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
@@ -182,32 +164,18 @@ func TestRealSyncShardsRightAfterMapEdit(t *testing.T) {
 		byVariant[res.variant] = append(byVariant[res.variant], res)
 	}
 	for _, v := range variants {
-		var fast, slow, never, fe, warn int
+		fast, slow, never := tally(byVariant[v.name])
+		var fe, warn int
 		for _, res := range byVariant[v.name] {
-			switch {
-			case res.filled < 0:
-				never++
-			case res.filled <= time.Second:
-				fast++
-			default:
-				slow++
-			}
 			fe += res.fileExists
 			warn += res.syncWarnings
 		}
 		t.Logf("%-40s %6d %6d %6d %6d %d / %d", v.name, len(byVariant[v.name]), fast, slow, never, fe, warn)
 	}
 
-	var waveFast, waveSlow, waveNever, waveFE int
+	waveFast, waveSlow, waveNever := tally(wave)
+	var waveFE int
 	for _, res := range wave {
-		switch {
-		case res.filled < 0:
-			waveNever++
-		case res.filled <= time.Second:
-			waveFast++
-		default:
-			waveSlow++
-		}
 		waveFE += res.syncWarnings
 	}
 	t.Logf("%-40s %6d %6d %6d %6d mem3_sync warnings %d", fmt.Sprintf("wave of %d edits+posts on one node", waveSize), len(wave), waveFast, waveSlow, waveNever, waveFE)
@@ -562,4 +530,19 @@ func adminRequest(ctx context.Context, n *RealNode, pw, method, path, body strin
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// tally counts the trials whose new copy filled within 1 s of the POST, later, or never.
+func tally(trials []syncTrial) (fast, slow, never int) {
+	for _, res := range trials {
+		switch {
+		case res.filled < 0:
+			never++
+		case res.filled <= time.Second:
+			fast++
+		default:
+			slow++
+		}
+	}
+	return fast, slow, never
 }
