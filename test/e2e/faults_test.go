@@ -391,7 +391,10 @@ func TestAPIServerRestartMidSync(t *testing.T) {
 		default:
 			return nil
 		}
-		if a.Kind == controller.ActAddNode && restarted.CompareAndSwap(false, true) {
+		// Only the join of the new node: a repeated AddNode of a node already in, planned from a
+		// member's view that lagged, would restart the API server under the test's own scale-up.
+		if a.Kind == controller.ActAddNode && strings.HasPrefix(a.Node, "couchdb@"+podName(s, 3)+".") &&
+			restarted.CompareAndSwap(false, true) {
 			t.Logf("restarting kube-apiserver before %s", a)
 			if err := env.cp.RestartAPIServer(context.Background()); err != nil {
 				t.Errorf("restart: %v", err)
