@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
@@ -116,10 +118,15 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 	case ActSyncShards:
 		return api.SyncShards(ctx, a.DB)
 	case ActSetMaintenance:
-		if _, err := api.SetMaintenanceMode(ctx, a.Node, "true"); err != nil {
+		mode := cmp.Or(a.Text, placement.DrainModeFenced)
+		if _, err := api.SetMaintenanceMode(ctx, a.Node, mode); err != nil {
 			return err
 		}
-		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonDraining, "Draining %s for %s=%d: maintenance mode on, moving its shard copies", a.Node, AnnotationTargetReplicas, derefInt(o.TargetReplicas))
+		if mode == placement.DrainModeServing {
+			c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonDraining, "Draining %s for %s=%d: maintenance mode %q (out of the Service, still serving the cluster), moving its shard copies", a.Node, AnnotationTargetReplicas, derefInt(o.TargetReplicas), mode)
+			return nil
+		}
+		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonDraining, "Draining %s for %s=%d: its copies take writes, so maintenance mode %q: it serves no client while its copies are verified and dropped", a.Node, AnnotationTargetReplicas, derefInt(o.TargetReplicas), mode)
 		return nil
 	case ActFenceTarget:
 		if _, err := api.SetMaintenanceMode(ctx, a.Node, "true"); err != nil {

@@ -209,7 +209,7 @@ func TestSyncScaleDownMovesCopies(t *testing.T) {
 			if f.series("node_state")[`node_state{pod="db-3",state="draining"}`] == 1 {
 				seen["node_state draining"] = true
 			}
-			if f.node(3).MaintenanceMode() == "true" && !seen["maintenance"] {
+			if mode := f.node(3).MaintenanceMode(); (mode == "nolb" || mode == "true") && !seen["maintenance"] {
 				seen["maintenance"] = true
 				// Maintenance mode fails /_up on purpose, so the kubelet marks the pod not ready.
 				f.updatePod("db-3", func(p *corev1.Pod) {
@@ -357,7 +357,7 @@ func TestSyncScaleDownMovesCopies(t *testing.T) {
 			delete(d, fence)
 			delete(d, unfence)
 			for ord := range staying {
-				if f.node(ord).MaintenanceMode() == "true" {
+				if mode := f.node(ord).MaintenanceMode(); mode == "true" || mode == "nolb" {
 					t.Errorf("db-%d is left in maintenance mode", ord)
 				}
 			}

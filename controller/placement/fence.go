@@ -100,7 +100,7 @@ func (p *planner) servedElsewhere(rr RangeRef, node string, set map[string]bool)
 	v, f := p.v, p.fences
 	// A fenced staying member outside set is one this plan unfences, before its map edits.
 	serves := func(x string) bool {
-		return x != node && v.live[x] && !v.leaving[x] && !set[x] && v.filling[rr] != x &&
+		return x != node && v.live[x] && (!v.leaving[x] || x == v.drain && v.drainServes) && !set[x] && v.filling[rr] != x &&
 			!slices.Contains(f.removed[rr], x) && !slices.Contains(f.added[rr], x)
 	}
 	m := v.in.Maps[rr.DB]
@@ -111,6 +111,9 @@ func (p *planner) servedElsewhere(rr RangeRef, node string, set map[string]bool)
 // range keeps its live copies meanwhile (not a heal).
 func (p *planner) mayFill(rr RangeRef, target string, move bool) bool {
 	f := p.fenceState()
+	if move && p.v.holdFills {
+		return false
+	}
 	if f.set[target] || p.safeToFence(target, rr, f.set) || !move {
 		return true
 	}

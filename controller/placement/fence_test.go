@@ -2,6 +2,7 @@ package placement
 
 import (
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -18,6 +19,41 @@ func TestFillFences(t *testing.T) {
 	drainOf3 := append(members(0, 1, 2), fenced(Member{Name: name(3), Ordinal: 3, Live: true}))
 	rebalanced := members(0, 1, 2, 3)
 	rebalanced[3] = fenced(rebalanced[3])
+	nolbOf3 := append(members(0, 1, 2), Member{Name: name(3), Ordinal: 3, Live: true, Maintenance: true})
+	// Three ranges each held by the drained 3 and two of 0, 1, 2, each moving to the third: in flight,
+	// with every target fenced and its copy filling.
+	shared := map[string]couch.ShardMap{}
+	sharedStats := map[CopyKey]CopyStat{}
+	for i, db := range []string{"a", "b", "c"} {
+		var holders []int
+		for o := 0; o < 3; o++ {
+			if o != i {
+				holders = append(holders, o)
+			}
+		}
+		m := smap(db, map[string][]int{all: append(holders, 3)})
+		m.AddCopy(all, name(i))
+		shared[db] = m
+		maps.Copy(sharedStats, stats(db, all, 10, 0, 1, 2, 3))
+		s := sharedStats[CopyKey{db, all, name(i)}]
+		s.Docs, s.Seq = 4, 4 // filling
+		sharedStats[CopyKey{db, all, name(i)}] = s
+		s = sharedStats[CopyKey{db, all, name(3)}]
+		s.Seq = 14 // written since its serving mark at 10
+		s.Pushed = nil
+		sharedStats[CopyKey{db, all, name(3)}] = s
+	}
+	sharedMarks := map[CopyKey]Mark{}
+	for _, db := range []string{"a", "b", "c"} {
+		sharedMarks[CopyKey{db, all, name(3)}] = Mark{Seq: 10, UUID: "u" + name(3), Total: 10, Serving: true}
+	}
+	filled := maps.Clone(sharedStats)
+	for i, db := range []string{"a", "b", "c"} {
+		s := filled[CopyKey{db, all, name(i)}]
+		s.Docs = 10
+		filled[CopyKey{db, all, name(i)}] = s
+	}
+	allFenced := []Member{fenced(members(0)[0]), fenced(Member{Name: name(1), Ordinal: 1, Live: true}), fenced(Member{Name: name(2), Ordinal: 2, Live: true}), nolbOf3[3]}
 	a := withN(smap("a", map[string][]int{all: {0, 1, 2}}), 3)
 	a.AddCopy(all, name(3)) // the move's new copy, added last
 	inFlight := map[string]couch.ShardMap{"a": a}
@@ -27,8 +63,9 @@ func TestFillFences(t *testing.T) {
 	s.Docs = 4
 	lagging[CopyKey{"a", all, name(3)}] = s
 	cases := map[string]struct {
-		in   Input
-		want []string
+		in      Input
+		want    []string
+		waiting string
 	}{
 		"a rebalance fences the new members before their copies enter the map": {
 			in: Input{Replicas: 4, Members: members(0, 1, 2, 3), Rebalance: true, MaxMoves: 8, MaxFillsPerNode: 4,
@@ -40,6 +77,24 @@ func TestFillFences(t *testing.T) {
 			in: Input{Replicas: 4, TargetReplicas: &one, Members: drainOf3, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {1, 2, 3}}), "b": smap("b", map[string][]int{all: {0, 2, 3}}), "c": smap("c", map[string][]int{all: {0, 1, 3}})}},
 			want: []string{"FenceTarget(" + name(0) + ")", "AddCopy(a/" + all + " on " + name(0) + ")", "SyncShards(a)"},
+		},
+		"a drain whose node is in nolb fences every target: the drained node still serves the range the others share": {
+			in: Input{Replicas: 4, TargetReplicas: &one, Members: nolbOf3, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
+				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {1, 2, 3}}), "b": smap("b", map[string][]int{all: {0, 2, 3}}), "c": smap("c", map[string][]int{all: {0, 1, 3}})}},
+			want: []string{"FenceTarget(" + name(0) + ")", "FenceTarget(" + name(1) + ")", "FenceTarget(" + name(2) + ")",
+				"AddCopy(a/" + all + " on " + name(0) + ")", "AddCopy(b/" + all + " on " + name(1) + ")", "AddCopy(c/" + all + " on " + name(2) + ")",
+				"SyncShards(a)", "SyncShards(b)", "SyncShards(c)"},
+		},
+		"writes reach the drained node in nolb: its fills go on, nothing new starts, it stays in nolb": {
+			in: Input{Replicas: 4, TargetReplicas: &one, Members: allFenced, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
+				Maps: shared, Stats: sharedStats, Marks: sharedMarks},
+			want:    []string{"SyncShards(a)", "SyncShards(b)", "SyncShards(c)"},
+			waiting: "new moves wait for the fills under way",
+		},
+		"writes reach the drained node in nolb and the fills are done: fences relying on it end, then it goes to true": {
+			in: Input{Replicas: 4, TargetReplicas: &one, Members: allFenced, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
+				Maps: shared, Stats: filled, Marks: sharedMarks},
+			want: []string{"ClearMaintenance(" + name(1) + ")", "ClearMaintenance(" + name(2) + ")", "SetMaintenance(" + name(3) + `="true")`},
 		},
 		"a target no fence can ever make safe fills unfenced (n=2, its other copy on the drained node)": {
 			in: Input{Replicas: 3, TargetReplicas: func() *int { two := 2; return &two }(), MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(2): true},
@@ -69,6 +124,9 @@ func TestFillFences(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("actions (-want +got):\n%s\nwaiting %q", diff, res.Waiting)
+			}
+			if tc.waiting != "" && !strings.Contains(res.Waiting, tc.waiting) {
+				t.Errorf("waiting %q, want it to say %q", res.Waiting, tc.waiting)
 			}
 			if err := checkSafety(tc.in, res); err != nil {
 				t.Error(err)

@@ -39,11 +39,18 @@ import (
 // is then taken again at a later update_seq, which is stricter and so still sound. The same holds
 // after a controller restart, which starts with no marks. A mark whose uuid no longer matches the
 // copy's file (the file was re-created) counts as no mark.
+//
+// A serving mark (Serving) is taken instead of a copy to drop on the drained node while that node
+// is in maintenance mode "nolb" (DrainMode): it still takes client writes, so rule 7 never uses the
+// mark, and holds the copy to its current update_seq. The mark only tells whether the copy's
+// update_seq moved since (writesSeen) and how many documents the range held when its new copy began
+// to fill (readyToFence).
 type Mark struct {
 	Seq     int64    // the copy's update_seq at the mark
 	UUID    string   // the copy file's uuid at the mark
 	Total   int64    // the most doc_count + doc_del_count of any live copy of the range at the mark
 	Staying []string // the range's copies on staying members at the mark, sorted
+	Serving bool     // taken while the copy's node served clients ("nolb"): never a drop's bar
 }
 
 // Marks returns the marks Plan may use after this observation (in, with Stats and their Pushed
@@ -61,11 +68,14 @@ func Marks(in Input, prev map[CopyKey]Mark) map[CopyKey]Mark {
 		}
 	}
 	for _, k := range SourcesNeeded(in) {
-		if !v.fenced(k.Node) {
+		serving := k.Node == v.drain && v.drainServes
+		if !v.fenced(k.Node) && !serving {
 			continue
 		}
 		s, read := in.Stats[k]
-		if p, had := prev[k]; had && (!read || s.UUID == p.UUID && s.Seq >= p.Seq) && v.sameStaying(p, in.Maps[k.DB], k.Range) {
+		// A serving mark keeps its update_seq as the copy's moves on: that is what it watches for.
+		if p, had := prev[k]; had && p.Serving == serving && (!read || s.UUID == p.UUID && (serving || s.Seq >= p.Seq)) &&
+			v.sameStaying(p, in.Maps[k.DB], k.Range) {
 			out[k] = p
 			continue
 		}
@@ -74,7 +84,7 @@ func Marks(in Input, prev map[CopyKey]Mark) map[CopyKey]Mark {
 		}
 		m := in.Maps[k.DB]
 		if total, ok := v.maxLiveTotal(k.DB, m, k.Range); ok {
-			out[k] = Mark{Seq: s.Seq, UUID: s.UUID, Total: total, Staying: sortedNames(v.stayingCopies(m, k.Range))}
+			out[k] = Mark{Seq: s.Seq, UUID: s.UUID, Total: total, Staying: sortedNames(v.stayingCopies(m, k.Range)), Serving: serving}
 		}
 	}
 	return out
@@ -102,7 +112,7 @@ func (v *view) markOf(k CopyKey, m couch.ShardMap) (Mark, bool) {
 		return Mark{}, false
 	}
 	s, read := v.in.Stats[k]
-	if !read || s.UUID != mk.UUID || s.Seq < mk.Seq || mk.Seq < 0 || !v.sameStaying(mk, m, k.Range) || !v.fenced(k.Node) {
+	if !read || mk.Serving || s.UUID != mk.UUID || s.Seq < mk.Seq || mk.Seq < 0 || !v.sameStaying(mk, m, k.Range) || !v.fenced(k.Node) {
 		return Mark{}, false
 	}
 	return mk, true

@@ -41,6 +41,14 @@ func markAt(seq, total int64) map[CopyKey]Mark {
 	return map[CopyKey]Mark{drainedKey(): {Seq: seq, UUID: "u" + name(3), Total: total, Staying: []string{name(0), name(1), name(2)}}}
 }
 
+func servingAt(seq, total int64) map[CopyKey]Mark {
+	m := markAt(seq, total)
+	mk := m[drainedKey()]
+	mk.Serving = true
+	m[drainedKey()] = mk
+	return m
+}
+
 func pushedAt(seqs ...int64) map[string]int64 {
 	out := map[string]int64{}
 	for i, s := range seqs {
@@ -143,13 +151,33 @@ func TestMarks(t *testing.T) {
 			in: func() Input { return markInput(nil, nil) }, prev: map[CopyKey]Mark{k: {Seq: 15, UUID: "old", Total: 10, Staying: first.Staying}},
 			want: map[CopyKey]Mark{k: first},
 		},
-		"not fenced yet (the drained node still takes writes): no mark": {
+		"in nolb (the drained node still takes writes): a serving mark at its current update_seq": {
 			in: func() Input {
 				in := markInput(nil, nil)
 				in.Members[3].Fenced = false
 				return in
 			},
-			prev: markAt(15, 10), want: map[CopyKey]Mark{},
+			prev: markAt(15, 10), want: servingAt(20, 12),
+		},
+		"in nolb: the serving mark keeps its update_seq as the copy takes writes": {
+			in: func() Input {
+				in := markInput(nil, nil)
+				in.Members[3].Fenced = false
+				return in
+			},
+			prev: servingAt(15, 10), want: servingAt(15, 10),
+		},
+		"switched to true: the serving mark gives way to a mark at the current update_seq": {
+			in:   func() Input { return markInput(nil, nil) },
+			prev: servingAt(15, 10), want: markAt(20, 12),
+		},
+		"maintenance mode off (the node restarted): no mark": {
+			in: func() Input {
+				in := markInput(nil, nil)
+				in.Members[3].Fenced, in.Members[3].Maintenance = false, false
+				return in
+			},
+			prev: servingAt(15, 10), want: map[CopyKey]Mark{},
 		},
 		"its node is down: forgotten": {
 			in: func() Input {

@@ -117,9 +117,9 @@ func (a Action) String() string {
 		return fmt.Sprintf("CreateDB(%s n=%d)", a.DB, a.N)
 	case SyncShards:
 		return fmt.Sprintf("SyncShards(%s)", a.DB)
-	case SetMaintenance, ClearMaintenance, FenceTarget, RemoveNode, SetDecom, ClearDecom:
+	case ClearMaintenance, FenceTarget, RemoveNode, SetDecom, ClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
-	case SetZone, SetPlacement:
+	case SetMaintenance, SetZone, SetPlacement:
 		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Value)
 	case ScaleDown:
 		return fmt.Sprintf("ScaleDown(replicas=%d)", a.Replicas)
@@ -177,11 +177,12 @@ func Plan(in Input) Result {
 		}
 	}
 	r.Actions = append(r.Actions, v.decomSteps()...)
-	if d, ok := Draining(in); ok && !d.Maintenance && d.Live {
-		// Clients stop using the draining node before its copies move. A drained node that is down
-		// cannot be switched (its config API is down with it) and serves no client either.
-		r.Actions = append(r.Actions, Action{Kind: SetMaintenance, Node: d.Name})
+	if steps, done := v.drainModeSteps(); done {
+		r.Actions = append(r.Actions, steps...)
 		return r
+	}
+	if v.holdFills {
+		r.Waiting = fmt.Sprintf("copies on drained node %s take writes: new moves wait for the fills under way, then it goes from maintenance mode %q to %q", v.drain, DrainModeServing, DrainModeFenced)
 	}
 	if a, wait := v.createReplicated(); a != nil {
 		r.Actions = append(r.Actions, *a)

@@ -126,7 +126,7 @@ func TestPlanRules(t *testing.T) {
 		"drain: decom and maintenance mode before anything moves": {
 			in: Input{Replicas: 3, TargetReplicas: &two, Members: members(0, 1, 2), Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 2}})},
 				Decom: map[string]bool{name(0): false, name(1): false, name(2): false}},
-			want: []string{"SetDecom(" + name(2) + ")", "SetMaintenance(" + name(2) + ")"},
+			want: []string{"SetDecom(" + name(2) + ")", "SetMaintenance(" + name(2) + `="nolb")`},
 		},
 		"drain: the drained node's copy moves to a staying member": {
 			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true, Maintenance: true}},

@@ -435,8 +435,8 @@ func (c *propCluster) observe() (observation, bool) {
 		live := c.up[ord] && slices.Contains(mem.AllNodes, n)
 		mm := Member{Name: n, Ordinal: ord, Live: live}
 		if live {
-			mm.Maintenance = c.nodes[ord].MaintenanceMode() == "true"
-			mm.Fenced = mm.Maintenance
+			mode := c.nodes[ord].MaintenanceMode()
+			mm.Maintenance, mm.Fenced = mode == "true" || mode == "nolb", mode == "true"
 			if in.Zones != nil {
 				in.PlacementConfig[n] = c.placementOf(ord)
 			}

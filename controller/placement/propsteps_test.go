@@ -94,10 +94,15 @@ func (c *propCluster) checkInFlight(before Input, res Result) {
 	}
 }
 
-// checkFences: once a plan is applied, every range held by a member in maintenance mode for a fill
-// (not the drained node) keeps a copy on a live member that serves clients (rule 10).
+// checkFences: once a plan that fences is applied, every range held by a member in maintenance mode
+// for a fill (not the drained node) keeps a copy on a live member whose fabric workers run: any
+// maintenance mode but "true", so the drained node in "nolb" counts (rule 10). The plan that
+// switches the drained node to "true" is checked too; the one that starts a drain in "nolb" takes
+// no serving copy away.
 func (c *propCluster) checkFences(res Result) {
-	if !slices.ContainsFunc(res.Actions, func(a Action) bool { return a.Kind == FenceTarget }) {
+	if !slices.ContainsFunc(res.Actions, func(a Action) bool {
+		return a.Kind == FenceTarget || a.Kind == SetMaintenance && a.Value == DrainModeFenced
+	}) {
 		return
 	}
 	after, ok := c.observe()
@@ -107,7 +112,7 @@ func (c *propCluster) checkFences(res Result) {
 	v := newView(after.in)
 	serving := map[string]bool{}
 	for _, m := range after.in.Members {
-		serving[m.Name] = m.Live && !m.Maintenance && !v.leaving[m.Name]
+		serving[m.Name] = m.Live && !m.Fenced
 	}
 	for _, m := range after.in.Members {
 		if !m.Live || !m.Fenced || v.leaving[m.Name] {
@@ -172,8 +177,14 @@ func (c *propCluster) apply(o observation, a Action) {
 		err = api.SyncShards(c.ctx, a.DB)
 	case SetMaintenance, ClearMaintenance, FenceTarget:
 		v := "true"
-		if a.Kind == ClearMaintenance {
+		switch {
+		case a.Kind == ClearMaintenance:
 			v = "false"
+		case a.Value != "":
+			v = a.Value
+		}
+		if a.Kind == SetMaintenance {
+			c.seen["drained node set to "+v]++
 		}
 		_, err = api.SetMaintenanceMode(c.ctx, a.Node, v)
 	case SetDecom, ClearDecom:

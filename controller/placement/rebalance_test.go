@@ -147,7 +147,7 @@ func (s *sim) apply(t *testing.T, a Action) bool {
 		for i := range s.in.Members {
 			if s.in.Members[i].Name == a.Node {
 				on := a.Kind != ClearMaintenance
-				s.in.Members[i].Maintenance, s.in.Members[i].Fenced = on, on
+				s.in.Members[i].Maintenance, s.in.Members[i].Fenced = on, on && a.Value != DrainModeServing
 			}
 		}
 	default:

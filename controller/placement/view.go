@@ -33,7 +33,13 @@ type view struct {
 	leavesLater map[string]bool
 	drain       string
 	drainDown   bool // the drained node is not live: its copies are re-created but not dropped
-	frozen      map[string]bool
+	// drainServes says the drained node still serves the cluster's reads and writes: it is live
+	// and in maintenance mode "nolb", which takes it out of the load balancer (/_up) but leaves
+	// fabric's workers running (see DrainMode). Its copies then count as serving for fill fences.
+	drainServes bool
+	// holdFills stops new moves while the drained node is switched from "nolb" to "true".
+	holdFills bool
+	frozen    map[string]bool
 
 	zonesOn bool
 	zones   []string // distinct non-empty zones of live staying members, sorted
@@ -75,6 +81,7 @@ func newView(in Input) *view {
 	if d, ok := Draining(in); ok {
 		v.drain = d.Name
 		v.drainDown = !d.Live
+		v.drainServes = d.Live && d.Maintenance && !d.Fenced
 		v.leaving[d.Name] = true
 	}
 	zones := map[string]bool{}

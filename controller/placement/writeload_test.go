@@ -10,7 +10,7 @@ import (
 
 // TestDrainFinishesUnderConstantWrites drains a member that holds copies while clients keep writing
 // to every database between any two internal-replication rounds, as a steady load does: the drained
-// copies (fenced by maintenance mode) keep receiving mem3's pushes of the staying copies' new
+// copies (in maintenance mode "nolb" until writes are seen on them, then "true") keep receiving mem3's pushes of the staying copies' new
 // writes, so each push checkpoint from them, written at the sequence where the push started, is
 // behind their update_seq whenever the controller looks. Held to the current update_seq, the drain
 // never ends; held to the update_seq marked when each copy became a copy to drop, it ends, and no
@@ -64,6 +64,10 @@ func TestDrainFinishesUnderConstantWrites(t *testing.T) {
 			c.fatalf("the drain of %s (%d copies) did not finish in %d steps under writes: %s", name(3), held, steps, Plan(o.in).Waiting)
 		}
 		t.Logf("drained %s (%d copies) in %d steps while writing; %d drops at a mark", name(3), held, steps, c.seen["drops at a mark"])
+		// The drain starts in "nolb", sees the writes on the drained copies and goes to "true".
+		if c.seen["drained node set to nolb"] == 0 || c.seen["drained node set to true"] == 0 {
+			c.fatalf("the drained node's maintenance modes: %d times nolb, %d times true; want both", c.seen["drained node set to nolb"], c.seen["drained node set to true"])
+		}
 		if !c.settle(400) {
 			c.fatalf("no fixpoint after the drain")
 		}

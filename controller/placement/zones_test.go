@@ -74,7 +74,7 @@ func TestZoneSteps(t *testing.T) {
 				Decom:           map[string]bool{name(0): false, name(1): false, name(2): false},
 				PlacementConfig: map[string]string{name(0): rule, name(1): rule, name(2): rule}},
 			want: []string{`SetPlacement(` + name(0) + `="")`, `SetPlacement(` + name(1) + `="")`, `SetPlacement(` + name(2) + `="")`,
-				"SetDecom(" + name(2) + ")", "SetMaintenance(" + name(2) + ")"},
+				"SetDecom(" + name(2) + ")", "SetMaintenance(" + name(2) + `="nolb")`},
 		},
 		"a node moving to another zone: the rule naming its old zone goes first": {
 			in: Input{Replicas: 4, Members: members(0, 1, 2, 3), Maps: healthy, Zones: zoned("zone-a", "zone-b", "zone-b", "zone-d"), NodeZones: zoned("zone-a", "zone-b", "zone-c", "zone-d"),
