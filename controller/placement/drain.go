@@ -177,6 +177,10 @@ func (v *view) planDrops(p *planner) string {
 					p.sync(db)
 					continue
 				}
+				if t := p.dropExposes(RangeRef{db, rng}, node); t != "" {
+					p.wait(fmt.Sprintf("copy %s/%s on %s is dropped once %s, fenced while a copy fills there, is done filling: it is the range's last serving copy besides %s", db, rng, node, t, t))
+					continue
+				}
 				p.edit(Action{Kind: RemoveCopy, DB: db, Range: rng, Node: node, N: DBN(m)})
 				dropped++
 			}

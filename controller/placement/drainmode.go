@@ -47,15 +47,14 @@ func (v *view) readyToFence() bool {
 		if !v.live[target] {
 			continue // down: it serves nothing, fenced or not
 		}
-		m := v.in.Maps[rr.DB]
-		want, ok := int64(0), false
-		if mk, marked := v.in.Marks[CopyKey{rr.DB, rr.Range, v.drain}]; marked && mk.Serving && m.HasCopy(rr.Range, v.drain) {
-			want, ok = mk.Total, true
-		} else {
-			want, ok = v.maxLiveTotal(rr.DB, m, rr.Range)
+		mk, marked := v.in.Marks[CopyKey{rr.DB, rr.Range, v.drain}]
+		if !marked || !mk.Serving || !v.in.Maps[rr.DB].HasCopy(rr.Range, v.drain) {
+			if !v.fillDone(rr, target) {
+				return false
+			}
+			continue
 		}
-		s, read := v.in.Stats[CopyKey{rr.DB, rr.Range, target}]
-		if !ok || !read || s.total() < want {
+		if s, read := v.in.Stats[CopyKey{rr.DB, rr.Range, target}]; !read || s.total() < mk.Total {
 			return false
 		}
 	}

@@ -154,3 +154,42 @@ func (v *view) fenceSteps(p *planner) []Action {
 	}
 	return append(clear, set...)
 }
+
+// dropExposes returns a member fenced for a fill that is not done yet whose range rr would have no
+// serving copy once node's copy of rr is dropped in this plan, or "" when there is none. The fence
+// relied on that copy: dropping it would lift the fence (fenceSteps) and show readers the member's
+// copies half filled. The fill goes on regardless, so the drop only waits for it.
+func (p *planner) dropExposes(rr RangeRef, node string) string {
+	v := p.v
+	holders := v.in.Maps[rr.DB].ByRange[rr.Range]
+	for _, t := range holders {
+		if t == node || !v.fenced(t) || !v.filledBefore[t] || !v.isStaying[t] || v.fillsDone(t) {
+			continue
+		}
+		served := slices.ContainsFunc(holders, func(y string) bool {
+			return y != node && y != t && v.live[y] && !v.fenced(y) && (!v.leaving[y] || y == v.drain && v.drainServes) &&
+				(v.filling[rr] != y || v.fillDone(rr, y)) && !slices.Contains(p.removed[rr], y)
+		})
+		if !served {
+			return t
+		}
+	}
+	return ""
+}
+
+// fillsDone says whether every copy node is filling holds as many documents as any live copy of its
+// range (read this sync).
+func (v *view) fillsDone(node string) bool {
+	for rr, t := range v.filling {
+		if t == node && !v.fillDone(rr, t) {
+			return false
+		}
+	}
+	return true
+}
+
+func (v *view) fillDone(rr RangeRef, node string) bool {
+	want, ok := v.maxLiveTotal(rr.DB, v.in.Maps[rr.DB], rr.Range)
+	s, read := v.in.Stats[CopyKey{rr.DB, rr.Range, node}]
+	return ok && read && s.total() >= want
+}

@@ -53,13 +53,21 @@ func TestFillFences(t *testing.T) {
 		s.Docs = 10
 		filled[CopyKey{db, all, name(i)}] = s
 	}
+	// a's fill is done and its drained copy verified; b's and c's are still filling on 1 and 2.
+	aDone := maps.Clone(sharedStats)
+	s := aDone[CopyKey{"a", all, name(0)}]
+	s.Docs = 10
+	aDone[CopyKey{"a", all, name(0)}] = s
+	s = aDone[CopyKey{"a", all, name(3)}]
+	s.Pushed = map[string]int64{"u" + name(0): 14, "u" + name(1): 14, "u" + name(2): 14}
+	aDone[CopyKey{"a", all, name(3)}] = s
 	allFenced := []Member{fenced(members(0)[0]), fenced(Member{Name: name(1), Ordinal: 1, Live: true}), fenced(Member{Name: name(2), Ordinal: 2, Live: true}), nolbOf3[3]}
 	a := withN(smap("a", map[string][]int{all: {0, 1, 2}}), 3)
 	a.AddCopy(all, name(3)) // the move's new copy, added last
 	inFlight := map[string]couch.ShardMap{"a": a}
 	caughtUp := stats("a", all, 10, 0, 1, 2, 3)
 	lagging := maps.Clone(caughtUp)
-	s := lagging[CopyKey{"a", all, name(3)}]
+	s = lagging[CopyKey{"a", all, name(3)}]
 	s.Docs = 4
 	lagging[CopyKey{"a", all, name(3)}] = s
 	cases := map[string]struct {
@@ -84,6 +92,12 @@ func TestFillFences(t *testing.T) {
 			want: []string{"FenceTarget(" + name(0) + ")", "FenceTarget(" + name(1) + ")", "FenceTarget(" + name(2) + ")",
 				"AddCopy(a/" + all + " on " + name(0) + ")", "AddCopy(b/" + all + " on " + name(1) + ")", "AddCopy(c/" + all + " on " + name(2) + ")",
 				"SyncShards(a)", "SyncShards(b)", "SyncShards(c)"},
+		},
+		"a verified drop waits while it is the last serving copy of a range a fenced member has not filled": {
+			in: Input{Replicas: 4, TargetReplicas: &one, Members: allFenced, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
+				Maps: shared, Stats: aDone},
+			want:    []string{"SyncShards(b)", "SyncShards(c)"},
+			waiting: "is dropped once",
 		},
 		"writes reach the drained node in nolb: its fills go on, nothing new starts, it stays in nolb": {
 			in: Input{Replicas: 4, TargetReplicas: &one, Members: allFenced, MaxMoves: 8, MaxFillsPerNode: 4, Decom: map[string]bool{name(3): true},
