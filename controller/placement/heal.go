@@ -25,11 +25,14 @@ func (v *view) createReplicated() (*Action, string) {
 }
 
 // planHeal adds the copies ranges lack on staying members (rule 6), within the move budget: ranges
-// with the fewest live copies first, then the largest.
+// with the fewest live copies first, then those whose members able to take them have the most
+// ranges waiting (a drain to n members leaves each range one: a member left for last would fill
+// alone, at its MaxFillsPerNode, while the others idle), then the largest.
 func (v *view) planHeal(p *planner) {
 	type short struct {
 		db, rng string
 		live    int
+		backlog int
 		size    int64
 	}
 	var todo []short
@@ -40,13 +43,27 @@ func (v *view) planHeal(p *planner) {
 		m := v.in.Maps[db]
 		for _, rng := range m.Ranges() {
 			if len(v.stayingCopies(m, rng)) < v.want(db) {
-				todo = append(todo, short{db, rng, len(v.liveCopies(m, rng)), v.in.RangeBytes[RangeRef{db, rng}]})
+				todo = append(todo, short{db, rng, len(v.liveCopies(m, rng)), 0, v.in.RangeBytes[RangeRef{db, rng}]})
 			}
+		}
+	}
+	backlog := map[string]int{}
+	for _, s := range todo {
+		for _, n := range v.takers(s.db, s.rng) {
+			backlog[n]++
+		}
+	}
+	for i, s := range todo {
+		for _, n := range v.takers(s.db, s.rng) {
+			todo[i].backlog = max(todo[i].backlog, backlog[n])
 		}
 	}
 	sort.SliceStable(todo, func(i, j int) bool {
 		if todo[i].live != todo[j].live {
 			return todo[i].live < todo[j].live
+		}
+		if todo[i].backlog != todo[j].backlog {
+			return todo[i].backlog > todo[j].backlog
 		}
 		return todo[i].size > todo[j].size
 	})
@@ -55,13 +72,18 @@ func (v *view) planHeal(p *planner) {
 	// another member's: only once the ranges that could go to it are done can two members be
 	// fenced at once (rule 10 lets a member be fenced only while every range it holds keeps a
 	// serving copy elsewhere, and in a drain most ranges share two members with the drained node).
+	// With the drained node serving (DrainMode), fences do not exclude each other that way: one pass.
+	passes := 2
+	if v.drainServes {
+		passes = 1
+	}
 	done := make([]bool, len(todo))
-	for pass := range 2 {
+	for pass := range passes {
 		for i, s := range todo {
 			if done[i] {
 				continue
 			}
-			more, skipped := v.healRange(p, s.db, s.rng, pass == 0)
+			more, skipped := v.healRange(p, s.db, s.rng, pass == 0 && passes == 2)
 			if !more {
 				return
 			}
@@ -165,4 +187,16 @@ func (v *view) pick(p *planner, rr RangeRef, holders []string, needZone, move bo
 		fenceWait = ""
 	}
 	return best, fenceWait, best == "" && blocked
+}
+
+// takers are the live staying members without a copy of rng: those a copy it lacks may go to.
+func (v *view) takers(db, rng string) []string {
+	m := v.in.Maps[db]
+	var out []string
+	for _, n := range v.staying {
+		if v.live[n] && !m.HasCopy(rng, n) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
