@@ -23,7 +23,8 @@
 //  3. A leaving node (departed, or the node being drained) that is still in _nodes is marked
 //     "decom": true there, so CouchDB places no copy of a database created from now on on it; a member
 //     that is no longer leaving loses the mark. This comes before any database is created.
-//  4. The node being drained is put in maintenance mode before anything of it moves, when it is up. A
+//  4. The node being drained is put in maintenance mode before anything of it moves, when it is up:
+//     "nolb", then "true" once its copies take writes (drainmode.go). A
 //     drained node that is down serves nothing anyway, so its copies are re-created from the other live
 //     copies without waiting for it (rule 6), but they are dropped only once it is back (rule 7).
 //  5. Databases named in couchdb.io/replicate are created when absent, while every staying member is
@@ -71,8 +72,9 @@
 //     "true", FenceTarget) before its copy enters the map, and unfenced (ClearMaintenance) before the
 //     plan whose drop ends its last such fill: CouchDB serves each range of a clustered read from the
 //     first copy that answers, and an unfilled copy answers first. A member is fenced only while every
-//     range it holds keeps a serving copy elsewhere (live, unfenced, staying, not filling, not being
-//     dropped); a move whose target other fences keep unsafe waits for their fills to end, one whose
+//     range it holds keeps a serving copy elsewhere (live, unfenced, staying or the drained node in
+//     "nolb", not filling, not being dropped), and a verified drop waits while it would leave a range
+//     served only by members still filling (dropExposes); a move whose target other fences keep unsafe waits for their fills to end, one whose
 //     target can never be fenced goes ahead unfenced. A drain's move waits so for the member it would
 //     go to rather than take another that could be fenced alongside, and moves onto a member fenced
 //     already go first: a fence kept busy with moves that could go elsewhere keeps the other members
