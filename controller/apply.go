@@ -57,6 +57,16 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		if err := api.AddNodeDoc(ctx, a.Node); err != nil {
 			return err
 		}
+		// With zones on, the zone goes on right away, as a second revision of the empty doc (which
+		// the node writes itself at boot with the same revision: a first revision with the zone in
+		// it would be a conflicting branch that outlives the doc's deletion). A node that comes back
+		// with a [cluster] placement naming its zone would otherwise fail every database creation
+		// through it (500 no_nodes_in_zone) until the next sync's SetZone.
+		if a.Text != "" {
+			if err := setZone(ctx, api, a.Node, a.Text); err != nil {
+				return fmt.Errorf("zone of %s: %w", a.Node, err)
+			}
+		}
 		// Success is judged only when _membership shows the node; remember when its pod got ready.
 		for _, p := range o.Pods {
 			if n := o.Nodes[p.Ordinal]; n != nil && n.Name == a.Node {

@@ -56,7 +56,7 @@ type Action struct {
 	DB        string // shard actions
 	Range     string // shard actions
 	Replicas  int    // ScaleDown: the new spec.replicas
-	Text      string // SetZone: the zone; SetPlacement: the rule ("" deletes it); CopyConfig: the key
+	Text      string // SetZone, AddNode: the zone; SetPlacement: the rule ("" deletes it); CopyConfig: the key
 	From      int    // CopyAdminHash, CopyConfig: the ordinal whose value is copied (read from Observed by apply)
 }
 
@@ -346,7 +346,8 @@ func planJoins(o Observed, coord *NodeObs, members []string, p *Plan) {
 			continue
 		}
 		if !slices.Contains(members, n.Name) {
-			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: n.Name, Pod: n.Pod})
+			// With zones on, apply gives the new doc the pod's zone at once (its Text).
+			p.Actions = append(p.Actions, Action{Kind: ActAddNode, Via: coord.Ordinal, Node: n.Name, Pod: n.Pod, Text: o.Zones[ord]})
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -395,6 +396,32 @@ func TestSyncWritesZonesAndPlacement(t *testing.T) {
 	}
 	if got := f.series("shard_ranges")[`shard_ranges{state="zone_violation"}`]; got != 0 {
 		t.Errorf("shard_ranges{zone_violation} = %v", got)
+	}
+}
+
+// TestJoinWritesTheZoneWithTheNodeDoc: with zones on, the sync that adds a node to _nodes also gives
+// its doc the zone, as a second revision of the empty doc the node writes itself at boot (a first
+// revision with the zone would be a conflicting branch). A node that comes back with a placement rule
+// naming its zone then serves it at once, and creations through it do not fail.
+func TestJoinWritesTheZoneWithTheNodeDoc(t *testing.T) {
+	f := newFixture(t)
+	f.formedInZones(nil)
+	sts := statefulSet(4, nil)
+	sts.ResourceVersion = "2"
+	f.cache(sts)
+	f.addNode(3, testPass)
+	p := pod(3, true)
+	p.Spec.NodeName = "node-c"
+	f.cache(p)
+	for i := 0; i < 5 && !slices.Contains(f.node(0).ClusterNodes(), escapedNode(3)); i++ {
+		f.syncUntilQuiet(1)
+	}
+	d, err := f.admin(0).GetNodeDoc(f.ctx, escapedNode(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Zone != "zone-c" || !strings.HasPrefix(d.Rev, "2-") {
+		t.Errorf("after the join, db-3's _nodes doc has zone %q at rev %s; want zone-c at the second revision", d.Zone, d.Rev)
 	}
 }
 

@@ -164,7 +164,10 @@ func (c *propCluster) apply(o observation, a Action) {
 	var err error
 	switch a.Kind {
 	case "AddNode":
-		err = api.AddNodeDoc(c.ctx, a.Node)
+		// As the controller's join does: the empty doc, then its zone.
+		if err = api.AddNodeDoc(c.ctx, a.Node); err == nil && c.zones()[a.Node] != "" {
+			err = c.setZone(api, a.Node, c.zones()[a.Node])
+		}
 	case CreateDB:
 		c.checkDecomBeforeCreate(api)
 		c.checkPlacementServed(api, a)
