@@ -72,8 +72,9 @@ func (v *view) drainModeSteps() (steps []Action, done bool) {
 		// serves no client either.
 		return nil, false
 	case !d.Maintenance:
-		// Clients stop using the draining node before its copies move.
-		return []Action{{Kind: SetMaintenance, Node: d.Name, Value: DrainModeServing}}, true
+		// Clients stop using the draining node before its copies move. The fences of fills already
+		// under way (a rebalance's) are checked first, as in any plan: this one returns early.
+		return append(v.fenceSteps(newPlanner(v)), Action{Kind: SetMaintenance, Node: d.Name, Value: DrainModeServing}), true
 	case d.Fenced || !v.writesSeen():
 		return nil, false
 	}

@@ -96,13 +96,10 @@ func (c *propCluster) checkInFlight(before Input, res Result) {
 
 // checkFences: once a plan that fences is applied, every range held by a member in maintenance mode
 // for a fill (not the drained node) keeps a copy on a live member whose fabric workers run: any
-// maintenance mode but "true", so the drained node in "nolb" counts (rule 10). The plan that
-// switches the drained node to "true" is checked too; the one that starts a drain in "nolb" takes
-// no serving copy away.
+// maintenance mode but "true", so the drained node in "nolb" counts (rule 10). The plans that set
+// the drained node's mode are checked too.
 func (c *propCluster) checkFences(res Result) {
-	if !slices.ContainsFunc(res.Actions, func(a Action) bool {
-		return a.Kind == FenceTarget || a.Kind == SetMaintenance && a.Value == DrainModeFenced
-	}) {
+	if !slices.ContainsFunc(res.Actions, func(a Action) bool { return a.Kind == FenceTarget || a.Kind == SetMaintenance }) {
 		return
 	}
 	after, ok := c.observe()
