@@ -74,12 +74,21 @@ func TestRealFinishClusterWithoutSecret(t *testing.T) {
 	if code, body := do("add db-1 to _nodes on db-0", n0, "PUT", "/_node/_local/_nodes/"+n1.Name(), "{}"); code != http.StatusCreated && code != http.StatusAccepted {
 		t.Fatalf("add db-1 to _nodes: %d %s", code, body)
 	}
+	// db-0 tries to connect to db-1 once, when the _nodes doc arrives (mem3_sync_event); if db-1's
+	// name does not resolve yet there (its Erlang resolver re-reads the hosts file only so often),
+	// mem3_distribution tries again only every 37-46 s ([cluster] reconnect_interval_sec). A request
+	// that db-0 serves by RPC to db-1 connects at once, so the wait asks for one each time.
 	waitFor(t, 30*time.Second, "both nodes connected", func() bool {
 		var m struct {
 			AllNodes []string `json:"all_nodes"`
 		}
 		_, err := n0.getJSON(ctx, "admin", pw, "/_membership", &m)
-		return err == nil && slices.Contains(m.AllNodes, n1.Name())
+		if err == nil && slices.Contains(m.AllNodes, n1.Name()) {
+			return true
+		}
+		var sys map[string]any
+		_, _ = n0.getJSON(ctx, "admin", pw, "/_node/"+n1.Name()+"/_system", &sys) // 412 nodedown until it connects
+		return false
 	})
 	do("GET /_membership on db-0", n0, "GET", "/_membership", "")
 	var uuid0, uuid1 struct{ UUID string }
