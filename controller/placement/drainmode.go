@@ -17,12 +17,14 @@ package placement
 // to have moved on (its update_seq passed its serving mark: the range is being written), the drain
 // switches to "true" for good, and the marks take over as before:
 //   - no new move starts (holdFills), since its fence might rely on the drained node serving;
-//   - once every range with a serving mark has its staying copies at the documents the range held
-//     when its new copy started to fill (readyToFence: the fills are done), the fences that relied
-//     on the drained node are lifted, and only then is the drained node set to "true". A range never
-//     goes without a serving copy, and no copy is shown to readers half filled.
+//   - once every new copy in flight holds what its range held (at the serving mark, or as any live
+//     copy does now, for a range without one: readyToFence), the fences that relied on the drained
+//     node are lifted, and only then is the drained node set to "true". A range never goes without
+//     a serving copy, and no copy is shown to readers half filled.
 //
-// A drain without writes never switches, and each of its fills may be fenced.
+// While it serves, a verified drop of one of its copies waits if it is the last serving copy of a
+// range that a fenced member is still filling (dropExposes, fence.go). A drain without writes never
+// switches, and each of its fills may be fenced.
 
 // writesSeen says whether a copy to drop on the drained node, watched by a serving mark, took a
 // write since the mark.
