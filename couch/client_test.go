@@ -360,7 +360,8 @@ func dropConn(t *testing.T, w http.ResponseWriter) {
 
 // TestNoRetryOnTransportFailure: a POST whose connection dropped or timed out may have been applied
 // by CouchDB, so it is never sent again (finish_cluster, add_node and enable_cluster must not run
-// twice); the idempotent methods are retried.
+// twice); the idempotent methods are retried after a dropped connection, and no method after an
+// attempt that ran to the timeout (a hung node would hold each sync three timeouts long).
 func TestNoRetryOnTransportFailure(t *testing.T) {
 	failures := map[string]func(t *testing.T, w http.ResponseWriter, r *http.Request, release <-chan struct{}){
 		"dropped connection": func(t *testing.T, w http.ResponseWriter, _ *http.Request, _ <-chan struct{}) { dropConn(t, w) },
@@ -396,8 +397,12 @@ func TestNoRetryOnTransportFailure(t *testing.T) {
 				} else if strings.Contains(err.Error(), secretPassword) {
 					t.Errorf("error leaks the password: %v", err)
 				}
-				if got := hits.Load(); got != tc.wantHits {
-					t.Errorf("sent %d times, want %d", got, tc.wantHits)
+				want := tc.wantHits
+				if fname == "timeout" {
+					want = 1
+				}
+				if got := hits.Load(); got != want {
+					t.Errorf("sent %d times, want %d", got, want)
 				}
 			})
 		}
