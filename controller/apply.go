@@ -124,7 +124,7 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonShardCopyAdded, "Created database %s with a copy on each of %d members (%s)", a.DB, a.NodeCount, AnnotationReplicate)
 		return nil
 	case ActAddCopy, ActRemoveCopy:
-		return c.editShardMap(ctx, api, sts, []Action{a})
+		return c.editShardMap(ctx, api, sts, nil, []Action{a})
 	case ActSyncShards:
 		return api.SyncShards(ctx, a.DB)
 	case ActSetMaintenance:

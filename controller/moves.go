@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // applyActions applies a plan in order and stops at the first error. AddCopy and RemoveCopy actions
@@ -25,6 +27,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 	logger := klog.FromContext(ctx)
 	synced := map[string]bool{}   // databases whose _sync_shards was posted since their last edit
 	adds := map[string][]Action{} // the copies this apply added, by database, for awaitListed
+	maps := newMapRevs(o)         // each map as last read or written, the base of the next edit
 	hook := func(a Action) error {
 		if c.cfg.BeforeAction == nil {
 			return nil
@@ -47,7 +50,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					}
 				}
 				batches := wave.batches()
-				errs := allAtOnce(batches, func(b []Action) error { return c.applyBatch(ctx, st, sts, o, b) })
+				errs := allAtOnce(batches, func(b []Action) error { return c.applyBatch(ctx, st, sts, o, maps, b) })
 				var failed error
 				for k, batch := range batches {
 					if errs[k] != nil {
@@ -198,10 +201,10 @@ func allAtOnce[T any](items []T, fn func(T) error) []error {
 func isMapEdit(a Action) bool { return a.Kind == ActAddCopy || a.Kind == ActRemoveCopy }
 
 // applyBatch writes edits of one database's map in one request, through the node the first names.
-func (c *Controller) applyBatch(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, batch []Action) error {
+func (c *Controller) applyBatch(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, maps *mapRevs, batch []Action) error {
 	api, err := c.via(ctx, st, sts, o, batch[0].Via)
 	if err == nil {
-		err = c.editShardMap(ctx, api, sts, batch)
+		err = c.editShardMap(ctx, api, sts, maps, batch)
 	}
 	result := "success"
 	if err != nil {
@@ -220,16 +223,81 @@ func (c *Controller) applyBatch(ctx context.Context, st *clusterState, sts *apps
 	return nil
 }
 
-// editShardMap re-reads db's map and applies every edit of batch (all of one database) with the
-// documented procedure, recording the database's n in a map that has none yet, then writes it once.
-// A repeat after a crash is a no-op; a concurrent edit answers 409 and the next sync re-plans. If any
-// edit is refused (the last copy of a range), nothing is written.
-func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, batch []Action) error {
+// mapRevs holds, for one apply, each database's map as this sync read it (through the node that
+// takes the edits: placement edits through the coordinator, whose _dbs askShards reads) or as the
+// apply last wrote it. An edit starts from it and writes with its revision, so a move's edit costs
+// one round trip instead of a GET and a PUT; a map that changed since answers 409, and the edit is
+// then made again on a fresh read, as before.
+type mapRevs struct {
+	mu   sync.Mutex
+	maps map[string]couch.ShardMap
+}
+
+func newMapRevs(o Observed) *mapRevs {
+	r := &mapRevs{maps: map[string]couch.ShardMap{}}
+	if o.Shards != nil {
+		for db, m := range o.Shards.Maps {
+			if m.Rev != "" {
+				r.maps[db] = m
+			}
+		}
+	}
+	return r
+}
+
+// base is a copy of db's map to edit, if the apply knows one.
+func (r *mapRevs) base(db string) (couch.ShardMap, bool) {
+	if r == nil {
+		return couch.ShardMap{}, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m, ok := r.maps[db]
+	if !ok {
+		return couch.ShardMap{}, false
+	}
+	return m.Clone(), true
+}
+
+// wrote records db's map as written, or forgets it when its revision is not known.
+func (r *mapRevs) wrote(db string, m couch.ShardMap) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m.Rev == "" {
+		delete(r.maps, db)
+		return
+	}
+	r.maps[db] = m
+}
+
+// editShardMap applies every edit of batch (all of one database) with the documented procedure,
+// recording the database's n in a map that has none yet, and writes the map once: first on the map
+// maps holds, with its revision, and when that answers 409 (or maps holds none) on a fresh read.
+// A repeat after a crash is a no-op; a concurrent edit between the read and the write answers 409
+// and the next sync re-plans. If any edit is refused (the last copy of a range), nothing is written.
+func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, maps *mapRevs, batch []Action) error {
 	db := batch[0].DB
+	if m, ok := maps.base(db); ok {
+		err := c.writeEdits(ctx, api, sts, maps, m, batch)
+		if !couch.IsConflict(err) {
+			return err
+		}
+		// Changed since it was read (by CouchDB, a person, or this apply's own write through a
+		// node whose _dbs had not caught up): edit the current map.
+	}
 	m, err := api.GetShardMap(ctx, db)
 	if err != nil {
 		return err
 	}
+	return c.writeEdits(ctx, api, sts, maps, m, batch)
+}
+
+// writeEdits applies batch to m and writes it with m's revision.
+func (c *Controller) writeEdits(ctx context.Context, api CouchAPI, sts *appsv1.StatefulSet, maps *mapRevs, m couch.ShardMap, batch []Action) error {
+	db := batch[0].DB
 	type done struct {
 		a     Action
 		moved bool // the copy itself changed, not only the recorded n
@@ -255,10 +323,16 @@ func (c *Controller) editShardMap(ctx context.Context, api CouchAPI, sts *appsv1
 	if len(changes) == 0 {
 		return nil
 	}
-	if _, err := api.PutShardMap(ctx, m); err != nil {
+	rev, err := api.PutShardMap(ctx, m)
+	if err != nil {
+		if !couch.IsConflict(err) {
+			maps.wrote(db, couch.ShardMap{}) // the write may have landed: read the map again
+		}
 		c.metrics.ShardMove("error")
 		return err
 	}
+	m.Rev = rev
+	maps.wrote(db, m)
 	for _, d := range changes {
 		switch {
 		case !d.moved:
