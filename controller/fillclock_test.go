@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -103,36 +105,21 @@ func TestFillClockStartsTheLookEarlyByTheLead(t *testing.T) {
 	}
 }
 
-func TestMapWaves(t *testing.T) {
+func TestEditBatches(t *testing.T) {
 	add := func(db string) Action { return Action{Kind: ActAddCopy, DB: db} }
 	rm := func(db string) Action { return Action{Kind: ActRemoveCopy, DB: db} }
 	edits := []Action{rm("a"), rm("b"), rm("a"), add("c"), add("c"), rm("d"), add("e"), add("a")}
-	var got [][]string
-	for _, w := range mapWaves(edits) {
-		var dbs []string
-		for _, b := range w.batches() {
-			s := b[0].DB + ":"
-			for _, a := range b {
-				s += string(a.Kind)[0:1]
-			}
-			dbs = append(dbs, s)
+	var got []string
+	for _, b := range editBatches(edits) {
+		s := b[0].DB + ":"
+		for _, a := range b {
+			s += string(a.Kind)[0:1]
 		}
-		got = append(got, dbs)
+		got = append(got, s)
 	}
-	// Drops before the adds that follow them; one write per database and wave, in plan order.
-	want := [][]string{{"a:RR", "b:R"}, {"c:AA", "d:R"}, {"e:A", "a:A"}}
-	if len(got) != len(want) {
-		t.Fatalf("waves %v, want %v", got, want)
-	}
-	for i := range want {
-		if len(got[i]) != len(want[i]) {
-			t.Fatalf("waves %v, want %v", got, want)
-		}
-		for j := range want[i] {
-			if got[i][j] != want[i][j] {
-				t.Errorf("waves %v, want %v", got, want)
-			}
-		}
+	// One write per database, in the order the databases first appear, its edits in plan order.
+	if diff := cmp.Diff([]string{"a:RRA", "b:R", "c:AA", "d:R", "e:A"}, got); diff != "" {
+		t.Errorf("batches (-want +got):\n%s", diff)
 	}
 }
 

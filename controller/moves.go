@@ -41,37 +41,32 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 			for j < len(actions) && isMapEdit(actions[j]) {
 				j++
 			}
-			for _, wave := range mapWaves(actions[i:j]) {
-				var stop error
-				for k, b := range wave.actions {
-					if err := hook(b); err != nil {
-						wave.actions, stop = wave.actions[:k], err
-						break
+			edits, stop := actions[i:j], error(nil)
+			for k, b := range edits {
+				if err := hook(b); err != nil {
+					edits, stop = edits[:k], err
+					break
+				}
+			}
+			batches := editBatches(edits)
+			errs := allAtOnce(batches, func(b []Action) error { return c.applyBatch(ctx, st, sts, o, maps, b) })
+			var failed error
+			for k, batch := range batches {
+				if errs[k] != nil {
+					failed = cmp.Or(failed, errs[k])
+					continue
+				}
+				delete(synced, batch[0].DB)
+				st.fills.edited(batch[0].DB)
+				for _, b := range batch {
+					if b.Kind == ActAddCopy {
+						adds[b.DB] = append(adds[b.DB], b)
 					}
 				}
-				batches := wave.batches()
-				errs := allAtOnce(batches, func(b []Action) error { return c.applyBatch(ctx, st, sts, o, maps, b) })
-				var failed error
-				for k, batch := range batches {
-					if errs[k] != nil {
-						failed = cmp.Or(failed, errs[k])
-						continue
-					}
-					delete(synced, batch[0].DB)
-					st.fills.edited(batch[0].DB)
-					for _, b := range batch {
-						if b.Kind == ActAddCopy {
-							adds[b.DB] = append(adds[b.DB], b)
-						}
-					}
-					c.noteAddedCopies(st, o, batch)
-				}
-				if failed != nil {
-					return failed
-				}
-				if stop != nil {
-					return stop
-				}
+				c.noteAddedCopies(st, o, batch)
+			}
+			if err := cmp.Or(failed, stop); err != nil {
+				return err
 			}
 			i = j
 			continue
@@ -152,31 +147,16 @@ func (c *Controller) noteAddedCopies(st *clusterState, o Observed, batch []Actio
 	}
 }
 
-// mapWave is a run of map edits that may be written at once: edits of different databases are
-// different documents, and no edit of the wave waits for another.
-type mapWave struct{ actions []Action }
-
-// mapWaves cuts a run of map edits, in plan order, into waves: a new wave starts where the edits go
-// from drops to adds, so the drops that end moves are written before the adds that take their
-// slots, as the plan orders them (were a drop to fail, no add would overfill the per-node limits).
-func mapWaves(edits []Action) []mapWave {
-	var waves []mapWave
-	for i, a := range edits {
-		if i == 0 || a.Kind == ActAddCopy && edits[i-1].Kind == ActRemoveCopy {
-			waves = append(waves, mapWave{})
-		}
-		w := &waves[len(waves)-1]
-		w.actions = append(w.actions, a)
-	}
-	return waves
-}
-
-// batches groups the wave's edits by database, in the order each database first appears: one
-// read-modify-write per database.
-func (w mapWave) batches() [][]Action {
+// editBatches groups a run of map edits by database, in the order each database first appears and
+// in plan order within one: one read-modify-write per database, all written at once (different
+// databases are different documents). The drops that end moves and the adds that take their slots
+// go out together: a drop is planned only once its move's new copy is full, so were it to fail, the
+// add that took its slot would not add a second fill at once on any node; the next sync counts the
+// move as in flight again and starts nothing in its place.
+func editBatches(edits []Action) [][]Action {
 	var out [][]Action
 	at := map[string]int{}
-	for _, a := range w.actions {
+	for _, a := range edits {
 		k, ok := at[a.DB]
 		if !ok {
 			k = len(out)

@@ -10,8 +10,7 @@ import (
 
 // TestApplyEditsTheObservedMap: a map edit starts from the map the sync read, with its revision,
 // so it is one PUT; a map that changed since the read answers 409 and the edit is made again on a
-// fresh read, keeping the other change; a second edit of the same map in the same apply starts from
-// the first one's write.
+// fresh read, keeping the other change; a drop and an add of the same map are one write.
 func TestApplyEditsTheObservedMap(t *testing.T) {
 	const (
 		put = "PUT /_node/_local/_dbs/db1"
@@ -21,13 +20,13 @@ func TestApplyEditsTheObservedMap(t *testing.T) {
 		name     string
 		observed bool // the sync read the maps
 		stale    bool // someone edits the map after the read
-		twoWaves bool // a drop, then an add of the same map (two waves)
+		twoEdits bool // a drop, then an add of the same map
 		want     []string
 	}{
 		{name: "observed", observed: true, want: []string{put}},
 		{name: "not observed", want: []string{get, put}},
 		{name: "changed since the read", observed: true, stale: true, want: []string{put, get, put}},
-		{name: "drop then add of one map", observed: true, twoWaves: true, want: []string{put, put}},
+		{name: "drop then add of one map", observed: true, twoEdits: true, want: []string{put}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,7 +66,7 @@ func TestApplyEditsTheObservedMap(t *testing.T) {
 			}
 			plan := []Action{{Kind: ActAddCopy, Via: 0, DB: "db1", Range: rng, Node: target, NodeCount: 2}}
 			dropped := ""
-			if tc.twoWaves {
+			if tc.twoEdits {
 				dropped = m.ByRange[otherRange][0]
 				plan = []Action{
 					{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: otherRange, Node: dropped, NodeCount: 2},
@@ -92,7 +91,7 @@ func TestApplyEditsTheObservedMap(t *testing.T) {
 			if tc.stale && !after.HasCopy(otherRange, other) {
 				t.Errorf("the other edit was lost: %v", after.ByRange)
 			}
-			if tc.twoWaves && after.HasCopy(otherRange, dropped) {
+			if tc.twoEdits && after.HasCopy(otherRange, dropped) {
 				t.Errorf("the dropped copy is still in the map: %v", after.ByRange)
 			}
 		})

@@ -128,9 +128,10 @@ func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 }
 
 // release gives back the slots of a move this plan completes by dropping the copies drop of rng
-// (the range then has nothing left to drop), so the same plan can start the next move: the drops
-// are applied before any add that follows them, so the moves in flight never exceed the bounds, and
-// a finished move no longer waits a sync to make room. The range stays busy: it gets no second move
+// (the range then has nothing left to drop), so the same plan can start the next move: a finished
+// move no longer waits a sync to make room. Its new copy is full, so the slot it gives back is one
+// no fill uses any more, whether its drop is written before, with or (if it fails) after the add
+// that takes it. The range stays busy: it gets no second move
 // in this plan. It undoes exactly what findInFlight counted for the range.
 func (p *planner) release(db string, m couch.ShardMap, rng string, drop []string) {
 	v := p.v
