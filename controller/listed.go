@@ -5,7 +5,6 @@ import (
 	"slices"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
@@ -19,21 +18,18 @@ import (
 // all and stayed empty until the next post (test/couchpods TestRealSyncShardsRightAfterMapEdit).
 // A concurrent move writes up to --max-concurrent-moves maps in one wave and posts right after,
 // which is that case. So a post that follows an edit adding copies first waits, up to listWait,
-// for GET /{db}/_shards on the same node (the same cache) to list them. If the wait runs out, the
-// post goes anyway and the fill clock's early repush (emptyRepushAfter) covers it.
+// for GET /{db}/_shards on the same node (the same cache) to list them, beside the sync
+// (asyncpost.go). If the wait runs out, the post goes anyway and the fill clock's early repush
+// (emptyRepushAfter) covers it.
 
 const (
 	listPoll = 2 * time.Millisecond
 	listWait = time.Second
 )
 
-// awaitListed waits until the node that takes post (db's _sync_shards) lists every copy of adds,
-// or listWait has passed, or the node cannot say.
-func (c *Controller) awaitListed(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, post Action, adds []Action) {
-	api, err := c.via(ctx, st, sts, o, post.Via)
-	if err != nil {
-		return
-	}
+// awaitListed waits until api, the node that takes post (db's _sync_shards), lists every copy of
+// adds, or listWait has passed, or the node cannot say. It runs beside the sync (asyncpost.go).
+func awaitListed(ctx context.Context, api CouchAPI, post Action, adds []Action) {
 	start := time.Now()
 	// Bounded by the time, not the number of polls: on a loaded node one GET can take 100 ms.
 	for polls := 1; time.Since(start) < listWait; polls++ {

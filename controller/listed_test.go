@@ -117,7 +117,7 @@ func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
 }
 
 // applyThroughPod0 applies plan as a sync that observed only db-0 would, with the call log reset
-// first, and says how long it took.
+// first, and says how long it took, the posts beside it (asyncpost.go) included.
 func (f *fixture) applyThroughPod0(plan []Action) time.Duration {
 	f.t.Helper()
 	st, sts := f.c.state(key), f.cachedStatefulSet()
@@ -127,5 +127,6 @@ func (f *fixture) applyThroughPod0(plan []Action) time.Duration {
 	if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
 		f.t.Fatal(err)
 	}
+	st.posts.wait()
 	return time.Since(start)
 }

@@ -58,6 +58,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 				}
 				delete(synced, batch[0].DB)
 				st.fills.edited(batch[0].DB)
+				st.posts.edited(batch[0].DB)
 				for _, b := range batch {
 					if b.Kind == ActAddCopy {
 						adds[b.DB] = append(adds[b.DB], b)
@@ -79,7 +80,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 			for i < len(actions) && actions[i].Kind == ActSyncShards {
 				b := actions[i]
 				i++
-				if synced[b.DB] || stop != nil || st.fills.pushedRecently(b.DB, c.cfg.Now()) {
+				if synced[b.DB] || stop != nil || st.fills.pushedRecently(b.DB, c.cfg.Now()) || st.posts.isRunning(b.DB) {
 					continue
 				}
 				if err := hook(b); err != nil {
@@ -87,14 +88,13 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					continue
 				}
 				synced[b.DB] = true
+				if len(adds[b.DB]) > 0 {
+					c.postBeside(ctx, st, sts, o, b, adds[b.DB])
+					continue
+				}
 				posts = append(posts, b)
 			}
-			errs := allAtOnce(posts, func(b Action) error {
-				if len(adds[b.DB]) > 0 {
-					c.awaitListed(ctx, st, sts, o, b, adds[b.DB])
-				}
-				return c.apply(ctx, st, sts, o, b)
-			})
+			errs := allAtOnce(posts, func(b Action) error { return c.apply(ctx, st, sts, o, b) })
 			var failed error
 			for k, b := range posts {
 				if errs[k] != nil {

@@ -115,6 +115,8 @@ type clusterState struct {
 	unsyncedSeeded bool
 	// fills schedules the looks at new copies while they fill (fillclock.go).
 	fills fillClock
+	// posts are the _sync_shards running beside the syncs (asyncpost.go).
+	posts asyncPosts
 }
 
 // setupSeen is a CouchDB process (its pod's identityKey) and when it said cluster_finished.

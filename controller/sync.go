@@ -42,6 +42,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		return nil
 	}
 	st := c.state(key)
+	c.collectPosts(ctx, st)
 	o := Observed{Namespace: key.Namespace, Cluster: key.Name, WasFormed: st.formed, MaxMoves: c.cfg.MaxMoves, MaxFillsPerNode: c.cfg.MaxFillsPerNode}
 	if len(all) > 1 {
 		names := make([]string, 0, len(all))

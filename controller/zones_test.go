@@ -306,6 +306,7 @@ func TestApplyBatchesEditsOfOneDatabase(t *testing.T) {
 	if err := f.c.applyActions(f.ctx, key, st, sts, o, plan); err != nil {
 		t.Fatal(err)
 	}
+	st.posts.wait()
 	var calls []string
 	for _, c := range f.couchCalls() {
 		calls = append(calls, c.Method+" "+c.Path)
