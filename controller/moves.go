@@ -209,48 +209,45 @@ func (c *Controller) applyBatch(ctx context.Context, st *clusterState, sts *apps
 // one round trip instead of a GET and a PUT; a map that changed since answers 409, and the edit is
 // then made again on a fresh read, as before.
 type mapRevs struct {
-	mu   sync.Mutex
-	maps map[string]couch.ShardMap
+	observed map[string]couch.ShardMap // the sync's read, shared with Observed: never written
+	mu       sync.Mutex
+	written  map[string]couch.ShardMap // nil value: written, revision unknown
 }
 
 func newMapRevs(o Observed) *mapRevs {
-	r := &mapRevs{maps: map[string]couch.ShardMap{}}
+	r := &mapRevs{written: map[string]couch.ShardMap{}}
 	if o.Shards != nil {
-		for db, m := range o.Shards.Maps {
-			if m.Rev != "" {
-				r.maps[db] = m
-			}
-		}
+		r.observed = o.Shards.Maps
 	}
 	return r
 }
 
-// base is a copy of db's map to edit, if the apply knows one.
+// base is a copy of db's map to edit, if the apply knows one with its revision.
 func (r *mapRevs) base(db string) (couch.ShardMap, bool) {
 	if r == nil {
 		return couch.ShardMap{}, false
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	m, ok := r.maps[db]
+	m, ok := r.written[db]
+	r.mu.Unlock()
 	if !ok {
+		m = r.observed[db]
+	}
+	if m.Rev == "" {
 		return couch.ShardMap{}, false
 	}
 	return m.Clone(), true
 }
 
-// wrote records db's map as written, or forgets it when its revision is not known.
+// wrote records db's map as written; one whose revision is not known is read again before its next
+// edit.
 func (r *mapRevs) wrote(db string, m couch.ShardMap) {
 	if r == nil {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if m.Rev == "" {
-		delete(r.maps, db)
-		return
-	}
-	r.maps[db] = m
+	r.written[db] = m
 }
 
 // editShardMap applies every edit of batch (all of one database) with the documented procedure,
