@@ -196,7 +196,7 @@ func renderMoves(b *strings.Builder, m *MovesResult) {
 	} else {
 		fmt.Fprintf(b, "**The emulator filled copies as soon as `_sync_shards` ran** (it had no fill\nrate), so the bound is a model the run did not enforce and wall / bound below 1 is possible.")
 	}
-	fmt.Fprintf(b, " Each change runs on a fresh cluster with its own\ncontroller process: the rebalance on three nodes scaled to five, the drain on a cluster created with five nodes\n(on the rebalanced one, every copy the drain adds would go back to the node the rebalance took it from, whose\nfile is still on disk, and nothing would fill). A reader reads every document through pod 0 throughout (the bench\nfails on any missing one), and afterwards every document is read through every staying node.\n\n")
+	fmt.Fprintf(b, " Each change runs on a fresh cluster with its own\ncontroller process: the rebalance on three nodes scaled to five, the drain on a cluster created with five nodes\n(on the rebalanced one, every copy the drain adds would go back to the node the rebalance took it from, whose\nfile is still on disk, and nothing would fill). A reader lists every document through pod 0 throughout (the bench\nfails on any missing one), and afterwards every document is read with its content through every staying node.\n\n")
 	renderMovesTable(b, m)
 }
 
@@ -212,7 +212,7 @@ func renderRealMoves(b *strings.Builder, m *MovesResult) {
 	fmt.Fprintf(b, "(q=2, n=3, %d documents each, plus the system databases): real nodes fill at their own pace, so there is no\n", m.Docs)
 	fmt.Fprintf(b, "fill-time bound; the concurrent run is compared with `--max-concurrent-moves=1` in the same run. The nodes' requests are\nnot counted (no emulator to count them); the controller's own are.\n\n")
 	renderMovesTable(b, m)
-	fmt.Fprintf(b, "Reads while copies moved (`_all_docs?include_docs=true` of every database through pod 0, 100 ms apart); afterwards every\ndocument was read through every staying node, and none was missing:\n\n| controller | change | passes | passes missing documents | most documents missing in one pass |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(b, "Reads while copies moved (`_all_docs` of every database through pod 0, 100 ms apart); afterwards every\ndocument was read with its content (`include_docs=true`) through every staying node, and none was missing:\n\n| controller | change | passes | passes missing documents | most documents missing in one pass |\n|---|---|---|---|---|\n")
 	for _, run := range m.Runs {
 		for _, p := range run.Phases {
 			fmt.Fprintf(b, "| %s | %s | %d | %d | %d |\n", run.Label, p.Name, p.Passes, p.MissedPasses, p.Missed)
