@@ -13,12 +13,7 @@ func TestPostRunsBesideTheSync(t *testing.T) {
 	f := newFixture(t)
 	f.formed3()
 	f.createDB(0, "db1", 2, 2, 10)
-	f.wrap = func(_ string, api CouchAPI) CouchAPI { return slowNeverListing{api} }
-	f.c.mu.Lock()
-	for _, st := range f.c.clusters {
-		st.clients = map[string]CouchAPI{}
-	}
-	f.c.mu.Unlock()
+	f.neverListing()
 	m, _ := f.node(0).ShardMap("db1")
 	var adds []Action
 	for _, rng := range m.Ranges() {

@@ -83,18 +83,24 @@ func (slowNeverListing) Shards(context.Context, string) (map[string][]string, er
 	return map[string][]string{}, nil
 }
 
-// TestPostGoesAnywayAfterTheListingWait: the wait is bounded by time, however slowly the node
-// answers, and the post then goes out (the fill clock's early repush covers a post that missed).
-func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
-	f := newFixture(t)
-	f.formed3()
-	f.createDB(0, "db1", 1, 2, 10)
+// neverListing makes every node the controller asks from now on a slowNeverListing one (the
+// clients made before are dropped).
+func (f *fixture) neverListing() {
 	f.wrap = func(_ string, api CouchAPI) CouchAPI { return slowNeverListing{api} }
 	f.c.mu.Lock()
 	for _, st := range f.c.clusters {
 		st.clients = map[string]CouchAPI{}
 	}
 	f.c.mu.Unlock()
+}
+
+// TestPostGoesAnywayAfterTheListingWait: the wait is bounded by time, however slowly the node
+// answers, and the post then goes out (the fill clock's early repush covers a post that missed).
+func TestPostGoesAnywayAfterTheListingWait(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	f.createDB(0, "db1", 1, 2, 10)
+	f.neverListing()
 	m, _ := f.node(0).ShardMap("db1")
 	rng := m.Ranges()[0]
 	target := ""
