@@ -16,11 +16,14 @@ import (
 // syncs ran back to back (controller busy 70-100%), so each finished fill was seen that much later
 // and its slot stayed idle: on the emulated move bench the wait was 16 of a sync's 39 ms (p50). The
 // wait and the post now run in their own goroutine; the sync goes on to requeue, and the next sync
-// collects the result. There a sync with moves took 20 ms and the rebalance went from 1.59x to 1.50x
-// of the fill-time bound; on real nodes the run times stayed within their run-to-run spread. A database with a post running gets no second
-// one, and an edit of it meanwhile makes the running post's success count for nothing: the copies
-// that edit added may not be listed when it posts, so the database stays unsynced (unsynced.go) and
-// a later sync posts again.
+// collects the result. There a sync with moves took 20 ms and the rebalance went from 1.59x to
+// 1.50x of the fill-time bound; on real nodes the run times stayed within their run-to-run spread.
+//
+// A database with a post running gets no second one, and an edit of it meanwhile makes the running
+// post's success count for nothing: copies that edit added may not be listed when it posts, so the
+// database stays unsynced (unsynced.go) and a later sync posts again. (An edit that only drops
+// copies needs no new post, but treating it so changed nothing measurable on the move bench: fewer
+// posts in the rebalance, more in the drain, wall times within the noise.)
 
 type asyncPosts struct {
 	wg      sync.WaitGroup
@@ -71,7 +74,7 @@ func (ap *asyncPosts) isRunning(db string) bool {
 	return ap.running[db] != nil
 }
 
-// edited marks a running post of db stale.
+// edited marks a running post of db stale: an edit added copies it may not push to.
 func (ap *asyncPosts) edited(db string) {
 	ap.mu.Lock()
 	defer ap.mu.Unlock()
