@@ -82,6 +82,46 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
+// startServing starts the controller process newCmd makes for a metrics and a probe address and
+// waits until it says it listens on both. freeAddr's port can be taken between its check and the
+// process's bind: a CI run lost its failover standby that way ("bind: address already in use" and
+// the process gone), and the test then waited for a takeover nobody could make. Such a process is
+// started again on other ports. Any other outcome is left to the test's own checks.
+func startServing(t *testing.T, logs *syncBuffer, newCmd func(metrics, probe string) *exec.Cmd) (cmd *exec.Cmd, metrics, probe string) {
+	t.Helper()
+	const taken = "address already in use"
+	for attempt := 1; ; attempt++ {
+		metrics, probe = freeAddr(t), freeAddr(t)
+		cmd = newCmd(metrics, probe)
+		cmd.Stdout, cmd.Stderr = logs, logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			out := logs.String()
+			if strings.Contains(out, taken) {
+				break
+			}
+			if strings.Contains(out, `address="`+metrics+`"`) && strings.Contains(out, `address="`+probe+`"`) {
+				return cmd, metrics, probe
+			}
+		}
+		if !strings.Contains(logs.String(), taken) || attempt == 3 {
+			return cmd, metrics, probe
+		}
+		t.Logf("a port of the controller was taken before it bound it (attempt %d): starting it again on others", attempt)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		logs.Reset()
+	}
+}
+
 // TestBinaryWithShippedRBAC installs manifests/ on the real API server, runs the controller binary
 // under the couchdb-controller ServiceAccount (not as admin) with leader election, and checks
 // formation, a scale-up join (through the scale subresource, as kubectl scale does), a drain, a
@@ -211,15 +251,15 @@ type binaryRun struct {
 // couchdb-controller namespace and a 2 s resync; extraEnv is added to its environment.
 func startBinary(t *testing.T, kubeconfig, ns string, extraEnv ...string) *binaryRun {
 	t.Helper()
-	r := &binaryRun{logs: &syncBuffer{}, metrics: freeAddr(t), probe: freeAddr(t)}
-	r.cmd = exec.Command(controllerBinary(t), "--kubeconfig="+kubeconfig, "--namespace="+ns, "--leader-elect",
-		"--leader-elect-namespace=couchdb-controller", "--metrics-bind-address="+r.metrics,
-		"--health-probe-bind-address="+r.probe, "--resync=2s", "-v=2")
-	r.cmd.Env = append(append(startProxy(t), "POD_NAME=e2e-controller", "POD_NAMESPACE=couchdb-controller"), extraEnv...)
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	r := &binaryRun{logs: &syncBuffer{}}
+	bin, procEnv := controllerBinary(t), append(append(startProxy(t), "POD_NAME=e2e-controller", "POD_NAMESPACE=couchdb-controller"), extraEnv...)
+	r.cmd, r.metrics, r.probe = startServing(t, r.logs, func(metrics, probe string) *exec.Cmd {
+		cmd := exec.Command(bin, "--kubeconfig="+kubeconfig, "--namespace="+ns, "--leader-elect",
+			"--leader-elect-namespace=couchdb-controller", "--metrics-bind-address="+metrics,
+			"--health-probe-bind-address="+probe, "--resync=2s", "-v=2")
+		cmd.Env = procEnv
+		return cmd
+	})
 	t.Cleanup(func() { r.stop(t) })
 	return r
 }
@@ -405,4 +445,25 @@ func strs(v any) []string {
 		out = append(out, x.(string))
 	}
 	return out
+}
+
+// TestStartServingRetriesATakenPort: a process that cannot bind its port is started again on other
+// ports; one that listens is kept.
+func TestStartServingRetriesATakenPort(t *testing.T) {
+	logs := &syncBuffer{}
+	starts := 0
+	cmd, metrics, probe := startServing(t, logs, func(metrics, probe string) *exec.Cmd {
+		starts++
+		if starts == 1 {
+			return exec.Command("sh", "-c", `echo 'E "couchdb-controller failed" err="listen tcp '"$0"': bind: address already in use"'`, metrics)
+		}
+		return exec.Command("sh", "-c", `echo 'I "Serving HTTP" address="'"$0"'"'; echo 'I "Serving HTTP" address="'"$1"'"'; exec sleep 30`, metrics, probe)
+	})
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if starts != 2 {
+		t.Fatalf("started %d times, want 2 (once more after the taken port)", starts)
+	}
+	if out := logs.String(); strings.Contains(out, "already in use") || !strings.Contains(out, `address="`+metrics+`"`) || !strings.Contains(out, `address="`+probe+`"`) {
+		t.Errorf("logs of the kept process:\n%s", out)
+	}
 }

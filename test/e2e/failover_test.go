@@ -25,15 +25,14 @@ func TestLeaderFailover(t *testing.T) {
 		logs    *syncBuffer
 	}
 	start := func(id string) *replica {
-		r := &replica{metrics: freeAddr(t), logs: &syncBuffer{}}
-		r.cmd = exec.Command(bin, "--kubeconfig="+env.cp.Kubeconfig(), "--namespace="+ns, "--leader-elect",
-			"--leader-elect-namespace="+ns, "--leader-elect-id="+lease, "--metrics-bind-address="+r.metrics,
-			"--health-probe-bind-address="+freeAddr(t), "--resync=2s")
-		r.cmd.Env = append(slices.Clone(procEnv), "POD_NAME="+id)
-		r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		r := &replica{logs: &syncBuffer{}}
+		r.cmd, r.metrics, _ = startServing(t, r.logs, func(metrics, probe string) *exec.Cmd {
+			cmd := exec.Command(bin, "--kubeconfig="+env.cp.Kubeconfig(), "--namespace="+ns, "--leader-elect",
+				"--leader-elect-namespace="+ns, "--leader-elect-id="+lease, "--metrics-bind-address="+metrics,
+				"--health-probe-bind-address="+probe, "--resync=2s")
+			cmd.Env = append(slices.Clone(procEnv), "POD_NAME="+id)
+			return cmd
+		})
 		t.Cleanup(func() {
 			_ = r.cmd.Process.Kill()
 			_ = r.cmd.Wait()
