@@ -78,4 +78,18 @@ func TestPostRunsBesideTheSync(t *testing.T) {
 	if st.unsynced["db1"] {
 		t.Error("db1 is still unsynced after a post with no edit after it")
 	}
+
+	// A post that finished, then an edit that added copies before any sync collected it: the
+	// post counts for nothing.
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: adds[1].Range, Node: adds[1].Node, NodeCount: 2}, adds[1], post}); err != nil {
+		t.Fatal(err)
+	}
+	st.posts.wait()
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: adds[1].Range, Node: adds[1].Node, NodeCount: 2}, adds[1]}); err != nil {
+		t.Fatal(err)
+	}
+	f.c.collectPosts(f.ctx, st)
+	if !st.unsynced["db1"] {
+		t.Error("db1 counts as synced by a post that finished before its last edit")
+	}
 }
