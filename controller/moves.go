@@ -73,9 +73,8 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 			continue
 		}
 		if a.Kind == ActSyncShards {
-			// A run of pushes goes out at once: each starts its database's fills, and none waits
-			// for another.
-			var posts []Action
+			// Every push runs beside the sync (asyncpost.go): each starts its database's fills, and
+			// neither the sync nor another push waits for it. The next sync collects the result.
 			var stop error
 			for i < len(actions) && actions[i].Kind == ActSyncShards {
 				b := actions[i]
@@ -88,27 +87,10 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					continue
 				}
 				synced[b.DB] = true
-				if len(adds[b.DB]) > 0 {
-					c.postBeside(ctx, st, sts, o, b, adds[b.DB])
-					continue
-				}
-				posts = append(posts, b)
+				c.postBeside(ctx, st, sts, o, b, adds[b.DB])
 			}
-			errs := allAtOnce(posts, func(b Action) error { return c.apply(ctx, st, sts, o, b) })
-			var failed error
-			for k, b := range posts {
-				if errs[k] != nil {
-					c.metrics.Action(string(b.Kind), "error")
-					failed = cmp.Or(failed, fmt.Errorf("%s: %w", b, errs[k]))
-					continue
-				}
-				c.metrics.Action(string(b.Kind), "success")
-				st.noteSynced(b.DB)
-				st.fills.pushed(b.DB, c.cfg.Now())
-				logger.V(2).Info("Applied action", "action", b.String())
-			}
-			if err := cmp.Or(failed, stop); err != nil {
-				return err
+			if stop != nil {
+				return stop
 			}
 			continue
 		}
