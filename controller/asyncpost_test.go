@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -81,11 +82,12 @@ func TestPostRunsBesideTheSync(t *testing.T) {
 
 	// A post that finished, then an edit that added copies before any sync collected it: the
 	// post counts for nothing.
-	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: adds[1].Range, Node: adds[1].Node, NodeCount: 2}, adds[1], post}); err != nil {
+	readd := []Action{{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: adds[1].Range, Node: adds[1].Node, NodeCount: 2}, adds[1]}
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, append(slices.Clone(readd), post)); err != nil {
 		t.Fatal(err)
 	}
 	st.posts.wait()
-	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{{Kind: ActRemoveCopy, Via: 0, DB: "db1", Range: adds[1].Range, Node: adds[1].Node, NodeCount: 2}, adds[1]}); err != nil {
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, readd); err != nil {
 		t.Fatal(err)
 	}
 	f.c.collectPosts(f.ctx, st)
