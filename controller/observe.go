@@ -465,11 +465,12 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	// Ranges whose new copies the fill clock expects to be filling still are left unread (notDue):
 	// placement waits for them as for any copy catching up.
 	now := c.cfg.Now()
-	need := st.fills.due(placement.StatsNeeded(in), now)
+	stats, sources := placement.Needed(in)
+	need := st.fills.due(stats, now)
 	// The checkpoints of the copies placement may drop are read alongside the counts: which copies
-	// those are does not depend on the counts, so the list is made again once they are in, and any
-	// copy it adds is read then.
-	early := st.fills.due(placement.SourcesNeeded(in), now)
+	// those are does not depend on the counts. Those of copies whose counts were not due are read
+	// once the counts are in (late).
+	early := st.fills.due(sources, now)
 	infos, read := make([]couch.DBInfo, len(need)), make([]bool, len(need))
 	cps := map[placement.CopyKey][]couch.SyncCheckpoint{}
 	var cpsMu sync.Mutex
@@ -499,18 +500,18 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 			obs.Stats[k] = placement.CopyStat{Docs: infos[i].DocCount, Deleted: infos[i].DocDelCount, Seq: copySeq(infos[i].UpdateSeq), UUID: infos[i].UUID}
 		}
 	}
-	var sources, late []placement.CopyKey
-	for _, k := range placement.SourcesNeeded(in) {
+	var counted, late []placement.CopyKey
+	for _, k := range sources {
 		if _, ok := obs.Stats[k]; !ok {
 			continue
 		}
-		sources = append(sources, k)
+		counted = append(counted, k)
 		if !slices.Contains(early, k) {
 			late = append(late, k)
 		}
 	}
 	readCheckpoints(late)
-	for _, k := range sources {
+	for _, k := range counted {
 		got, ok := cps[k]
 		if !ok {
 			continue

@@ -67,7 +67,7 @@ func Marks(in Input, prev map[CopyKey]Mark) map[CopyKey]Mark {
 			out[k] = mk
 		}
 	}
-	for _, k := range SourcesNeeded(in) {
+	for _, k := range v.sourcesNeeded() {
 		serving := k.Node == v.drain && v.drainServes
 		if !v.fenced(k.Node) && !serving {
 			continue

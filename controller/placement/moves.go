@@ -20,7 +20,10 @@ func (v *view) findInFlight() {
 			if len(drop) == 0 {
 				continue
 			}
-			v.busy[RangeRef{db, rng}] = true
+			rr := RangeRef{db, rng}
+			v.busy[rr] = true
+			v.dropping = append(v.dropping, rr)
+			v.toDrop[rr] = drop
 			v.inFlight += len(drop)
 			for _, node := range drop {
 				if v.countsAsFill(node) {
@@ -28,12 +31,12 @@ func (v *view) findInFlight() {
 				}
 				if v.isStaying[node] {
 					v.proj[db][node]--
-					v.projBytes[node] -= v.in.RangeBytes[RangeRef{db, rng}]
+					v.projBytes[node] -= v.in.RangeBytes[rr]
 				}
 			}
 			if n := newestCopy(m, rng); v.isStaying[n] {
 				v.fills[n]++
-				v.filling[RangeRef{db, rng}] = n
+				v.filling[rr] = n
 				v.filledBefore[n] = true
 			}
 		}
@@ -52,6 +55,8 @@ type planner struct {
 	// (built on first use, fenceState).
 	added, removed map[RangeRef][]string
 	fences         *fences
+	// resting is a member fenced for fills that takes no new copy in this plan (restFence).
+	resting string
 }
 
 func newPlanner(v *view) *planner {

@@ -52,7 +52,11 @@ type view struct {
 	proj      map[string]map[string]int
 	projBytes map[string]int64
 
-	busy     map[RangeRef]bool            // ranges with a move in flight or planned
+	busy map[RangeRef]bool // ranges with a move in flight or planned
+	// dropping lists the ranges of databases not frozen with copies rule 7 would drop once caught
+	// up (removable), in database then range order, and toDrop those copies, as the maps read.
+	dropping []RangeRef
+	toDrop   map[RangeRef][]string
 	drops    map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
 	inFlight int                          // copies being filled
 	fills    map[string]int               // moves each node takes part in
@@ -66,7 +70,7 @@ type view struct {
 func newView(in Input) *view {
 	v := &view{in: in, live: map[string]bool{}, isStaying: map[string]bool{}, leaving: map[string]bool{}, leavesLater: map[string]bool{}, frozen: map[string]bool{},
 		load: map[string]int{}, count: map[string]map[string]int{}, bytes: map[string]int64{},
-		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, fills: map[string]int{},
+		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, toDrop: map[RangeRef][]string{}, fills: map[string]int{},
 		filling: map[RangeRef]string{}, filledBefore: map[string]bool{},
 		drops: map[string]map[string]string{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
 	if v.maxMoves <= 0 {
@@ -112,7 +116,7 @@ func newView(in Input) *view {
 		m := in.Maps[db]
 		v.count[db] = map[string]int{}
 		for _, rng := range m.Ranges() {
-			if len(v.liveCopies(m, rng)) == 0 {
+			if !slices.ContainsFunc(m.ByRange[rng], func(n string) bool { return v.live[n] }) {
 				v.frozen[db] = true
 			}
 		}
@@ -261,38 +265,36 @@ func SizesNeeded(in Input) []RangeRef {
 
 // StatsNeeded lists the copies whose document counts Plan needs now: every live copy of the ranges
 // that have a copy to drop.
-func StatsNeeded(in Input) []CopyKey {
+func StatsNeeded(in Input) []CopyKey { return newView(in).statsNeeded() }
+
+// SourcesNeeded lists the live copies Plan may drop now, whose internal-replication checkpoints it
+// needs (CopyStat.Pushed) to know that every staying copy holds what they hold.
+func SourcesNeeded(in Input) []CopyKey { return newView(in).sourcesNeeded() }
+
+// Needed is StatsNeeded and SourcesNeeded from one reading of in. A sync asks for both, and
+// building the view (every map, every range) made half of a sync's CPU during concurrent moves
+// when each list built its own.
+func Needed(in Input) (stats, sources []CopyKey) {
 	v := newView(in)
+	return v.statsNeeded(), v.sourcesNeeded()
+}
+
+func (v *view) statsNeeded() []CopyKey {
 	var out []CopyKey
-	for _, db := range sortedDBs(in.Maps) {
-		m := in.Maps[db]
-		for _, rng := range m.Ranges() {
-			if v.frozen[db] || len(v.removable(db, m, rng)) == 0 {
-				continue
-			}
-			for _, n := range v.liveCopies(m, rng) {
-				out = append(out, CopyKey{db, rng, n})
-			}
+	for _, rr := range v.dropping {
+		for _, n := range v.liveCopies(v.in.Maps[rr.DB], rr.Range) {
+			out = append(out, CopyKey{rr.DB, rr.Range, n})
 		}
 	}
 	return out
 }
 
-// SourcesNeeded lists the live copies Plan may drop now, whose internal-replication checkpoints it
-// needs (CopyStat.Pushed) to know that every staying copy holds what they hold.
-func SourcesNeeded(in Input) []CopyKey {
-	v := newView(in)
+func (v *view) sourcesNeeded() []CopyKey {
 	var out []CopyKey
-	for _, db := range sortedDBs(in.Maps) {
-		m := in.Maps[db]
-		if v.frozen[db] {
-			continue
-		}
-		for _, rng := range m.Ranges() {
-			for _, n := range v.removable(db, m, rng) {
-				if v.live[n] {
-					out = append(out, CopyKey{db, rng, n})
-				}
+	for _, rr := range v.dropping {
+		for _, n := range v.toDrop[rr] {
+			if v.live[n] {
+				out = append(out, CopyKey{rr.DB, rr.Range, n})
 			}
 		}
 	}
