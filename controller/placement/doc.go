@@ -78,7 +78,10 @@
 //     target can never be fenced goes ahead unfenced. A drain's move waits so for the member it would
 //     go to rather than take another that could be fenced alongside, and moves onto a member fenced
 //     already go first: a fence kept busy with moves that could go elsewhere keeps the other members
-//     from being fenced together once the ranges that keep them apart have moved. See fence.go.
+//     from being fenced together once the ranges that keep them apart have moved. And a fenced member
+//     rests (takes no new copy until its fence lifts) while a member that can be fenced only in its
+//     place has as many copies waiting as the fenced ones together, so that all end together rather
+//     than the last one filling alone (restFence). See fence.go.
 //
 // Concurrency: up to Input.MaxMoves copies are filled at once in the cluster (a range with a copy to
 // drop counts as one move in flight per copy to drop; a new copy planned now counts too), and a

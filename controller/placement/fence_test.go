@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"fmt"
 	"maps"
 	"strings"
 	"testing"
@@ -144,6 +145,78 @@ func TestFillFences(t *testing.T) {
 			}
 			if err := checkSafety(tc.in, res); err != nil {
 				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestDrainRestsAFence: in a drain where only two of the three staying members can be fenced at once
+// (range all of "s" is on all three), members 0 and 1 are fenced and filling. When member 2 has as
+// many copies waiting as they have together, the fenced one with the fewest fills in flight (1)
+// takes no new copy, so that its fills end, its fence lifts and member 2 is fenced in its place;
+// otherwise it takes its next copy as before. Nothing else changes: member 0 still takes its next
+// copy, and member 2 is not fenced beside the two.
+func TestDrainRestsAFence(t *testing.T) {
+	target := 3
+	drained := Member{Name: name(3), Ordinal: 3, Live: true, Maintenance: true} // "nolb": it serves
+	fencedM := func(o int) Member {
+		return Member{Name: name(o), Ordinal: o, Live: true, Maintenance: true, Fenced: true}
+	}
+	base := func(waitingFor2 int) Input {
+		in := Input{Replicas: 4, TargetReplicas: &target, MaxMoves: 8, MaxFillsPerNode: 4,
+			Members: []Member{fencedM(0), fencedM(1), {Name: name(2), Ordinal: 2, Live: true}, drained},
+			Maps:    map[string]couch.ShardMap{"s": withN(smap("s", map[string][]int{all: {0, 1, 2}}), 3)},
+			Stats:   map[CopyKey]CopyStat{}}
+		// In flight: two fills on member 0, one on member 1 (half full).
+		for db, to := range map[string]int{"f0a": 0, "f0b": 0, "f1": 1} {
+			var from []int
+			for o := range 4 {
+				if o != to {
+					from = append(from, o)
+				}
+			}
+			m := withN(smap(db, map[string][]int{all: from}), 3)
+			m.AddCopy(all, name(to))
+			in.Maps[db] = m
+			maps.Copy(in.Stats, stats(db, all, 10, append(from, to)...))
+			s := in.Stats[CopyKey{db, all, name(to)}]
+			s.Docs, s.Seq = 5, 5
+			in.Stats[CopyKey{db, all, name(to)}] = s
+		}
+		// Waiting: one range for member 0, one for member 1, waitingFor2 for member 2.
+		in.Maps["w0"] = withN(smap("w0", map[string][]int{all: {1, 2, 3}}), 3)
+		in.Maps["w1"] = withN(smap("w1", map[string][]int{all: {0, 2, 3}}), 3)
+		for i := range waitingFor2 {
+			db := fmt.Sprintf("w2-%d", i)
+			in.Maps[db] = withN(smap(db, map[string][]int{all: {0, 1, 3}}), 3)
+		}
+		return in
+	}
+	for _, tc := range []struct {
+		name        string
+		waitingFor2 int
+		want        []string // the copies added
+	}{
+		{"member 2 waits for fewer than the fenced members have together", 1,
+			[]string{"w0/" + all + " on " + name(0), "w1/" + all + " on " + name(1)}},
+		{"member 2 waits for as many as they have together: member 1 rests", 2,
+			[]string{"w0/" + all + " on " + name(0)}},
+		{"and for more", 5,
+			[]string{"w0/" + all + " on " + name(0)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Plan(base(tc.waitingFor2))
+			var added []string
+			for _, a := range res.Actions {
+				switch a.Kind {
+				case AddCopy:
+					added = append(added, a.DB+"/"+a.Range+" on "+a.Node)
+				case FenceTarget, ClearMaintenance:
+					t.Errorf("unexpected %s: members 0 and 1 stay fenced while they fill, and 2 cannot be fenced beside them", a)
+				}
+			}
+			if diff := cmp.Diff(tc.want, added); diff != "" {
+				t.Errorf("copies added (-want +got):\n%s\nactions: %v", diff, res.Actions)
 			}
 		})
 	}

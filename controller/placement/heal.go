@@ -77,6 +77,7 @@ func (v *view) planHeal(p *planner) {
 	if v.drainServes {
 		passes = 1
 	}
+	p.resting = v.restFence(p, backlog)
 	done := make([]bool, len(todo))
 	for pass := range passes {
 		for i, s := range todo {
@@ -172,6 +173,10 @@ func (v *view) pick(p *planner, rr RangeRef, holders []string, needZone, move bo
 			later = 1
 		}
 		key := [5]int64{newZone, later, int64(v.proj[db][n]), v.projBytes[n], int64(v.load[n])}
+		if n == p.resting {
+			blocked = true
+			continue
+		}
 		if !p.canFill(n) || !p.mayFill(rr, n, move) {
 			blocked = true
 			if p.canFill(n) && (fenceWait == "" || slices.Compare(key[:], waitKey[:]) < 0) {
@@ -187,6 +192,54 @@ func (v *view) pick(p *planner, rr RangeRef, holders []string, needZone, move bo
 		fenceWait = ""
 	}
 	return best, fenceWait, best == "" && blocked
+}
+
+// restFence picks the member fenced for fills that takes no new copy in this plan, or "". Fill
+// fences exclude each other when most ranges are held by every staying member (a drain to n
+// members): only some members can be fenced at once, and one kept fenced while it has copies to
+// take keeps the others waiting until it has none. In one drain of 100 databases the two members
+// fenced first had 49 and 48 copies to take and the third 23, which it filled alone, at its
+// MaxFillsPerNode, after them: the last second of the 7. The shortest schedule (McNaughton's,
+// for one member per fence and equal fills) has the waiting member start once its backlog (the
+// ranges it is to take) is as large as the fenced members' together, in the place of the fenced
+// one with the least left, which resumes when another fence lifts: all then end together. So
+// a fenced one rests: it takes no new copy, its fills end, its fence lifts and the waiting member is
+// fenced. Only moves wait for it; fences and drops are decided as before.
+func (v *view) restFence(p *planner, backlog map[string]int) string {
+	if v.drain == "" || v.drainDown {
+		return "" // heals go unfenced: only a drain's moves wait for fences
+	}
+	f := p.fenceState()
+	fenced := sortedKeys(f.set)
+	if len(fenced) == 0 {
+		return ""
+	}
+	// The member that rests is the one with the fewest fills in flight, then the least backlog: once
+	// it rests, its fills only end, so the next plans pick it again until its fence lifts.
+	filling := map[string]int{}
+	for _, n := range v.filling {
+		filling[n]++
+	}
+	sum, least := 0, fenced[0]
+	for _, g := range fenced {
+		sum += backlog[g]
+		if filling[g] < filling[least] || filling[g] == filling[least] && backlog[g] < backlog[least] {
+			least = g
+		}
+	}
+	without := map[string]bool{}
+	for _, g := range fenced {
+		without[g] = g != least
+	}
+	for _, w := range v.liveStaying() {
+		if f.set[w] || backlog[w] == 0 || backlog[w] < sum || v.leavesLater[w] || p.safeToFence(w, RangeRef{}, f.set) {
+			continue
+		}
+		if p.safeToFence(w, RangeRef{}, without) {
+			return least
+		}
+	}
+	return ""
 }
 
 // takers are the live staying members without a copy of rng: those a copy it lacks may go to.
