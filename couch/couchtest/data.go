@@ -352,6 +352,13 @@ func (nw *Network) syncDB(db string, coord *Node) {
 				}
 				dc, ok := dst.copies[d.Map.ShardName(rng)]
 				if !ok {
+					// mem3_util:get_or_create_db_int creates the target's file only when the target
+					// node's own _dbs holds the database (mem3_shards:opts_for_db); otherwise the push
+					// fails with missing_target and mem3_sync drops it (seen on CouchDB 3.4.3 when the
+					// _dbs push into a node that had just joined hung for a minute).
+					if td, known := dst.dbsDB[db]; !known || td.Deleted {
+						continue
+					}
 					dc = newCopy(nw)
 					dst.copies[d.Map.ShardName(rng)] = dc
 				}

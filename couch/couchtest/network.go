@@ -273,7 +273,7 @@ func (nw *Network) propagate() {
 				if dst.mergeNodes(src.nodesDB) {
 					changed = true
 				}
-				if dst.mergeDBs(src.dbsDB) {
+				if !dst.dbsHeld && dst.mergeDBs(src.dbsDB) {
 					changed = true
 				}
 			}
@@ -339,10 +339,13 @@ type Node struct {
 	addr     string
 	started  time.Time
 
-	config   map[string]map[string]string
-	admins   map[string]*adminHash
-	nodesDB  map[string]*rawDoc
-	dbsDB    map[string]*mapDoc
+	config  map[string]map[string]string
+	admins  map[string]*adminHash
+	nodesDB map[string]*rawDoc
+	dbsDB   map[string]*mapDoc
+	// dbsHeld stops mem3's _dbs pushes into this node (HoldDBs): the push into a node that just
+	// joined can hang for a minute on real CouchDB, and the nodes after it in the ring wait too.
+	dbsHeld  bool
 	copies   map[string]*shardCopy // by shard name "shards/<range>/<db><suffix>"
 	dbsSeq   int                   // update sequence of the node-local _dbs
 	seeded   bool

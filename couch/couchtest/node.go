@@ -130,6 +130,19 @@ func (n *Node) Addr() string {
 // URL is the node's base URL.
 func (n *Node) URL() string { return "http://" + n.Addr() }
 
+// HoldDBs stops (true) or resumes (false) mem3's pushes of the node-local _dbs into n, as when the
+// push into a node that just joined hangs (CouchDB 3.4.3: 60 s, until rexi kills it). Meanwhile n
+// learns no new database, and every internal-replication push into a copy of one it does not know
+// fails with missing_target. Its own _dbs takes writes made through it.
+func (n *Node) HoldDBs(hold bool) {
+	n.net.mu.Lock()
+	defer n.net.mu.Unlock()
+	n.dbsHeld = hold
+	if !hold {
+		n.net.propagate()
+	}
+}
+
 // SetFault injects (or with the zero value clears) a fault.
 func (n *Node) SetFault(f Fault) {
 	n.net.mu.Lock()

@@ -255,6 +255,9 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		if err := json.Unmarshal(body, &m); err != nil {
 			return http.StatusBadRequest, errBody("bad_request", "invalid UTF-8 JSON")
 		}
+		if r.URL.Query().Get("new_edits") == "false" {
+			return n.putReplicatedMap(id, m, body, cur)
+		}
 		if cur != nil && !cur.Deleted && m.Rev != cur.Rev {
 			return http.StatusConflict, errBody("conflict", "Document update conflict.")
 		}
@@ -278,6 +281,29 @@ func (n *Node) dbsRoute(r *http.Request, seg []string, body []byte) (int, any) {
 		return http.StatusCreated, obj{"ok": true, "id": id, "rev": d.Rev}
 	}
 	return http.StatusMethodNotAllowed, errBody("method_not_allowed", "Only GET,HEAD,PUT,DELETE allowed")
+}
+
+// putReplicatedMap is PUT /_node/_local/_dbs/{id}?new_edits=false: the revision given is stored as
+// it is, as mem3's push of _dbs stores it, and wins over the node's own when it is newer (one leaf
+// per document here: the emulator keeps no conflicts).
+func (n *Node) putReplicatedMap(id string, m couch.ShardMap, body []byte, cur *mapDoc) (int, any) {
+	if m.Rev == "" {
+		return http.StatusBadRequest, errBody("bad_request", "Document rev is missing")
+	}
+	if err := validateMap(body); err != "" {
+		return http.StatusForbidden, errBody("forbidden", err)
+	}
+	rev := m.Rev
+	m.ID, m.Rev = id, ""
+	if !strings.Contains(string(body), `"props"`) {
+		m.Props = nil
+	}
+	if cur == nil || newer(rev, cur.Rev) {
+		n.putMapDoc(id, &mapDoc{Rev: rev, Map: m})
+		n.net.propagateAfter(n.net.opts.DBsPushDelay)
+		n.ensureCopies()
+	}
+	return http.StatusCreated, obj{"ok": true, "id": id, "rev": rev}
 }
 
 // dbsChanges is the node-local _dbs changes feed after since: one row per doc, at the sequence of
