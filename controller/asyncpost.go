@@ -127,7 +127,7 @@ func (c *Controller) collectPosts(ctx context.Context, st *clusterState) {
 
 // postBeside starts post (a _sync_shards after an edit that added the copies adds) in its own
 // goroutine: it waits for the shard cache to list them, then posts. The next sync collects it.
-func (c *Controller) postBeside(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, post Action, adds []Action) {
+func (c *Controller) postBeside(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, o Observed, post Action, adds []Action, uncreated []string) {
 	logger := klog.FromContext(ctx)
 	api, err := c.via(ctx, st, sts, o, post.Via)
 	if err != nil {
@@ -140,7 +140,16 @@ func (c *Controller) postBeside(ctx context.Context, st *clusterState, sts *apps
 		return
 	}
 	adds = slices.Clone(adds)
+	targets := map[string]CouchAPI{}
+	for _, node := range uncreated {
+		if ord, ok := nodeOrdinal(node, o.StatefulSet); ok {
+			if t, err := c.via(ctx, st, sts, o, ord); err == nil {
+				targets[node] = t
+			}
+		}
+	}
 	go func() {
+		seedMaps(ctx, api, post.DB, targets)
 		if len(adds) > 0 {
 			awaitListed(ctx, api, post, adds)
 		}

@@ -103,6 +103,7 @@ type couchCall struct {
 	IP     string // the pod's IP
 	Method string
 	Path   string
+	Query  string // the raw query string
 	Action string // POST /_cluster_setup: the "action" of the body
 }
 
@@ -133,7 +134,7 @@ type recordingTransport struct {
 }
 
 func (rt recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	c := couchCall{IP: rt.ip, Method: r.Method, Path: r.URL.EscapedPath()}
+	c := couchCall{IP: rt.ip, Method: r.Method, Path: r.URL.EscapedPath(), Query: r.URL.RawQuery}
 	if r.Method == http.MethodPost && strings.HasSuffix(c.Path, "/_cluster_setup") && r.Body != nil {
 		body, err := io.ReadAll(r.Body)
 		_ = r.Body.Close()

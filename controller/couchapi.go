@@ -22,6 +22,7 @@ type CouchAPI interface {
 	GetShardMap(ctx context.Context, db string) (couch.ShardMap, error)
 	ShardMapsSince(ctx context.Context, since string) (couch.ShardMapChanges, error)
 	PutShardMap(ctx context.Context, m couch.ShardMap) (string, error)
+	SeedShardMap(ctx context.Context, m couch.ShardMap) error
 	Shards(ctx context.Context, db string) (map[string][]string, error)
 	SyncShards(ctx context.Context, db string) error
 	ShardCopyInfo(ctx context.Context, node, shard string) (couch.DBInfo, error)

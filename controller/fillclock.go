@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"slices"
 	"time"
 
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
@@ -70,7 +71,7 @@ func (fc *fillClock) pushedRecently(db string, now time.Time) bool {
 		if k.DB != db {
 			continue
 		}
-		if !t.emptyAt.IsZero() && t.emptyAt.Sub(at) >= emptyRepushAfter {
+		if !t.emptyAt.IsZero() && t.emptyAt.Sub(at) >= emptyRepushAfter || !t.missingAt.IsZero() && t.missingAt.Sub(at) >= emptyRepushAfter {
 			return false // the post did not reach it
 		}
 		watched = true
@@ -96,6 +97,31 @@ type fillTrack struct {
 	// emptyAt is when the last look read it holding nothing while its range holds documents; zero
 	// once it holds some.
 	emptyAt time.Time
+	// missingAt is when the last look found no file for it on its node (404): no push has created
+	// it. Zero once a look reads it.
+	missingAt time.Time
+}
+
+// missing records that a look at now found no file for the watched copy k.
+func (fc *fillClock) missing(k placement.CopyKey, now time.Time) {
+	if t, ok := fc.copies[k]; ok {
+		t.missingAt = now
+	}
+}
+
+// uncreated lists the nodes of db's watched copies that looks have found without a file for
+// emptyRepushAfter or more since their map edit. A post creates a copy's file within that on a
+// healthy cluster; one still missing points at the node's own _dbs lacking the database (see
+// seedMaps).
+func (fc *fillClock) uncreated(db string) []string {
+	var out []string
+	for k, t := range fc.copies {
+		if k.DB == db && !t.missingAt.IsZero() && t.missingAt.Sub(t.start) >= emptyRepushAfter && !slices.Contains(out, k.Node) {
+			out = append(out, k.Node)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 const (
@@ -160,7 +186,7 @@ func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
 			t.docs = want
 		}
 		elapsed := now.Sub(t.start).Seconds()
-		t.emptyAt = time.Time{}
+		t.emptyAt, t.missingAt = time.Time{}, time.Time{}
 		if s.Docs+s.Deleted == 0 && t.docs > 0 {
 			t.emptyAt = now
 		}

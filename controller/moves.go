@@ -87,7 +87,7 @@ func (c *Controller) applyActions(ctx context.Context, key cache.ObjectName, st 
 					continue
 				}
 				synced[b.DB] = true
-				c.postBeside(ctx, st, sts, o, b, adds[b.DB])
+				c.postBeside(ctx, st, sts, o, b, adds[b.DB], st.fills.uncreated(b.DB))
 			}
 			if stop != nil {
 				return stop

@@ -471,7 +471,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	// those are does not depend on the counts. Those of copies whose counts were not due are read
 	// once the counts are in (late).
 	early := st.fills.due(sources, now)
-	infos, read := make([]couch.DBInfo, len(need)), make([]bool, len(need))
+	infos, read, absent := make([]couch.DBInfo, len(need)), make([]bool, len(need)), make([]bool, len(need))
 	cps := map[placement.CopyKey][]couch.SyncCheckpoint{}
 	var cpsMu sync.Mutex
 	readCheckpoints := func(keys []placement.CopyKey) {
@@ -491,10 +491,14 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 	_ = inParallelN(len(need), maxShardReads, func(i int) error {
 		info, err := api.ShardCopyInfo(ctx, need[i].Node, obs.Maps[need[i].DB].ShardName(need[i].Range))
 		infos[i], read[i] = info, err == nil // unknown counts: placement waits for this copy
+		absent[i] = couch.IsNotFound(err)
 		return nil
 	})
 	wg.Wait()
 	for i, k := range need {
+		if absent[i] {
+			st.fills.missing(k, now)
+		}
 		if read[i] {
 			c.noteCopySize(st, k, infos[i])
 			obs.Stats[k] = placement.CopyStat{Docs: infos[i].DocCount, Deleted: infos[i].DocDelCount, Seq: copySeq(infos[i].UpdateSeq), UUID: infos[i].UUID}

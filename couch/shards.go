@@ -89,6 +89,22 @@ func (c *Client) PutShardMap(ctx context.Context, m ShardMap) (string, error) {
 	return ok.Rev, nil
 }
 
+// SeedShardMap stores m in this node's _dbs as it is, revision included (new_edits=false), as mem3's
+// push of _dbs between nodes stores it. It is for a node whose _dbs lacks the database: CouchDB
+// refuses every internal-replication push into a copy of a database the target node's own _dbs does
+// not hold (missing_target), and a node that has just joined gets _dbs only through mem3's ring of
+// pushes, which can hang.
+func (c *Client) SeedShardMap(ctx context.Context, m ShardMap) error {
+	if m.Rev == "" {
+		return fmt.Errorf("shard map %s: no revision to store", m.ID)
+	}
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("shard map %s: %w", m.ID, err)
+	}
+	_, _, err := c.do(ctx, request{method: http.MethodPut, path: dbsPath(m.ID), query: url.Values{"new_edits": {"false"}}, body: m})
+	return err
+}
+
 // SyncShards asks every copy of every range of db to push to every other copy. Without it a new copy
 // stays empty until the next write to its range (recorded on real CouchDB).
 func (c *Client) SyncShards(ctx context.Context, db string) error {
