@@ -102,10 +102,15 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		if err != nil {
 			return err
 		}
-		if err := api.RemoveNodeDoc(ctx, a.Node); err != nil {
+		removed, err := api.RemoveNodeDoc(ctx, a.Node)
+		if err != nil {
 			return err
 		}
-		c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonNodeRemoved, "Removed node %s from _nodes", a.Node)
+		// Members learn of the delete from _nodes' changes: a look right after it may still see the
+		// node in _membership and remove it again. One event per removal.
+		if removed {
+			c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonNodeRemoved, "Removed node %s from _nodes", a.Node)
+		}
 		return nil
 	case ActSetMemberCondition:
 		return c.setMemberCondition(ctx, sts.Namespace, a.Pod, a.Value)

@@ -14,7 +14,7 @@ type CouchAPI interface {
 	SetupState(ctx context.Context, ensureDBs ...string) (couch.SetupState, error)
 	EnableCluster(ctx context.Context, r couch.EnableClusterRequest) error
 	AddNodeDoc(ctx context.Context, name string) error
-	RemoveNodeDoc(ctx context.Context, name string) error
+	RemoveNodeDoc(ctx context.Context, name string) (removed bool, err error)
 	GetNodeDoc(ctx context.Context, name string) (couch.NodeDoc, error)
 	PutNodeDoc(ctx context.Context, doc couch.NodeDoc) (string, error)
 	FinishCluster(ctx context.Context, ensureDBs ...string) error

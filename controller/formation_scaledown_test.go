@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"sort"
 	"testing"
 
@@ -14,7 +15,16 @@ import (
 // A StatefulSet scaled 5 -> 3 after every node joined _nodes but before finish_cluster: the removed
 // pods hold no shard copy (no database exists yet), so they leave _nodes and setup finishes, instead
 // of finish_cluster waiting on them for ever.
+//
+// A _nodes doc already gone when the controller removes it (another client's delete, or an earlier
+// removal _membership did not show yet) gets no NodeRemoved event: one event per removal.
 func TestSyncScaleDownBeforeSetupFinished(t *testing.T) {
+	for _, goneFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("doc of db-4 gone first=%t", goneFirst), func(t *testing.T) { testScaleDownBeforeSetupFinished(t, goneFirst) })
+	}
+}
+
+func testScaleDownBeforeSetupFinished(t *testing.T, goneFirst bool) {
 	f := newFixture(t)
 	f.objects = []runtime.Object{statefulSet(5, nil), service(true), endpoints(), secret(testPass)}
 	for i := 0; i < 5; i++ {
@@ -25,6 +35,11 @@ func TestSyncScaleDownBeforeSetupFinished(t *testing.T) {
 	f.beforeAction = func(a Action) error {
 		if hold && a.Kind == ActFinishCluster {
 			return errors.New("held before finish_cluster")
+		}
+		if goneFirst && a.Kind == ActRemoveNode && a.Node == nodeName(4) {
+			if _, err := f.admin(0).RemoveNodeDoc(f.ctx, a.Node); err != nil {
+				return err
+			}
 		}
 		return nil
 	}
@@ -59,8 +74,12 @@ func TestSyncScaleDownBeforeSetupFinished(t *testing.T) {
 	if st, err := f.admin(0).SetupState(f.ctx); err != nil || st != couch.StateClusterFinished {
 		t.Errorf("setup state %q, %v; want cluster_finished", st, err)
 	}
-	if ev := countReasons(f.events()); ev[ReasonNodeRemoved] != 2 || ev[ReasonClusterFormed] != 1 {
-		t.Errorf("events %v, want two NodeRemoved and one ClusterFormed", ev)
+	removed := 2
+	if goneFirst {
+		removed = 1
+	}
+	if ev := countReasons(f.events()); ev[ReasonNodeRemoved] != removed || ev[ReasonClusterFormed] != 1 {
+		t.Errorf("events %v, want %d NodeRemoved and one ClusterFormed", ev, removed)
 	}
 	if st, _ := f.c.Cluster(testNS, "main"); st.Phase != PhaseReady {
 		t.Errorf("phase %s, want Ready", st.Phase)

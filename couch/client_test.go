@@ -177,7 +177,7 @@ func TestAlreadyDoneIsSuccess(t *testing.T) {
 		{409, `{"error":"conflict","reason":"Document update conflict."}`, func(c *Client) error { return c.AddNodeDoc(context.Background(), "n@h") }},
 		{409, `{"error":"conflict","reason":"Document update conflict."}`, func(c *Client) error { return c.AddNode(context.Background(), AddNodeRequest{}) }},
 		{404, `{"error":"not_found","reason":"deleted"}`, func(c *Client) error { return c.DeleteNodeDoc(context.Background(), "n@h", "1-a") }},
-		{404, `{"error":"not_found","reason":"deleted"}`, func(c *Client) error { return c.RemoveNodeDoc(context.Background(), "n@h") }},
+		{404, `{"error":"not_found","reason":"deleted"}`, func(c *Client) error { _, err := c.RemoveNodeDoc(context.Background(), "n@h"); return err }},
 		{412, `{"error":"file_exists","reason":"The database could not be created, the file already exists."}`, func(c *Client) error { return c.CreateDB(context.Background(), "db", 0, 0) }},
 	}
 	for i, tc := range cases {

@@ -65,22 +65,27 @@ func (c *Client) DeleteNodeDoc(ctx context.Context, name, rev string) error {
 }
 
 // RemoveNodeDoc reads the current revision and deletes the document; a concurrent update (409) is
-// retried once with a fresh revision.
-func (c *Client) RemoveNodeDoc(ctx context.Context, name string) error {
-	var err error
+// retried once with a fresh revision. removed says whether this call deleted it: false when it was
+// gone already (another controller's or an earlier call's delete, which _membership may not show yet).
+func (c *Client) RemoveNodeDoc(ctx context.Context, name string) (removed bool, err error) {
 	for range 2 {
 		var d NodeDoc
 		d, err = c.GetNodeDoc(ctx, name)
 		if IsNotFound(err) {
-			return nil
+			return false, nil
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
-		err = c.DeleteNodeDoc(ctx, name, d.Rev)
-		if !IsConflict(err) {
-			return err
+		_, _, err = c.do(ctx, request{method: http.MethodDelete, path: nodesPath(name), query: map[string][]string{"rev": {d.Rev}}})
+		switch {
+		case err == nil:
+			return true, nil
+		case IsNotFound(err):
+			return false, nil
+		case !IsConflict(err):
+			return false, err
 		}
 	}
-	return err
+	return false, err
 }

@@ -205,7 +205,7 @@ func (c *propCluster) apply(o observation, a Action) {
 				c.fatalf("%s while %s still places copies on it", a, db)
 			}
 		}
-		err = api.RemoveNodeDoc(c.ctx, a.Node)
+		_, err = api.RemoveNodeDoc(c.ctx, a.Node)
 	case ScaleDown:
 		if a.Replicas != c.replicas-1 || c.target == nil || a.Replicas < *c.target {
 			c.fatalf("%s from %d replicas, target %v", a, c.replicas, c.target)

@@ -86,8 +86,11 @@ func TestDeletedNodeKeepsStaleViewAndDoesNotRejoin(t *testing.T) {
 	ctx := context.Background()
 	_, nodes, clients := startCluster(t, 3, "any")
 	formCluster(t, nodes, clients)
-	if err := clients[0].RemoveNodeDoc(ctx, "node3@127.0.0.1"); err != nil {
-		t.Fatal(err)
+	if removed, err := clients[0].RemoveNodeDoc(ctx, "node3@127.0.0.1"); err != nil || !removed {
+		t.Fatalf("removed %t: %v", removed, err)
+	}
+	if removed, err := clients[0].RemoveNodeDoc(ctx, "node3@127.0.0.1"); err != nil || removed {
+		t.Fatalf("again: removed %t: %v, want false and no error", removed, err)
 	}
 	m1, _ := clients[1].Membership(ctx)
 	m3, _ := clients[2].Membership(ctx)
