@@ -307,6 +307,10 @@ func TestPlanSafetyRules(t *testing.T) {
 		if p.NodeStates["db-2"] != stateDraining {
 			t.Errorf("state %s", p.NodeStates["db-2"])
 		}
+		// A drain's steps read back at once: the next look comes without the join's wait.
+		if p.Requeue != stepRequeue {
+			t.Errorf("requeue %v after %v, want %v", p.Requeue, kinds(p), stepRequeue)
+		}
 		// Drained and removed from _nodes: the planner must not add it back, and scales down.
 		w.members = names(0, 1)
 		o = w.observe()
@@ -315,6 +319,20 @@ func TestPlanSafetyRules(t *testing.T) {
 		p = PlanCluster(o)
 		if diff := cmp.Diff([]string{"ScaleDown(replicas=2)"}, kinds(p)); diff != "" {
 			t.Error(diff)
+		}
+		if p.Requeue != stepRequeue {
+			t.Errorf("requeue %v after %v, want %v", p.Requeue, kinds(p), stepRequeue)
+		}
+	})
+	t.Run("a join is looked at again after quickRequeue, a join beside placement's steps too", func(t *testing.T) {
+		o := world{replicas: 4, pods: []int{0, 1, 2, 3}, members: names(0, 1, 2), connected: names(0, 1, 2), setup: finished}.observe()
+		p := PlanCluster(o)
+		if p.Requeue != quickRequeue || len(p.Actions) != 1 || p.Actions[0].Kind != ActAddNode {
+			t.Errorf("plan %v requeue %v, want AddNode and %v", kinds(p), p.Requeue, quickRequeue)
+		}
+		mixed := append(p.Actions, Action{Kind: ActSetDecom, Node: nodeName(2)})
+		if onlySteps(mixed) || !onlySteps(mixed[1:]) || onlySteps([]Action{{Kind: ActCreateDB, DB: "db1"}}) {
+			t.Errorf("onlySteps: %v with a join, %v alone, CreateDB", onlySteps(mixed), onlySteps(mixed[1:]))
 		}
 	})
 	t.Run("foreign _nodes entries are never touched", func(t *testing.T) {
