@@ -115,7 +115,7 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 	case ActSetMemberCondition:
 		return c.setMemberCondition(ctx, sts.Namespace, a.Pod, a.Value)
 	case ActScaleDown:
-		return c.scaleDown(ctx, sts, a.Replicas)
+		return c.scaleDown(ctx, st, sts, a.Replicas)
 	}
 	api, err := via()
 	if err != nil {
@@ -236,7 +236,7 @@ func (c *Controller) setPlacement(ctx context.Context, st *clusterState, o Obser
 
 // scaleDown lowers spec.replicas by one through the scale subresource, guarded by the
 // StatefulSet's resourceVersion so a concurrent change is not overwritten.
-func (c *Controller) scaleDown(ctx context.Context, sts *appsv1.StatefulSet, replicas int) error {
+func (c *Controller) scaleDown(ctx context.Context, st *clusterState, sts *appsv1.StatefulSet, replicas int) error {
 	scale := &autoscalingv1.Scale{
 		ObjectMeta: metav1.ObjectMeta{Name: sts.Name, Namespace: sts.Namespace, ResourceVersion: sts.ResourceVersion},
 		Spec:       autoscalingv1.ScaleSpec{Replicas: int32(replicas)},
@@ -244,6 +244,7 @@ func (c *Controller) scaleDown(ctx context.Context, sts *appsv1.StatefulSet, rep
 	if _, err := c.kube.AppsV1().StatefulSets(sts.Namespace).UpdateScale(ctx, sts.Name, scale, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
 		return fmt.Errorf("scale %s/%s to %d: %w", sts.Namespace, sts.Name, replicas, err)
 	}
+	st.scaled = scaledWrite{from: sts.ResourceVersion, replicas: replicas}
 	c.recorder.Eventf(sts, corev1.EventTypeNormal, ReasonScaledDown, "Drained node removed; scaled to %d replicas", replicas)
 	return nil
 }

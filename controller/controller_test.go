@@ -67,6 +67,10 @@ type fixture struct {
 	beforeAction func(a Action) error
 	// ephemeral nodes restart like the official image's: a new admin hash salt, runtime config lost.
 	ephemeral bool
+	// lagScale keeps a scale update out of the informer cache until catchUpScale, as a watch that
+	// has not delivered it yet; served is the API server's StatefulSet meanwhile.
+	lagScale bool
+	served   *appsv1.StatefulSet
 
 	calls     *couchRecorder
 	transport *http.Transport
@@ -394,16 +398,31 @@ func (f *fixture) reactScale(action core.Action) (bool, runtime.Object, error) {
 	if err != nil {
 		return true, nil, err
 	}
+	if f.served != nil {
+		cur = f.served
+	}
 	if scale.ResourceVersion != "" && scale.ResourceVersion != cur.ResourceVersion {
 		return true, nil, apierrors.NewConflict(appsv1.Resource("statefulsets"), scale.Name, fmt.Errorf("resourceVersion %s, current %s", scale.ResourceVersion, cur.ResourceVersion))
 	}
 	s := cur.DeepCopy()
 	s.Spec.Replicas = ptr.To(scale.Spec.Replicas)
 	s.ResourceVersion = bumpRV(cur.ResourceVersion)
-	f.cache(s)
+	if f.lagScale {
+		f.served = s
+	} else {
+		f.cache(s)
+	}
 	out := scale.DeepCopy()
 	out.ResourceVersion = s.ResourceVersion
 	return true, out, nil
+}
+
+// catchUpScale delivers a lagged scale update to the informer cache.
+func (f *fixture) catchUpScale() {
+	if f.served != nil {
+		f.cache(f.served)
+		f.served = nil
+	}
 }
 
 // kubeActions lists what the controller asked of the API server, list and watch left out, as

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
@@ -117,6 +118,32 @@ type clusterState struct {
 	fills fillClock
 	// posts are the _sync_shards running beside the syncs (asyncpost.go).
 	posts asyncPosts
+	// scaled is the controller's last ScaleDown, until the informer shows it (scaledReplicas).
+	scaled scaledWrite
+}
+
+// scaledWrite is a ScaleDown the API server took: the StatefulSet's resourceVersion it was made
+// against (the update carried it, so no other change came between) and the replicas it set.
+type scaledWrite struct {
+	from     string
+	replicas int
+}
+
+// scaledReplicas gives the spec.replicas of the controller's own ScaleDown while the informer cache
+// still holds the StatefulSet it was made against. The next drain step follows a ScaleDown at once
+// (stepRequeue), sooner than the watch delivers the update: planned from the cached replicas, that
+// look would scale down again with the old resourceVersion and fail with a conflict, and the sync's
+// error backoff then held the next node's drain for 100 ms or more.
+func (st *clusterState) scaledReplicas(sts *appsv1.StatefulSet, cached int) int {
+	switch {
+	case st.scaled.from == "":
+		return cached
+	case sts.ResourceVersion == st.scaled.from:
+		return st.scaled.replicas
+	default:
+		st.scaled = scaledWrite{}
+		return cached
+	}
 }
 
 // setupSeen is a CouchDB process (its pod's identityKey) and when it said cluster_finished.

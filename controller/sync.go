@@ -63,6 +63,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	if err := c.observeKube(ctx, sts, &o); err != nil {
 		return err
 	}
+	o.Replicas = st.scaledReplicas(sts, o.Replicas)
 	c.noteReady(st, o)
 	scheme := "http"
 	if sts.Annotations[AnnotationScheme] == "https" {
