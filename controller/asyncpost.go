@@ -139,7 +139,9 @@ func (c *Controller) postBeside(ctx context.Context, st *clusterState, sts *apps
 	if !ok {
 		return
 	}
-	adds = slices.Clone(adds)
+	// A held copy's fill starts with this post, once its node lists it (held early, it usually
+	// does): the clock times it from now.
+	adds = append(slices.Clone(adds), st.fills.posted(post.DB, c.cfg.Now())...)
 	targets := map[string]CouchAPI{}
 	for _, node := range uncreated {
 		if ord, ok := nodeOrdinal(node, o.StatefulSet); ok {

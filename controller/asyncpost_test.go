@@ -4,6 +4,10 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // TestPostRunsBesideTheSync: the _sync_shards after an edit that added copies waits for the shard
@@ -93,5 +97,65 @@ func TestPostRunsBesideTheSync(t *testing.T) {
 	f.c.collectPosts(f.ctx, st)
 	if !st.unsynced["db1"] {
 		t.Error("db1 counts as synced by a post that finished before its last edit")
+	}
+}
+
+// TestHeldAddIsPostedWhenPlacementSaysSo: a held add (placement/held.go) is written with no post;
+// its database is held, not unsynced, so no plan posts it but placement's; the post placement then
+// plans waits for the node to list the held copy (one GET /{db}/_shards before the POST) and fills
+// it.
+func TestHeldAddIsPostedWhenPlacementSaysSo(t *testing.T) {
+	f := newFixture(t)
+	f.formed3()
+	f.createDB(0, "db1", 1, 2, 10)
+	m, _ := f.node(0).ShardMap("db1")
+	rng := m.Ranges()[0]
+	target := ""
+	for i := range 3 {
+		if n := escapedNode(i); !m.HasCopy(rng, n) {
+			target = n
+		}
+	}
+	st, sts := f.c.state(key), f.cachedStatefulSet()
+	o := Observed{Namespace: testNS, StatefulSet: "db", Pods: map[int]*PodObs{0: podObs(f.cachedPod("db-0"), 0, 5984)}}
+	calls := func() []string {
+		var out []string
+		for _, c := range f.couchCalls() {
+			if c.Path == "/db1/_shards" || c.Path == "/db1/_sync_shards" {
+				out = append(out, c.Method+" "+c.Path)
+			}
+		}
+		return out
+	}
+
+	f.resetCalls()
+	held := Action{Kind: ActAddCopy, Via: 0, DB: "db1", Range: rng, Node: target, NodeCount: 2, Held: true}
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{held}); err != nil {
+		t.Fatal(err)
+	}
+	st.posts.wait()
+	if got := calls(); len(got) != 0 {
+		t.Errorf("a held add was posted: %v", got)
+	}
+	after, _ := f.node(0).ShardMap("db1")
+	if !after.HasCopy(rng, target) {
+		t.Fatalf("the held copy is not in the map: %v", after.ByRange)
+	}
+	maps := map[string]couch.ShardMap{"db1": after}
+	if unsynced, held := pendingPosts(st, maps); !held["db1"] || len(unsynced) != 0 {
+		t.Errorf("held %v, unsynced %v: want db1 held, not among the unsynced (which every plan posts)", held, unsynced)
+	}
+
+	f.resetCalls()
+	if err := f.c.applyActions(f.ctx, key, st, sts, o, []Action{{Kind: ActSyncShards, Via: 0, DB: "db1"}}); err != nil {
+		t.Fatal(err)
+	}
+	st.posts.wait()
+	if diff := cmp.Diff([]string{"GET /db1/_shards", "POST /db1/_sync_shards"}, calls()); diff != "" {
+		t.Errorf("the held copy's post (-want +got):\n%s", diff)
+	}
+	st.fills.look(time.Now(), &ShardObs{Maps: maps})
+	if _, held := pendingPosts(st, maps); len(held) != 0 {
+		t.Error("db1 is still held after its post")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/couchdb-controller/couchdb-controller/controller/placement"
+	"github.com/couchdb-controller/couchdb-controller/couch"
 )
 
 // The fill clock: when to look again at new copies that are filling.
@@ -100,6 +101,35 @@ type fillTrack struct {
 	// missingAt is when the last look found no file for it on its node (404): no push has created
 	// it. Zero once a look reads it.
 	missingAt time.Time
+	// held: its post waits for a fill slot (placement/held.go); start is reset when it is posted.
+	held bool
+}
+
+// heldDBs lists the databases with a held copy the clock watches that is still in its map.
+func (fc *fillClock) heldDBs(maps map[string]couch.ShardMap) map[string]bool {
+	var out map[string]bool
+	for k, t := range fc.copies {
+		if m, ok := maps[k.DB]; t.held && ok && m.HasCopy(k.Range, k.Node) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[k.DB] = true
+		}
+	}
+	return out
+}
+
+// posted records that a post of db starts: its held copies start filling now. It returns them, as
+// the adds that wrote them.
+func (fc *fillClock) posted(db string, now time.Time) []Action {
+	var out []Action
+	for k, t := range fc.copies {
+		if k.DB == db && t.held {
+			t.held, t.start = false, now
+			out = append(out, Action{Kind: ActAddCopy, DB: k.DB, Range: k.Range, Node: k.Node})
+		}
+	}
+	return out
 }
 
 // missing records that a look at now found no file for the watched copy k.
@@ -140,12 +170,13 @@ const (
 	minPaceDocs = 10
 )
 
-// added starts watching a copy a map edit just added, with the documents its range held then.
-func (fc *fillClock) added(k placement.CopyKey, at time.Time, docs int64) {
+// added starts watching a copy a map edit just added, with the documents its range held then;
+// held when its post waits for a slot.
+func (fc *fillClock) added(k placement.CopyKey, at time.Time, docs int64, held bool) {
 	if fc.copies == nil {
 		fc.copies = map[placement.CopyKey]*fillTrack{}
 	}
-	fc.copies[k] = &fillTrack{start: at, docs: docs}
+	fc.copies[k] = &fillTrack{start: at, docs: docs, held: held}
 }
 
 // look updates the clock from a read of the shard maps and copy counts by the sync that started at
@@ -184,6 +215,14 @@ func (fc *fillClock) look(syncStart time.Time, sh *ShardObs) {
 		}
 		if want > 0 {
 			t.docs = want
+		}
+		if t.held {
+			// Not filling: it says nothing of the pace. One a write filled (mem3 pushes a range's
+			// writes to every copy) is done, and no longer held.
+			if s.Docs+s.Deleted >= t.docs && t.docs > 0 {
+				delete(fc.copies, k)
+			}
+			continue
 		}
 		elapsed := now.Sub(t.start).Seconds()
 		t.emptyAt, t.missingAt = time.Time{}, time.Time{}
@@ -257,6 +296,14 @@ const dueShare = 10
 func (fc *fillClock) notDue(now time.Time) map[placement.RangeRef]bool {
 	var out map[placement.RangeRef]bool
 	for k, t := range fc.copies {
+		if t.held {
+			// Nothing to see before its post: its range is left unread.
+			if out == nil {
+				out = map[placement.RangeRef]bool{}
+			}
+			out[placement.RangeRef{DB: k.DB, Range: k.Range}] = true
+			continue
+		}
 		expect, ok := fc.expected(t)
 		if !ok || t.late || now.Before(t.start) {
 			continue
@@ -297,8 +344,8 @@ func (fc *fillClock) next(now time.Time) (time.Duration, bool) {
 	known := false
 	for _, t := range fc.copies {
 		expect, ok := fc.expected(t)
-		if !ok {
-			continue
+		if !ok || t.held {
+			continue // a held copy is posted by the look that frees a slot, which a fill's end brings
 		}
 		w := t.start.Add(expect).Sub(now) - fc.lead
 		switch {

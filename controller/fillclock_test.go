@@ -72,7 +72,7 @@ func TestFillClock(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fc := &fillClock{rate: tc.rate, typical: tc.typ}
-			fc.added(newCopy, t0, tc.docs)
+			fc.added(newCopy, t0, tc.docs, false)
 			for i, l := range tc.looks {
 				if l.filled >= 0 {
 					sh := fillWorld(ms(l.at), 100, l.filled)
@@ -99,7 +99,7 @@ func TestFillClock(t *testing.T) {
 func TestFillClockStartsTheLookEarlyByTheLead(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	fc := &fillClock{rate: 1000, lead: 15 * time.Millisecond}
-	fc.added(newCopy, t0, 100)
+	fc.added(newCopy, t0, 100, false)
 	if w, ok := fc.next(t0); !ok || w != 85*time.Millisecond {
 		t.Errorf("next = %v, %v; want 85ms", w, ok)
 	}
@@ -141,7 +141,7 @@ func TestPushedAgainWhenTheCopyStaysEmpty(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fc := &fillClock{rate: 1} // a pace so slow that no look finds the copy late
-			fc.added(newCopy, t0, 100)
+			fc.added(newCopy, t0, 100, false)
 			fc.pushed("db1", t0)
 			fc.look(t0.Add(tc.readAt), fillWorld(t0.Add(tc.readAt), 100, tc.newDocs))
 			if got := fc.pushedRecently("db1", t0.Add(tc.readAt)); got != tc.leaveOut {
@@ -158,7 +158,7 @@ func TestPushedRecently(t *testing.T) {
 	if fc.pushedRecently("db2", t0.Add(time.Second)) {
 		t.Error("db2 has no copy filling: its pushes are not left out")
 	}
-	fc.added(newCopy, t0, 100)
+	fc.added(newCopy, t0, 100, false)
 	fc.pushed("db1", t0)
 	for _, tc := range []struct {
 		after time.Duration
@@ -211,7 +211,7 @@ func TestFillClockLeavesRangesMidFillUnread(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fc := &fillClock{rate: tc.rate, longest: tc.longest}
-			fc.added(newCopy, t0, tc.docs)
+			fc.added(newCopy, t0, tc.docs, false)
 			fc.copies[newCopy].late = tc.late
 			got := fc.due(slices.Clone(keys), t0.Add(tc.at))
 			if len(got) != tc.wantRead {
@@ -230,7 +230,7 @@ func TestFillClockLeavesRangesMidFillUnread(t *testing.T) {
 func TestFillClockLearnsNoPaceFromTinyFills(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	fc := &fillClock{}
-	fc.added(newCopy, t0, 1)
+	fc.added(newCopy, t0, 1, false)
 	sh := fillWorld(t0.Add(time.Second), 1, 1)
 	fc.look(t0.Add(time.Second), sh)
 	if fc.rate != 0 {
@@ -254,5 +254,47 @@ func TestFillRequeue(t *testing.T) {
 		if got := fillRequeue(tc.waiting); got != tc.want {
 			t.Errorf("fillRequeue(%v) = %v, want %v", tc.waiting, got, tc.want)
 		}
+	}
+}
+
+// A held copy (its post waits for a fill slot, placement/held.go) is not filling: no look is
+// scheduled for it and its range is left unread; its database is held while the copy is in its
+// map; the post that starts its fill returns it (to wait for its listing) and starts its clock.
+func TestFillClockHeldCopy(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	fc := &fillClock{rate: 1000, longest: time.Second}
+	fc.added(newCopy, t0, 100, true)
+	world := fillWorld(t0.Add(50*time.Millisecond), 100, 0)
+	if got := fc.heldDBs(world.Maps); !got["db1"] {
+		t.Errorf("held databases %v, want db1", got)
+	}
+	if w, ok := fc.next(t0.Add(10 * time.Millisecond)); ok {
+		t.Errorf("a look in %v for a held copy", w)
+	}
+	if len(fc.due([]placement.CopyKey{newCopy}, t0.Add(10*time.Second))) != 0 {
+		t.Error("a held copy's range is read")
+	}
+	fc.look(t0, world)
+	if fc.rate != 1000 || fc.copies[newCopy] == nil {
+		t.Errorf("a look at a held copy changed the pace (%v) or forgot it", fc.rate)
+	}
+	post := t0.Add(300 * time.Millisecond)
+	want := []Action{{Kind: ActAddCopy, DB: newCopy.DB, Range: newCopy.Range, Node: newCopy.Node}}
+	if diff := cmp.Diff(want, fc.posted("db1", post)); diff != "" {
+		t.Errorf("posted (-want +got):\n%s", diff)
+	}
+	if len(fc.heldDBs(world.Maps)) != 0 {
+		t.Error("db1 still held after its post")
+	}
+	if w, ok := fc.next(post); !ok || w != 100*time.Millisecond-fc.lead {
+		t.Errorf("next look %v (%v) after the post, want the 100 ms fill timed from the post", w, ok)
+	}
+	gone := fillWorld(t0, 100, 0)
+	m := gone.Maps["db1"]
+	m.RemoveCopy(newCopy.Range, newCopy.Node)
+	gone.Maps["db1"] = m
+	fc.added(newCopy, t0, 100, true)
+	if len(fc.heldDBs(gone.Maps)) != 0 {
+		t.Error("a held copy no longer in its map still holds its database")
 	}
 }

@@ -125,7 +125,7 @@ func (c *Controller) noteAddedCopies(st *clusterState, o Observed, batch []Actio
 				}
 			}
 		}
-		st.fills.added(placement.CopyKey{DB: a.DB, Range: a.Range, Node: a.Node}, now, docs)
+		st.fills.added(placement.CopyKey{DB: a.DB, Range: a.Range, Node: a.Node}, now, docs, a.Held)
 	}
 }
 

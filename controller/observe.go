@@ -457,7 +457,7 @@ func (c *Controller) askShards(ctx context.Context, st *clusterState, scheme str
 		obs.Fenced[name] = modes[i] == "true"
 	}
 	c.askZoneConfig(ctx, st, api, o, coord, obs)
-	obs.Unsynced = takeUnsynced(st, obs.Maps)
+	obs.Unsynced, obs.Held = pendingPosts(st, obs.Maps)
 	o.Shards = obs
 	in := placementInput(*o, coord.Membership.ClusterNodes, coord.Membership.AllNodes)
 	c.askSizes(ctx, st, api, in, obs)

@@ -93,6 +93,10 @@ type ShardObs struct {
 	// Unsynced are the databases that got a copy whose _sync_shards is not known to have been posted
 	// (unsynced.go): each gets one until a post succeeds.
 	Unsynced []string
+	// Held are the databases whose added copies wait for a fill slot before their _sync_shards
+	// (placement/held.go): the fill clock watches a held copy of theirs still in the map. They are
+	// not among Unsynced: placement posts them when a slot frees.
+	Held map[string]bool
 }
 
 // Problem is a condition a human must fix.

@@ -58,6 +58,7 @@ type Action struct {
 	Replicas  int    // ScaleDown: the new spec.replicas
 	Text      string // SetZone, AddNode: the zone; SetPlacement: the rule ("" deletes it); CopyConfig: the key
 	From      int    // CopyAdminHash, CopyConfig: the ordinal whose value is copied (read from Observed by apply)
+	Held      bool   // AddCopy: its _sync_shards waits for a fill slot (placement/held.go)
 }
 
 func (a Action) String() string {
@@ -69,6 +70,9 @@ func (a Action) String() string {
 	case ActCreateDB, ActSyncShards:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.DB)
 	case ActAddCopy, ActRemoveCopy:
+		if a.Held {
+			return fmt.Sprintf("%s(%s/%s on %s, held)", a.Kind, a.DB, a.Range, a.Node)
+		}
 		return fmt.Sprintf("%s(%s/%s on %s)", a.Kind, a.DB, a.Range, a.Node)
 	case ActSetMaintenance, ActClearMaintenance, ActFenceTarget, ActSetDecom, ActClearDecom:
 		return fmt.Sprintf("%s(%s)", a.Kind, a.Node)
@@ -396,6 +400,7 @@ func placementInput(o Observed, members, connected []string) placement.Input {
 	if o.Shards != nil {
 		in.DBs, in.Maps, in.Stats, in.Decom, in.Marks = o.Shards.DBs, o.Shards.Maps, o.Shards.Stats, o.Shards.Decom, o.Shards.Marks
 		in.NodeZones, in.PlacementConfig, in.DefaultN, in.RangeBytes = o.Shards.NodeZones, o.Shards.PlacementConfig, o.Shards.DefaultN, o.Shards.RangeBytes
+		in.Held = o.Shards.Held
 	}
 	reached := map[string]bool{}
 	for _, n := range o.Nodes {
@@ -476,7 +481,7 @@ func planShards(o Observed, coord *NodeObs, members, connected []string, p *Plan
 	}
 	for _, a := range res.Actions {
 		p.Actions = append(p.Actions, Action{Kind: placementKinds[a.Kind], Via: coord.Ordinal, Node: a.Node,
-			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas, Text: a.Value})
+			DB: a.DB, Range: a.Range, NodeCount: a.N, Replicas: a.Replicas, Text: a.Value, Held: a.Held})
 	}
 	if len(res.Actions) > 0 || res.Waiting != "" {
 		p.Requeue = quickRequeue

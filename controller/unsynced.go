@@ -48,6 +48,14 @@ func takeUnsynced(st *clusterState, maps map[string]couch.ShardMap) []string {
 	return out
 }
 
+// pendingPosts lists the databases waiting for a post: those placement holds for a fill slot
+// (placement/held.go), which only placement posts, and the others whose added copies wait for one,
+// which every plan posts (planUnsynced).
+func pendingPosts(st *clusterState, maps map[string]couch.ShardMap) (unsynced []string, held map[string]bool) {
+	held = st.fills.heldDBs(maps)
+	return slices.DeleteFunc(takeUnsynced(st, maps), func(db string) bool { return held[db] }), held
+}
+
 // seedUnsynced lists the databases whose maps the controller has edited (its first edit records
 // placement.NKey in the map, in the same write as the copy it adds) or that show a removal in their
 // changelog: a controller that died may never have pushed to a copy it added there. A database as

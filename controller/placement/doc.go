@@ -90,7 +90,10 @@
 // drain it holds every copy that moves). A plan that completes a move (drops the last copy its range
 // had to drop) starts the next one in its slot: the drop is applied before the add. A range never has two moves, a move adds before it drops so no range ever has
 // fewer live copies than before, and a plan holds at most one SyncShards per database, after its
-// edits.
+// edits. Once the slots are taken, a plan may add up to MaxMoves/2 more copies (MaxFillsPerNode/2
+// per member, one per database with nothing else in flight) with their database's post held
+// (Action.Held, Input.Held): their nodes list them while the other fills run, and the first plan
+// with a free slot posts them before anything else, so the fill starts at once (held.go).
 //
 // Health counts ranges against the database's n as created (never capped by the member count): a
 // range with fewer live copies is under-replicated even when the cluster has fewer members than n,

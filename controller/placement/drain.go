@@ -174,10 +174,13 @@ func (v *view) planDrops(p *planner) string {
 				ok, why := v.caughtUp(db, m, rng, node)
 				if !ok {
 					p.wait(why)
-					p.sync(db)
+					if v.heldRanges[db] == nil {
+						p.sync(db) // a held database is posted when a slot frees (postHeld)
+					}
 					continue
 				}
 				if t := p.dropExposes(RangeRef{db, rng}, node); t != "" {
+					p.exposedBy(t, RangeRef{db, rng})
 					p.wait(fmt.Sprintf("copy %s/%s on %s is dropped once %s, fenced while a copy fills there, is done filling: it is the range's last serving copy besides %s", db, rng, node, t, t))
 					continue
 				}

@@ -243,6 +243,7 @@ func checkShape(in Input, res Result) error {
 		maxFills = 2
 	}
 	adds, targets, synced := 0, map[string]int{}, map[string]bool{}
+	held, heldOn := map[string]bool{}, map[string]int{}
 	served := map[string]bool{}
 	d, draining := Draining(in)
 	for _, m := range in.Members {
@@ -276,7 +277,17 @@ func checkShape(in Input, res Result) error {
 			if synced[a.DB] {
 				return fmt.Errorf("%s after SyncShards(%s)", a, a.DB)
 			}
-			if a.Kind == AddCopy {
+			switch {
+			case a.Kind == AddCopy && a.Held:
+				// A held add (held.go): half the bounds again, one per database, which gets no post.
+				if held[a.DB] {
+					return fmt.Errorf("two held adds of %s: %v", a.DB, res.Actions)
+				}
+				held[a.DB] = true
+				if heldOn[a.Node]++; heldOn[a.Node] > maxFills/2 {
+					return fmt.Errorf("%d held adds on %s, bound %d: %v", heldOn[a.Node], a.Node, maxFills/2, res.Actions)
+				}
+			case a.Kind == AddCopy:
 				adds++
 				if targets[a.Node]++; targets[a.Node] > maxFills {
 					return fmt.Errorf("%d fills on %s, bound %d: %v", targets[a.Node], a.Node, maxFills, res.Actions)
@@ -295,6 +306,14 @@ func checkShape(in Input, res Result) error {
 	if adds > maxMoves {
 		return fmt.Errorf("%d fills started, bound %d: %v", adds, maxMoves, res.Actions)
 	}
+	if len(held) > maxMoves/2 {
+		return fmt.Errorf("%d adds held, bound %d: %v", len(held), maxMoves/2, res.Actions)
+	}
+	for _, a := range res.Actions {
+		if held[a.DB] && (a.Kind == SyncShards || a.Kind == AddCopy && !a.Held) {
+			return fmt.Errorf("%s with a held add of %s: %v", a, a.DB, res.Actions)
+		}
+	}
 	return nil
 }
 
@@ -308,6 +327,8 @@ func TestCheckShapeRejects(t *testing.T) {
 		"step first":    {Actions: []Action{{Kind: SetDecom, Node: name(2)}, {Kind: SetPlacement, Node: name(0), Value: ""}}},
 		"two fills":     {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: AddCopy, DB: "a", Range: r0, Node: name(1)}, {Kind: AddCopy, DB: "a", Range: r1, Node: name(2)}}},
 		"sync twice":    {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: SyncShards, DB: "a"}, {Kind: SyncShards, DB: "a"}}},
+		"held posted":   {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: AddCopy, DB: "a", Range: r0, Node: name(1), Held: true}, {Kind: SyncShards, DB: "a"}}},
+		"held twice":    {Actions: []Action{{Kind: SetPlacement, Node: name(0), Value: ""}, {Kind: AddCopy, DB: "a", Range: r0, Node: name(1), Held: true}, {Kind: AddCopy, DB: "a", Range: r1, Node: name(2), Held: true}}},
 	} {
 		if checkShape(in, res) == nil {
 			t.Errorf("%s: accepted %v", name, res.Actions)

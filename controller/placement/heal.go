@@ -77,7 +77,9 @@ func (v *view) planHeal(p *planner) {
 	if v.drainServes {
 		passes = 1
 	}
-	p.resting = v.restFence(p, backlog)
+	if !p.holding {
+		p.resting = v.restFence(p, backlog) // the pass that holds keeps the slot pass's choice
+	}
 	done := make([]bool, len(todo))
 	for pass := range passes {
 		for i, s := range todo {
@@ -102,6 +104,12 @@ func (v *view) healRange(p *planner, db, rng string, warmOnly bool) (more, skipp
 	src := ""
 	if v.drain != "" && !v.drainDown && m.HasCopy(rng, v.drain) {
 		src = v.drain
+	}
+	if p.holding && (v.frozen[db] || src == "") {
+		// Only a drain's moves are held (held.go), one per database: a heal may have no copy to
+		// drop, or one on a drained node that is down, held back; either way no move in flight for
+		// the next plan to post.
+		return true, true
 	}
 	holders := slices.Clone(m.ByRange[rng])
 	for k := v.want(db) - len(v.stayingCopies(m, rng)); k > 0; k-- {

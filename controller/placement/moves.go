@@ -24,10 +24,16 @@ func (v *view) findInFlight() {
 			v.busy[rr] = true
 			v.dropping = append(v.dropping, rr)
 			v.toDrop[rr] = drop
-			v.inFlight += len(drop)
+			// A held database's moves wait for a slot (held.go): counted apart until postHeld.
+			inFlight, fills := &v.inFlight, v.fills
+			if v.in.Held[db] {
+				inFlight, fills = &v.held, v.heldFills
+				v.heldRanges[db] = append(v.heldRanges[db], rr)
+			}
+			*inFlight += len(drop)
 			for _, node := range drop {
 				if v.countsAsFill(node) {
-					v.fills[node]++
+					fills[node]++
 				}
 				if v.isStaying[node] {
 					v.proj[db][node]--
@@ -35,7 +41,7 @@ func (v *view) findInFlight() {
 				}
 			}
 			if n := newestCopy(m, rng); v.isStaying[n] {
-				v.fills[n]++
+				fills[n]++
 				v.filling[rr] = n
 				v.filledBefore[n] = true
 			}
@@ -57,6 +63,17 @@ type planner struct {
 	fences         *fences
 	// resting is a member fenced for fills that takes no new copy in this plan (restFence).
 	resting string
+	// holding: the copies added now wait for a slot, their database's post held (planHeld); thaw
+	// lists the databases planHeld froze for the pass.
+	holding bool
+	thaw    []string
+	// heldPosts are the held databases this plan posts (postHeld), first in the plan.
+	heldPosts []string
+	// exposing holds, per member fenced for fills, the verified moves whose drop waits for its
+	// fills to end (dropExposes), and exposingUsed how many of them postHeld has given a held copy
+	// on it.
+	exposing     map[string]map[RangeRef]bool
+	exposingUsed map[string]int
 }
 
 func newPlanner(v *view) *planner {
@@ -87,8 +104,13 @@ func (p *planner) wait(why string) {
 	}
 }
 
-// budget is how many more copies may start filling in this plan.
-func (p *planner) budget() int { return p.v.maxMoves - p.v.inFlight }
+// budget is how many more copies may start filling in this plan, or, while it holds, be held.
+func (p *planner) budget() int {
+	if p.holding {
+		return p.v.maxMoves/2 - p.v.held
+	}
+	return p.v.maxMoves - p.v.inFlight
+}
 
 // countsAsFill says whether holding a copy to drop takes one of node's fill slots. A leaving node
 // (departed, or being drained) serves no client any more, and in a drain it holds every copy that
@@ -96,8 +118,15 @@ func (p *planner) budget() int { return p.v.maxMoves - p.v.inFlight }
 // land on the staying targets, which are counted.
 func (v *view) countsAsFill(node string) bool { return v.live[node] && !v.leaving[node] }
 
-// canFill reports whether node may take part in one more move.
-func (p *planner) canFill(node string) bool { return node == "" || p.v.fills[node] < p.v.maxFills }
+// canFill reports whether node may take part in one more move (while the plan holds, one more
+// held move).
+func (p *planner) canFill(node string) bool {
+	if p.holding {
+		// Not on a member a verified drop waits for: its fills must end (postHeld).
+		return node == "" || p.v.heldFills[node] < p.v.maxFills/2 && len(p.exposing[node]) == 0
+	}
+	return node == "" || p.v.fills[node] < p.v.maxFills
+}
 
 // add plans a new copy of db/rng on target, to be filled by _sync_shards; src is the copy the move
 // will drop (a leaving node's, or a staying member's for a rebalance or zone move; "" when none: a
@@ -112,18 +141,26 @@ func (p *planner) add(m couch.ShardMap, db, rng, target, src string) {
 	} else {
 		p.fenceState().onNode[target] = append(p.fenceState().onNode[target], rr)
 	}
-	p.edit(Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m)})
-	p.sync(db)
+	p.edit(Action{Kind: AddCopy, DB: db, Range: rng, Node: target, N: DBN(m), Held: p.holding})
+	if p.holding {
+		p.hold(db)
+	} else {
+		p.sync(db)
+	}
 	v.filling[rr] = target
 	size := v.in.RangeBytes[rr]
 	v.busy[rr] = true
-	v.inFlight++
-	v.fills[target]++
+	inFlight, fills := &v.inFlight, v.fills
+	if p.holding {
+		inFlight, fills = &v.held, v.heldFills
+	}
+	*inFlight++
+	fills[target]++
 	v.proj[db][target]++
 	v.projBytes[target] += size
 	if src != "" {
 		if v.countsAsFill(src) {
-			v.fills[src]++
+			fills[src]++
 		}
 		if v.isStaying[src] {
 			v.proj[db][src]--
@@ -152,11 +189,24 @@ func (p *planner) release(db string, m couch.ShardMap, rng string, drop []string
 	delete(v.filling, RangeRef{db, rng})
 }
 
-// actions returns the edits, then the SyncShards.
+// actions returns the posts of held copies whose maps the plan leaves alone (they start fills of
+// copies in the maps already), the edits, then the other SyncShards.
 func (p *planner) actions() []Action {
-	out := append([]Action(nil), p.edits...)
+	edited := map[string]bool{}
+	for _, a := range p.edits {
+		edited[a.DB] = true
+	}
+	var out, last []Action
+	for _, db := range p.heldPosts {
+		if edited[db] {
+			last = append(last, Action{Kind: SyncShards, DB: db})
+		} else {
+			out = append(out, Action{Kind: SyncShards, DB: db})
+		}
+	}
+	out = append(out, p.edits...)
 	for _, db := range p.syncs {
 		out = append(out, Action{Kind: SyncShards, DB: db})
 	}
-	return out
+	return append(out, last...)
 }

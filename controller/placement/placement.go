@@ -70,6 +70,9 @@ type Input struct {
 	// MaxFillsPerNode bounds the fills one node takes part in at once, as the target of a new copy or
 	// as the holder of a copy about to be dropped; 0 means 2.
 	MaxFillsPerNode int
+	// Held are the databases whose copies added to the map wait for their _sync_shards: the plan
+	// that added them held it back (Action.Held) and none has been posted since (held.go).
+	Held map[string]bool
 }
 
 // Kind is a placement step.
@@ -109,6 +112,9 @@ type Action struct {
 	N        int    // CreateDB: n; AddCopy, RemoveCopy: the database's n, recorded in a map without NKey
 	Replicas int    // ScaleDown: the new spec.replicas
 	Value    string // SetZone: the zone; SetPlacement: the rule ("" deletes it)
+	// Held (AddCopy): the copy's _sync_shards is held back until a fill slot is free (held.go): the
+	// plan has no SyncShards for its database, and Input.Held names it until one is planned.
+	Held bool
 }
 
 func (a Action) String() string {
@@ -123,6 +129,9 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Value)
 	case ScaleDown:
 		return fmt.Sprintf("ScaleDown(replicas=%d)", a.Replicas)
+	}
+	if a.Held {
+		return fmt.Sprintf("%s(%s/%s on %s, held)", a.Kind, a.DB, a.Range, a.Node)
 	}
 	return fmt.Sprintf("%s(%s/%s on %s)", a.Kind, a.DB, a.Range, a.Node)
 }
@@ -192,6 +201,7 @@ func Plan(in Input) Result {
 	}
 	p := newPlanner(v)
 	heldBack := v.planDrops(p)
+	v.postHeld(p)
 	v.planHeal(p)
 	v.planZoneFix(p)
 	if heldBack != "" && p.waiting == "" {
@@ -200,6 +210,7 @@ func Plan(in Input) Result {
 	if len(r.AtRisk) == 0 && in.Rebalance {
 		v.planRebalance(p)
 	}
+	v.planHeld(p, len(r.AtRisk) == 0 && in.Rebalance)
 	if p.waiting != "" && r.Waiting == "" {
 		r.Waiting = p.waiting
 	}

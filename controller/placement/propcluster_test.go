@@ -100,6 +100,9 @@ type propCluster struct {
 	// marks is the simulated controller's only memory between steps (Marks); a controller restart
 	// loses it.
 	marks map[CopyKey]Mark
+	// held are the copies added with their post held (Action.Held) and not posted since: the
+	// controller's fill clock, in memory only like marks.
+	held map[CopyKey]bool
 
 	// Drawn per sequence: the number of zones (0: zones off), the zone of each pod's Node (a pod may
 	// come back on a Node of another zone), each database's copy size, and the move bounds.
@@ -490,6 +493,16 @@ func (c *propCluster) observe() (observation, bool) {
 		in.Departed = append(in.Departed, n)
 	}
 	sort.Strings(in.Departed)
+	for k := range c.held {
+		if !in.Maps[k.DB].HasCopy(k.Range, k.Node) {
+			delete(c.held, k) // as the controller forgets a copy that left its map
+			continue
+		}
+		if in.Held == nil {
+			in.Held = map[string]bool{}
+		}
+		in.Held[k.DB] = true
+	}
 	if sizes := SizesNeeded(in); len(sizes) > 0 {
 		in.RangeBytes = map[RangeRef]int64{}
 		for _, k := range sizes {

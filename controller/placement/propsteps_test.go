@@ -34,7 +34,7 @@ func (c *propCluster) step(crash bool) bool {
 		all := len(actions)
 		actions = actions[:c.rng.Intn(all)]
 		c.log = append(c.log, fmt.Sprintf("controller restart after %d of %v", len(actions), actions[:all]))
-		c.marks = nil // in memory only
+		c.marks, c.held = nil, nil // in memory only
 	}
 	for _, a := range actions {
 		c.apply(o, a)
@@ -70,26 +70,49 @@ func (c *propCluster) checkInFlight(before Input, res Result) {
 		return
 	}
 	vb, va := newView(before), newView(after.in)
-	moves, fills := 0, map[string]int{}
+	// Held moves (their post held back, held.go) are bounded apart: half the bounds again.
+	type count struct {
+		moves int
+		fills map[string]int
+	}
+	posted, held := count{fills: map[string]int{}}, count{fills: map[string]int{}}
 	for rr := range va.busy {
 		if !vb.busy[rr] && !added[rr] {
 			continue
 		}
+		cn := &posted
+		if after.in.Held[rr.DB] {
+			cn = &held
+		}
 		m := after.in.Maps[rr.DB]
+		if n := newestCopy(m, rr.Range); va.filling[rr] == n && va.fillDone(rr, n) {
+			continue // filled: a move waiting for its drop fills nothing (held.go lends its slot)
+		}
 		drop := va.removable(rr.DB, m, rr.Range)
 		if len(drop) > 0 {
-			moves++ // one range, one copy being filled (a heal can free two leaving copies at once)
+			cn.moves++ // one range, one copy being filled (a heal can free two leaving copies at once)
 		}
 		if n := newestCopy(m, rr.Range); va.isStaying[n] {
-			fills[n]++
+			cn.fills[n]++
 		}
 	}
-	if moves > after.in.MaxMoves {
-		c.fatalf("plan %v left %d ranges moving at once, bound %d", res.Actions, moves, after.in.MaxMoves)
-	}
-	for n, f := range fills {
-		if f > after.in.MaxFillsPerNode && f > vb.fills[n] {
-			c.fatalf("plan %v left %s filling %d copies at once, bound %d", res.Actions, n, f, after.in.MaxFillsPerNode)
+	for _, b := range []struct {
+		what         string
+		c            count
+		moves, fills int
+		movesBefore  int
+		before       map[string]int
+	}{
+		{"filling", posted, after.in.MaxMoves, after.in.MaxFillsPerNode, vb.inFlight, vb.fills},
+		{"held", held, after.in.MaxMoves / 2, after.in.MaxFillsPerNode / 2, vb.held, vb.heldFills},
+	} {
+		if b.c.moves > b.moves && b.c.moves > b.movesBefore {
+			c.fatalf("plan %v left %d ranges %s at once, bound %d", res.Actions, b.c.moves, b.what, b.moves)
+		}
+		for n, f := range b.c.fills {
+			if f > b.fills && f > b.before[n] {
+				c.fatalf("plan %v left %s with %d copies %s at once, bound %d", res.Actions, n, f, b.what, b.fills)
+			}
 		}
 	}
 }
@@ -172,8 +195,19 @@ func (c *propCluster) apply(o observation, a Action) {
 			c.checkCreated(api, a.DB)
 		}
 	case AddCopy, RemoveCopy:
-		err = c.editMap(api, o, a)
+		if err = c.editMap(api, o, a); err == nil && a.Held {
+			if c.held == nil {
+				c.held = map[CopyKey]bool{}
+			}
+			c.held[CopyKey{a.DB, a.Range, a.Node}] = true
+			c.seen["held moves"]++
+		}
 	case SyncShards:
+		for k := range c.held {
+			if k.DB == a.DB {
+				delete(c.held, k) // as the controller does when the post starts
+			}
+		}
 		err = api.SyncShards(c.ctx, a.DB)
 	case SetMaintenance, ClearMaintenance, FenceTarget:
 		v := "true"
@@ -436,9 +470,12 @@ func (c *propCluster) checkCreated(api *couch.Client, db string) {
 }
 
 // checkPlanShape: a plan starts at most MaxMoves fills, a node is the target of at most
-// MaxFillsPerNode of them, and each database gets at most one SyncShards, after all its edits.
+// MaxFillsPerNode of them, and each database gets at most one SyncShards, after all its edits. Its
+// held adds (held.go) are at most half those bounds again, one per database, and their database
+// gets no SyncShards and no other add.
 func (c *propCluster) checkPlanShape(in Input, res Result) {
 	adds, targets, synced := 0, map[string]int{}, map[string]bool{}
+	held, heldOn, heldDB := 0, map[string]int{}, map[string]bool{}
 	dbs := map[string]bool{}
 	for _, a := range res.Actions {
 		switch a.Kind {
@@ -447,7 +484,18 @@ func (c *propCluster) checkPlanShape(in Input, res Result) {
 				c.fatalf("plan %v edits %s after its SyncShards", res.Actions, a.DB)
 			}
 			dbs[a.DB] = true
-			if a.Kind == AddCopy {
+			switch {
+			case a.Kind == AddCopy && a.Held:
+				held++
+				heldOn[a.Node]++
+				if heldDB[a.DB] {
+					c.fatalf("plan %v holds two adds of %s", res.Actions, a.DB)
+				}
+				heldDB[a.DB] = true
+				if heldOn[a.Node] > in.MaxFillsPerNode/2 {
+					c.fatalf("plan %v holds %d copies on %s, bound %d", res.Actions, heldOn[a.Node], a.Node, in.MaxFillsPerNode/2)
+				}
+			case a.Kind == AddCopy:
 				adds++
 				targets[a.Node]++
 				if targets[a.Node] > in.MaxFillsPerNode {
@@ -461,8 +509,19 @@ func (c *propCluster) checkPlanShape(in Input, res Result) {
 			synced[a.DB] = true
 		}
 	}
+	for _, a := range res.Actions {
+		if heldDB[a.DB] && (a.Kind == SyncShards || a.Kind == AddCopy && !a.Held) {
+			c.fatalf("plan %v holds the post of %s and %s", res.Actions, a.DB, a)
+		}
+	}
 	if adds > in.MaxMoves {
 		c.fatalf("plan %v starts %d fills, bound %d", res.Actions, adds, in.MaxMoves)
+	}
+	if held > in.MaxMoves/2 {
+		c.fatalf("plan %v holds %d adds, bound %d", res.Actions, held, in.MaxMoves/2)
+	}
+	if held > 0 {
+		c.seen["plans holding adds"]++
 	}
 	if adds > 1 {
 		c.seen["plans filling several copies"]++

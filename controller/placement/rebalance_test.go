@@ -2,6 +2,7 @@ package placement
 
 import (
 	"fmt"
+	"maps"
 	"math/rand"
 	"testing"
 
@@ -75,11 +76,13 @@ type sim struct {
 	sizes   map[string]int64 // copy size per database; drawn from its name when absent
 	in      Input
 	filled  map[CopyKey]bool
-	synced  map[string]bool
+	synced  map[string]bool // a SyncShards since the database's last added copy
+	held    map[string]bool // a held add (held.go) since
 	applied int
 }
 
 func (s *sim) stats() {
+	s.in.Held = maps.Clone(s.held)
 	s.in.Stats = map[CopyKey]CopyStat{}
 	for _, k := range StatsNeeded(s.in) {
 		st := CopyStat{UUID: "u" + k.Node}
@@ -139,10 +142,18 @@ func (s *sim) apply(t *testing.T, a Action) bool {
 		s.in.Maps[a.DB] = m
 		if a.Kind == AddCopy {
 			s.filled[CopyKey{a.DB, a.Range, a.Node}] = false
+			s.synced[a.DB] = false
+			if a.Held {
+				if s.held == nil {
+					s.held = map[string]bool{}
+				}
+				s.held[a.DB] = true
+			}
 		}
 		s.applied++
 	case SyncShards:
 		s.synced[a.DB] = true
+		delete(s.held, a.DB)
 	case FenceTarget, ClearMaintenance, SetMaintenance:
 		for i := range s.in.Members {
 			if s.in.Members[i].Name == a.Node {

@@ -60,6 +60,11 @@ type view struct {
 	drops    map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
 	inFlight int                          // copies being filled
 	fills    map[string]int               // moves each node takes part in
+	// held, heldFills and heldRanges are the moves in flight whose fill waits for a slot (held.go):
+	// counted apart from inFlight and fills, by database.
+	held       int
+	heldFills  map[string]int
+	heldRanges map[string][]RangeRef
 	// filling is, per range with a move in flight or planned, the staying member whose new copy is
 	// being filled (the newest copy), and filledBefore the members that were filling before the plan.
 	filling            map[RangeRef]string
@@ -71,6 +76,7 @@ func newView(in Input) *view {
 	v := &view{in: in, live: map[string]bool{}, isStaying: map[string]bool{}, leaving: map[string]bool{}, leavesLater: map[string]bool{}, frozen: map[string]bool{},
 		load: map[string]int{}, count: map[string]map[string]int{}, bytes: map[string]int64{},
 		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, toDrop: map[RangeRef][]string{}, fills: map[string]int{},
+		heldFills: map[string]int{}, heldRanges: map[string][]RangeRef{},
 		filling: map[RangeRef]string{}, filledBefore: map[string]bool{},
 		drops: map[string]map[string]string{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
 	if v.maxMoves <= 0 {

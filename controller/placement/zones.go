@@ -135,6 +135,9 @@ func (v *view) planZoneFix(p *planner) {
 		}
 		m := v.in.Maps[db]
 		for _, rng := range m.Ranges() {
+			if v.frozen[db] {
+				break // held: one move per database (held.go)
+			}
 			staying := v.stayingCopies(m, rng)
 			if v.busy[RangeRef{db, rng}] || len(staying) != v.want(db) || v.coverage(db, staying) >= v.zoneGoal(db) {
 				continue
