@@ -106,9 +106,9 @@ func (v *view) healRange(p *planner, db, rng string, warmOnly bool) (more, skipp
 		src = v.drain
 	}
 	if p.holding && (v.frozen[db] || src == "") {
-		// Only a drain's moves are held (held.go), one per database: a heal may have no copy to
-		// drop, or one on a drained node that is down, held back; either way no move in flight for
-		// the next plan to post.
+		// Of the copies a range lacks, only a drain's moves are held (held.go), one per database:
+		// any other may have no copy to drop, or one on a drained node that is down, held back;
+		// either way no move in flight for the next plan to post.
 		return true, true
 	}
 	holders := slices.Clone(m.ByRange[rng])
