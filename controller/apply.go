@@ -116,6 +116,8 @@ func (c *Controller) apply(ctx context.Context, st *clusterState, sts *appsv1.St
 		return c.setMemberCondition(ctx, sts.Namespace, a.Pod, a.Value)
 	case ActScaleDown:
 		return c.scaleDown(ctx, st, sts, a.Replicas)
+	case ActCopyMaps:
+		return c.copyMaps(ctx, st, sts, o, a)
 	}
 	api, err := via()
 	if err != nil {

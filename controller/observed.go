@@ -65,6 +65,9 @@ type Observed struct {
 	// CatchUp holds, by ordinal, the members whose couchdb.io/member condition waits for their
 	// copies to catch up after a restart or recreation (catchup.go).
 	CatchUp map[int]*CatchUpObs
+	// MissingDBs holds, by ordinal, the members whose couchdb.io/member gate is closed and whose
+	// _dbs lacks databases the coordinator lists (joindbs.go).
+	MissingDBs map[int]*MissingDBs
 }
 
 // ShardObs is the shard half of an observation.

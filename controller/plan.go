@@ -34,6 +34,9 @@ const (
 	ActClearDecom         ActionKind = "ClearDecom"
 	ActSetZone            ActionKind = "SetZone"
 	ActSetPlacement       ActionKind = "SetPlacement"
+	// ActCopyMaps copies into the _dbs of the member at From the shard maps it lacks
+	// (Observed.MissingDBs), read through Via (joindbs.go).
+	ActCopyMaps ActionKind = "CopyMaps"
 )
 
 // placementKinds maps the placement planner's steps to actions.
@@ -82,6 +85,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s(%s=%q)", a.Kind, a.Node, a.Text)
 	case ActCopyAdminHash, ActCopyConfig:
 		return copyString(a) // never the value
+	case ActCopyMaps:
+		return fmt.Sprintf("%s(into %s via %d)", a.Kind, a.Node, a.Via)
 	}
 	return fmt.Sprintf("%s(%s via %d)", a.Kind, a.Node, a.Via)
 }
@@ -507,7 +512,7 @@ func planMemberConditions(o Observed, members, connected []string, p *Plan) {
 		// Not gated on formation: with OrderedReady, pod 1 is only created once pod 0 is Ready.
 		if n := o.Nodes[ord]; n.Valid() && ord < o.Replicas && !(draining && d == ord) &&
 			slices.Contains(members, n.Name) && slices.Contains(connected, n.Name) {
-			want = !p.holdForCatchUp(o, ord)
+			want = !p.holdForCatchUp(o, ord) && !p.holdForDBs(o, ord)
 		}
 		if pod.MemberCondition == nil || *pod.MemberCondition != want {
 			p.Actions = append(p.Actions, Action{Kind: ActSetMemberCondition, Pod: pod.Name, Value: want})

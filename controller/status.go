@@ -114,6 +114,9 @@ type clusterState struct {
 	// unsyncedSeeded says the first maps read of this process has guessed them.
 	unsynced       map[string]bool
 	unsyncedSeeded bool
+	// dbsMissing is, per pod, when a member whose gate is closed was first seen lacking databases
+	// in its _dbs (joindbs.go).
+	dbsMissing map[string]time.Time
 	// fills schedules the looks at new copies while they fill (fillclock.go).
 	fills fillClock
 	// posts are the _sync_shards running beside the syncs (asyncpost.go).

@@ -89,6 +89,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
 		c.observeConfig(ctx, st, sts, scheme, ca, &o)
 		c.observeCatchUp(ctx, st, scheme, ca, &o)
+		c.observeJoinDBs(ctx, st, scheme, ca, &o)
 		switch {
 		case o.CredentialsRejected:
 			c.credentialsRejected(st, o.CredentialsLocked)
