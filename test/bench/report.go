@@ -244,7 +244,7 @@ func renderMovesTable(b *strings.Builder, m *MovesResult) {
 			}
 		}
 	}
-	fmt.Fprintf(b, "\nWall time starts when the moves can start (the rebalance: once both new nodes are members, %s after the scale-up;\nthe drain: at the annotation) and ends at the end state: every database balanced over the five members (each\nholds floor or ceil of c/5 of the database's c copies, each range at n copies), or three members holding every copy\nand `spec.replicas` 3. The bound counts each added copy's fill (the bytes filling it moves / fill rate); the concurrency is\nthe fewest of `--max-concurrent-moves`, `--max-fills-per-node` x the nodes gaining copies, and the same x the nodes\nlosing them.\n\n", setups(m))
+	fmt.Fprintf(b, "\nWall time starts when the moves can start (the rebalance: once both new nodes are members, %s after the scale-up;\nthe drain: at the annotation) and ends at the end state: every database balanced over the five members (each\nholds floor or ceil of c/5 of the database's c copies, each range at n copies), or three members holding every copy\nand `spec.replicas` 3 (as the API server has it). The bound counts each added copy's fill (the bytes filling it moves / fill rate); the concurrency is\nthe fewest of `--max-concurrent-moves`, `--max-fills-per-node` x the nodes gaining copies, and the same x the nodes\nlosing them.\n\n", setups(m))
 	for _, run := range m.Runs {
 		for _, p := range run.Phases {
 			if len(p.Paths) == 0 {

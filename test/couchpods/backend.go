@@ -240,5 +240,11 @@ func (w *Workload) Ready(ctx context.Context) bool {
 // Ports maps the container port to the node's loopback listener.
 func (w *Workload) Ports() map[int32]string { return map[int32]string{CouchDBPort: w.node.Addr()} }
 
+// Handlers serve the container port in process (kubelet.InProcessWorkload): the node's handler
+// answers a stopped node's requests by dropping the connection, as a closed listener refuses them.
+func (w *Workload) Handlers() map[int32]http.Handler {
+	return map[int32]http.Handler{CouchDBPort: w.node.Handler()}
+}
+
 // Stop stops the node; its data stays for a pod of the same name.
 func (w *Workload) Stop() { w.node.Stop() }

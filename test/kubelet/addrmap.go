@@ -20,11 +20,14 @@ type AddressMap struct {
 	mu    sync.RWMutex
 	m     map[string]string
 	conns map[string]map[*trackedConn]struct{} // open connections per pod address
+	// handlers serve the pod addresses whose workload runs in this process (InProcessWorkload): the
+	// proxy hands their requests to the handler instead of forwarding them over a second connection.
+	handlers map[string]http.Handler
 }
 
 // NewAddressMap returns an empty map.
 func NewAddressMap() *AddressMap {
-	return &AddressMap{m: map[string]string{}, conns: map[string]map[*trackedConn]struct{}{}}
+	return &AddressMap{m: map[string]string{}, conns: map[string]map[*trackedConn]struct{}{}, handlers: map[string]http.Handler{}}
 }
 
 // Set maps a pod address (podIP:port) to a loopback address, replacing any earlier mapping.
@@ -32,6 +35,24 @@ func (a *AddressMap) Set(podAddr, loopback string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.m[podAddr] = loopback
+	delete(a.handlers, podAddr)
+}
+
+// SetHandler maps a pod address to a loopback address, as Set, and to the in-process handler that
+// serves it: the proxy calls the handler, while DialContext still dials the listener.
+func (a *AddressMap) SetHandler(podAddr, loopback string, h http.Handler) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m[podAddr] = loopback
+	a.handlers[podAddr] = h
+}
+
+// handler is the in-process handler of a mapped pod address, if it has one.
+func (a *AddressMap) handler(podAddr string) (http.Handler, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	h, ok := a.handlers[podAddr]
+	return h, ok
 }
 
 // Delete removes a mapping and closes the connections dialled to it: the pod address becomes
@@ -39,6 +60,7 @@ func (a *AddressMap) Set(podAddr, loopback string) {
 func (a *AddressMap) Delete(podAddr string) {
 	a.mu.Lock()
 	delete(a.m, podAddr)
+	delete(a.handlers, podAddr)
 	conns := a.conns[podAddr]
 	delete(a.conns, podAddr)
 	a.mu.Unlock()

@@ -12,6 +12,7 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,14 @@ type Workload interface {
 	Ports() map[int32]string
 	// Stop stops the workload. Keeping data for a pod of the same name is the Backend's business.
 	Stop()
+}
+
+// InProcessWorkload is a Workload served by handlers in this process (an emulated CouchDB node): the
+// proxy calls a port's handler rather than forwarding to its listener. The handler must answer as its
+// listener does, a stopped workload included (Ports' listeners stay what in-process users dial).
+type InProcessWorkload interface {
+	Workload
+	Handlers() map[int32]http.Handler
 }
 
 // Backend starts the workload of a pod that has been bound to the Node.
@@ -424,9 +433,17 @@ func (k *Kubelet) ensureRunning(ctx context.Context, key string, pod *corev1.Pod
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	r = &runningPod{uid: pod.UID, ip: ip, workload: w, cancel: cancel, done: make(chan struct{})}
+	var handlers map[int32]http.Handler
+	if ipw, ok := w.(InProcessWorkload); ok {
+		handlers = ipw.Handlers()
+	}
 	for port, loopback := range w.Ports() {
 		addr := fmt.Sprintf("%s:%d", ip, port)
-		k.addrs.Set(addr, loopback)
+		if h, ok := handlers[port]; ok {
+			k.addrs.SetHandler(addr, loopback, h)
+		} else {
+			k.addrs.Set(addr, loopback)
+		}
 		r.podAddrs = append(r.podAddrs, addr)
 	}
 	k.mu.Lock()

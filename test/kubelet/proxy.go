@@ -92,9 +92,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "harness proxy: only absolute http:// URIs and CONNECT are forwarded", http.StatusBadRequest)
 		return
 	}
-	if _, ok := p.addrs.Lookup(hostPort(r.URL.Host, "80")); !ok {
+	addr := hostPort(r.URL.Host, "80")
+	if _, ok := p.addrs.Lookup(addr); !ok {
 		// Same as a dial failure: the connection closes without an answer.
 		panic(http.ErrAbortHandler)
+	}
+	if h, ok := p.addrs.handler(addr); ok {
+		// An in-process workload answers on this connection: forwarding over a second loopback
+		// connection cost the harness more CPU than the emulated node's own work (a GET through the
+		// proxy took 2.8 times as long as one straight to the node), on the cores the controller
+		// under test shares. The workload still sees the request as its listener would: the same
+		// method, path, headers and body, and a dropped connection (Hijack) drops the caller's.
+		h.ServeHTTP(w, r)
+		return
 	}
 	p.rp.ServeHTTP(w, r)
 }

@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,6 +22,22 @@ func TestProxy(t *testing.T) {
 	a.Set("10.244.0.20:5984", plain.Listener.Addr().String())
 	a.Set("10.244.0.21:6984", secure.Listener.Addr().String())
 	a.Set("10.244.0.22:80", plain.Listener.Addr().String())
+	// In process: the handler answers, its listener (plain's) is not dialled.
+	inproc := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/drop" { // a stopped emulated node drops the connection
+			hj, _ := w.(http.Hijacker)
+			c, _, _ := hj.Hijack()
+			_ = c.Close()
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "inproc %s %s %s", r.Method, r.URL.Path, b)
+	})
+	a.SetHandler("10.244.0.24:5984", plain.Listener.Addr().String(), inproc)
+	a.SetHandler("10.244.0.25:5984", plain.Listener.Addr().String(), inproc)
+	a.Set("10.244.0.25:5984", plain.Listener.Addr().String()) // remapped: the listener again
+	a.SetHandler("10.244.0.26:5984", plain.Listener.Addr().String(), inproc)
+	a.Delete("10.244.0.26:5984") // the pod went away
 	p, err := a.ServeProxy()
 	if err != nil {
 		t.Fatal(err)
@@ -39,7 +56,11 @@ func TestProxy(t *testing.T) {
 		{url: "http://10.244.0.22/_up", want: "plain /_up"},               // default port 80
 		{url: "https://10.244.0.21:6984/_session", want: "tls /_session"}, // CONNECT tunnel
 		{url: "http://10.244.0.23:5984/_up", fails: true},                 // no such pod
-		{url: "https://10.244.0.20:6984/", fails: true},                   // mapped IP, unmapped port
+		{url: "http://10.244.0.24:5984/_up", want: "inproc GET /_up "},
+		{url: "http://10.244.0.24:5984/drop", fails: true},
+		{url: "http://10.244.0.25:5984/_up", want: "plain /_up"},
+		{url: "http://10.244.0.26:5984/_up", fails: true},
+		{url: "https://10.244.0.20:6984/", fails: true}, // mapped IP, unmapped port
 		{url: "http://" + strings.Replace(plain.Listener.Addr().String(), "127.0.0.1", "127.0.0.2", 1) + "/", fails: true},
 	}
 	for _, tc := range tests {
