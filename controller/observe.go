@@ -274,7 +274,7 @@ func asked(o Observed, ord int) bool {
 // observeCouch asks every ready pod's CouchDB who it is and whom it knows, then the coordinator (and,
 // while not formed, every node) for its setup state. The lowest ordinal is asked first and alone: if
 // it rejects the credentials, no other node is tried with them (CouchDB locks accounts).
-func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme string, ca []byte, podsByOrd map[int]*corev1.Pod, o *Observed) {
+func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme string, ca []byte, o *Observed) {
 	o.Nodes = map[int]*NodeObs{}
 	var ords []int
 	for _, ord := range sortedOrdinals(o.Pods) {
@@ -295,7 +295,7 @@ func (c *Controller) observeCouch(ctx context.Context, st *clusterState, scheme 
 			n.Err = err.Error()
 			return
 		}
-		c.askNode(ctx, st, api, podsByOrd[ord], p, n, verified)
+		c.askNode(ctx, st, api, p, n, verified)
 	}
 	ask(ords[0], false)
 	first := o.Nodes[ords[0]]
@@ -583,8 +583,8 @@ func (c *Controller) askSetup(ctx context.Context, st *clusterState, scheme stri
 // node accepted the credentials in this sync) a new process's three questions go out at once, one
 // round trip instead of three on a join's path; otherwise one at a time, so that credentials CouchDB
 // rejects cost one failed login, not three (CouchDB locks an account after five).
-func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, pod *corev1.Pod, p *PodObs, n *NodeObs, verified bool) {
-	key := identityKey(pod)
+func (c *Controller) askNode(ctx context.Context, st *clusterState, api CouchAPI, p *PodObs, n *NodeObs, verified bool) {
+	key := p.Identity
 	c.mu.Lock()
 	id, cached := st.identity[key]
 	c.mu.Unlock()

@@ -86,7 +86,7 @@ func (c *Controller) sync(ctx context.Context, key cache.ObjectName) (err error)
 	}
 	if len(o.Problems) == 0 && !o.CredentialsRejected {
 		o.FillFenced, o.Unfenced = fillFencedOrdinals(st, o.StatefulSet, c.cfg.Now())
-		c.observeCouch(ctx, st, scheme, ca, c.podsByOrdinal(sts), &o)
+		c.observeCouch(ctx, st, scheme, ca, &o)
 		c.observeConfig(ctx, st, sts, scheme, ca, &o)
 		c.observeCatchUp(ctx, st, scheme, ca, &o)
 		c.observeJoinDBs(ctx, st, scheme, ca, &o)
@@ -212,28 +212,6 @@ func rejectedProblem(sts *appsv1.StatefulSet, locked bool, next string) Problem 
 
 func (c *Controller) credentialsAccepted(st *clusterState) {
 	st.rejected, st.rejectedCount = "", 0
-}
-
-func (c *Controller) podsByOrdinal(sts *appsv1.StatefulSet) map[int]*corev1.Pod {
-	out := map[int]*corev1.Pod{}
-	pods, _ := c.podLister.Pods(sts.Namespace).List(labels.Everything())
-	for _, p := range pods {
-		if ord, ok := podOrdinal(p.Name, sts.Name); ok {
-			if ref := metavCtrl(p); ref == sts.Name {
-				out[ord] = p
-			}
-		}
-	}
-	return out
-}
-
-func metavCtrl(p *corev1.Pod) string {
-	for _, r := range p.OwnerReferences {
-		if r.Controller != nil && *r.Controller && r.Kind == "StatefulSet" {
-			return r.Name
-		}
-	}
-	return ""
 }
 
 // noteReady remembers when each pod was first seen with ready containers (for join latency).

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -538,6 +539,10 @@ func (cl *moveCluster) phase(ctx context.Context, o options, run MoveRun, name, 
 	p.CPU = cpuSeconds(cl.c.pid()) - cpu0
 	m1 := cl.c.get("/metrics")
 	p.Profile = <-profile
+	if m1 == "" {
+		// A controller that died (a panic) leaves the moves it started to finish on their own.
+		return p, fmt.Errorf("%s: the controller no longer serves metrics at the end (see %s)", name, filepath.Join(cl.c.runDir, "controller-"+cl.c.name+".log"))
+	}
 	delta := func(name, match string) float64 { return metricSum(m1, name, match) - metricSum(m0, name, match) }
 	p.Requests = delta("couchdb_controller_couchdb_requests_total", "")
 	p.Syncs = delta("couchdb_controller_syncs_total", "")
