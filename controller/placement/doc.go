@@ -47,7 +47,9 @@
 //     reached; all it received after the mark came from staying copies. Copies on leaving
 //     nodes are dropped first; of a range with a copy more than n on staying members, the copy dropped
 //     is the one whose loss keeps the most zones, then the one on the member holding the most copies
-//     of that database, then the most bytes, never the copy added last when another ties with it. A
+//     of that database, never the copy added last when another ties with it, then one fixed for the
+//     copy by a hash of database, range and member (so moves that start together drop from
+//     different members, and a rebalance plans each move from the member it will drop from). A
 //     copy on a drained node that is down is kept until the node is back: it may hold writes no other
 //     copy has, and unlike a departed node it is expected to return.
 //  8. With couchdb.io/rebalance, once no range is short of copies, nothing is left on leaving nodes and

@@ -2,6 +2,7 @@ package placement
 
 import (
 	"fmt"
+	"hash/fnv"
 	"slices"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
@@ -62,7 +63,19 @@ func (v *view) extraDrops(db string, m couch.ShardMap) map[string]string {
 	if d, ok := v.drops[db]; ok {
 		return d
 	}
-	count := cloneCounts(v.count[db])
+	d := v.pickDrops(db, m)
+	v.drops[db] = d
+	return d
+}
+
+// pickDrops is extraDrops of any map of db (the one read, or one a plan would write), uncached.
+func (v *view) pickDrops(db string, m couch.ShardMap) map[string]string {
+	count := map[string]int{}
+	for _, node := range m.Nodes() {
+		if v.isStaying[node] {
+			count[node] = len(m.ByNode[node])
+		}
+	}
 	out := map[string]string{}
 	n := v.want(db)
 	for _, rng := range m.Ranges() {
@@ -76,32 +89,65 @@ func (v *view) extraDrops(db string, m couch.ShardMap) map[string]string {
 		out[rng] = d
 		count[d]--
 	}
-	v.drops[db] = out
 	return out
 }
 
 // extraDrop picks which of a range's staying copies a move in flight drops: the one whose loss keeps
 // the most zones, then the one on the member with the most copies of db (the source the move meant
-// to empty: the target has fewer, or the move would not have been planned), then the most bytes,
-// then not the copy added last (the one being filled), then the highest name. It reads only the
-// maps, so it picks the same copy after a controller restart. count is the copies of db per member
-// to compare.
+// to empty: the target has fewer, or the move would not have been planned), then not the copy added
+// last (the one being filled), then the one dropTie ranks first. It reads only the maps, so it picks
+// the same copy after a controller restart. count is the copies of db per member to compare.
+//
+// The last tie is not broken by the members' bytes, nor by their names: either picks the same member
+// for every range where the members tie (all of them, when a rebalance starts), and every move in
+// flight then drops from that one member, beyond its fill slots, while the planner counted each on
+// the member it meant. The planner plans a move only from the member this picks (dropFor), and
+// dropTie spreads those picks over the tied members.
 func (v *view) extraDrop(db string, m couch.ShardMap, rng string, staying []string, count map[string]int) string {
 	newest := newestCopy(m, rng)
 	best := ""
-	var bestKey [4]int64
+	var bestKey [4]uint64
 	for _, c := range staying {
 		rest := slices.DeleteFunc(slices.Clone(staying), func(s string) bool { return s == c })
-		notNewest := int64(0)
+		notNewest := uint64(0)
 		if c != newest {
 			notNewest = 1
 		}
-		key := [4]int64{int64(v.coverage(db, rest)), int64(count[c]), v.bytes[c], notNewest}
+		key := [4]uint64{uint64(v.coverage(db, rest)), uint64(max(count[c], 0)), notNewest, dropTie(db, rng, c)}
 		if d := slices.Compare(key[:], bestKey[:]); best == "" || d > 0 || d == 0 && c > best {
 			best, bestKey = c, key
 		}
 	}
 	return best
+}
+
+// dropTie ranks a copy among tied ones by a hash of the database, range and member: fixed for a
+// copy (a restarted controller ranks it the same), spread evenly over the members across ranges.
+func dropTie(db, rng, node string) uint64 {
+	h := fnv.New64a()
+	for _, s := range []string{db, rng, node} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// dropFor is the copy of db/rng the next plan drops once this plan's edits and a new copy on to are
+// written (extraDrops of that map): a move is planned only from that member, so its fill slot is
+// counted where it will be taken.
+func (v *view) dropFor(p *planner, db, rng, to string) string {
+	m := v.in.Maps[db].Clone()
+	for _, r := range m.Ranges() {
+		rr := RangeRef{db, r}
+		for _, n := range p.added[rr] {
+			m.AddCopy(r, n)
+		}
+		for _, n := range p.removed[rr] {
+			m.RemoveCopy(r, n)
+		}
+	}
+	m.AddCopy(rng, to)
+	return v.pickDrops(db, m)[rng]
 }
 
 // caughtUp reports whether every staying copy of rng holds at least as many documents as every live

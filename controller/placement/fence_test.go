@@ -123,7 +123,7 @@ func TestFillFences(t *testing.T) {
 		},
 		"the fence ends before the move's drop": {
 			in:   Input{Replicas: 4, Members: rebalanced, Rebalance: true, MaxMoves: 1, Maps: inFlight, Stats: caughtUp},
-			want: []string{"ClearMaintenance(" + name(3) + ")", "RemoveCopy(a/" + all + " on " + name(2) + ")"},
+			want: []string{"ClearMaintenance(" + name(3) + ")", "RemoveCopy(a/" + all + " on " + name(1) + ")"},
 		},
 		"a fence left over with no fill is cleared": {
 			in:   Input{Replicas: 4, Members: rebalanced, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 3}})}},

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -170,5 +171,63 @@ func TestDrainTargetsOnlyMembersItKeeps(t *testing.T) {
 	want := []string{Action{Kind: AddCopy, DB: "a", Range: r0, Node: name(2), N: 3}.String()}
 	if diff := cmp.Diff(want, adds); diff != "" {
 		t.Errorf("adds (-want +got):\n%s", diff)
+	}
+}
+
+// TestRebalanceDropsWhereItCounted: a rebalance of twelve q=2 n=3 databases from three members to
+// five, eight moves at a time and four per node. The plan counts each move's fill slot on the member
+// it drops from; once its edits are written, the copies the maps say each move drops (what the next
+// plan, or a restarted controller, counts) must be those: at most four per member, and at most two
+// of the held ones. Drops picked apart from the plan by the members' bytes all fell on the one
+// member with the most, six or eight of them.
+func TestRebalanceDropsWhereItCounted(t *testing.T) {
+	in := Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), MaxMoves: 8, MaxFillsPerNode: 4,
+		Maps: map[string]couch.ShardMap{}, RangeBytes: map[RangeRef]int64{}}
+	for i := range 12 {
+		db := fmt.Sprintf("db-%02d", i)
+		in.Maps[db] = withN(smap(db, map[string][]int{r0: {0, 1, 2}, r1: {0, 1, 2}}), 3)
+		in.RangeBytes[RangeRef{db, r0}], in.RangeBytes[RangeRef{db, r1}] = 1000, 1000
+	}
+	for round := range 3 {
+		res := Plan(in)
+		if err := checkSafety(in, res); err != nil {
+			t.Fatal(err)
+		}
+		// The controller names a database held from its held add until a plan posts it.
+		held := map[string]bool{}
+		for db := range in.Held {
+			held[db] = !posts(res)[db]
+		}
+		after := map[string]couch.ShardMap{}
+		for db, m := range in.Maps {
+			after[db] = m.Clone()
+		}
+		adds := 0
+		for _, a := range res.Actions {
+			if a.Kind != AddCopy {
+				continue
+			}
+			adds++
+			m := after[a.DB]
+			if _, err := Edit(&m, a); err != nil {
+				t.Fatal(err)
+			}
+			after[a.DB] = m
+			if a.Held {
+				held[a.DB] = true
+			}
+		}
+		if round == 0 && adds != 12 {
+			t.Fatalf("first plan %v: want 8 moves filling and 4 held", strs(res))
+		}
+		in.Maps, in.Held = after, held
+		v := newView(in)
+		for _, n := range v.staying {
+			if v.fills[n] > in.MaxFillsPerNode || v.heldFills[n] > in.MaxFillsPerNode/2 {
+				t.Errorf("round %d: %s takes part in %d moves filling and %d held; bounds %d and %d (plan %v)",
+					round, n, v.fills[n], v.heldFills[n], in.MaxFillsPerNode, in.MaxFillsPerNode/2, strs(res))
+			}
+		}
+		// Nothing fills: the next round plans only what the slots still allow (none).
 	}
 }

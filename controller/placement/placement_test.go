@@ -70,9 +70,10 @@ func TestPlanRules(t *testing.T) {
 	two := 2
 	synced := stats("a", r0, 3, 0, 1, 2, 3)
 	behind := stats("a", r0, 3, 0, 1, 2, 3)
-	s := behind[CopyKey{"a", r0, name(2)}]
-	s.Pushed = map[string]int64{"u" + name(0): 3, "u" + name(1): 3, "u" + name(3): 2} // its last push to db-3 is older
-	behind[CopyKey{"a", r0, name(2)}] = s
+	// db-1's copy is the extra one (0, 1 and 2 tie on copies of "a"; dropTie ranks db-1 first).
+	s := behind[CopyKey{"a", r0, name(1)}]
+	s.Pushed = map[string]int64{"u" + name(0): 3, "u" + name(2): 3, "u" + name(3): 2} // its last push to db-3 is older
+	behind[CopyKey{"a", r0, name(1)}] = s
 	cases := map[string]struct {
 		in      Input
 		want    []string
@@ -188,17 +189,19 @@ func TestPlanRules(t *testing.T) {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
 				Maps:       map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 2}}), "b": smap("b", map[string][]int{all: {0, 1, 2}})},
 				RangeBytes: map[RangeRef]int64{{"a", all}: 100, {"b", all}: 100}},
-			want: []string{"AddCopy(a/" + all + " on " + name(3) + ")", "SyncShards(a)"},
+			// a's copy would be dropped from db-1 (dropTie), which is not the first of the tied
+			// fullest members: b's is.
+			want: []string{"AddCopy(b/" + all + " on " + name(3) + ")", "SyncShards(b)"},
 		},
 		"rebalance: one-range databases with unknown sizes are balanced per database already": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{all: {0, 1, 2}}), "b": smap("b", map[string][]int{all: {0, 1, 2}})}},
 		},
-		"rebalance: an extra copy is dropped from the fullest holder once verified": {
+		"rebalance: an extra copy is dropped from a fullest holder once verified": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),
 				Maps:  map[string]couch.ShardMap{"a": withN(smap("a", map[string][]int{r0: {0, 1, 2, 3}, r1: {0, 1, 2}}), 3)},
 				Stats: synced},
-			want: []string{"RemoveCopy(a/" + r0 + " on " + name(2) + ")"},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(1) + ")"},
 		},
 		"rebalance: the extra copy's last push is older than its update_seq: sync first": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3),

@@ -92,6 +92,11 @@ func (c *propCluster) checkInFlight(before Input, res Result) {
 		if len(drop) > 0 {
 			cn.moves++ // one range, one copy being filled (a heal can free two leaving copies at once)
 		}
+		for _, n := range drop {
+			if va.countsAsFill(n) {
+				cn.fills[n]++ // the member the move drops from, where the plan counted it
+			}
+		}
 		if n := newestCopy(m, rr.Range); va.isStaying[n] {
 			cn.fills[n]++
 		}

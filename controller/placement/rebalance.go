@@ -134,7 +134,7 @@ func (v *view) countMove(p *planner) (move, bool) {
 }
 
 // pickRange picks a range of db that from holds and to does not, with no move in flight, whose move
-// keeps its zones and fits both members' fill slots; the largest (below maxSize when it is > 0:
+// keeps its zones, drops from's copy and fits both members' fill slots; the largest (below maxSize when it is > 0:
 // a bytes move must shrink the gap between the members) first.
 func (v *view) pickRange(p *planner, db, from, to string, maxSize int64) (move, bool) {
 	if !p.canFill(from) || !p.canFill(to) {
@@ -149,6 +149,9 @@ func (v *view) pickRange(p *planner, db, from, to string, maxSize int64) (move, 
 		size := v.in.RangeBytes[RangeRef{db, rng}]
 		if maxSize > 0 && (size <= 0 || size >= maxSize) {
 			continue
+		}
+		if v.dropFor(p, db, rng, to) != from {
+			continue // the move would drop another member's copy (extraDrop)
 		}
 		if !found || v.better(size, best.size, maxSize) || size == best.size && rng < best.rng {
 			best, found = move{db: db, rng: rng, from: from, to: to, size: size}, true

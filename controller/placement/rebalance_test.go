@@ -21,15 +21,18 @@ func TestRebalanceMoves(t *testing.T) {
 			in: Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), MaxMoves: 1,
 				Maps:       map[string]couch.ShardMap{"_users": smap("_users", map[string][]int{all: {0, 1, 2}}), "acc1": smap("acc1", q4)},
 				RangeBytes: map[RangeRef]int64{{"_users", all}: 1 << 10, {"acc1", "0"}: 1 << 20, {"acc1", "4"}: 1 << 20, {"acc1", "8"}: 1 << 20, {"acc1", "c"}: 1 << 20}},
-			want: []string{"AddCopy(acc1/0 on " + name(3) + ")", "SyncShards(acc1)"},
+			// Every range of acc1 is as large and on the same members: the first move is of the
+			// first range whose drop (extraDrop) is the member with the most bytes, 0.
+			want: []string{"AddCopy(acc1/4 on " + name(3) + ")", "SyncShards(acc1)"},
 		},
 		"several moves at once, each range once, targets within their fill slots": {
 			in: Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), MaxMoves: 8, MaxFillsPerNode: 2,
 				Maps:       map[string]couch.ShardMap{"acc1": smap("acc1", q4)},
 				RangeBytes: map[RangeRef]int64{{"acc1", "0"}: 1 << 20, {"acc1", "4"}: 1 << 20, {"acc1", "8"}: 1 << 20, {"acc1", "c"}: 1 << 20}},
 			// 12 copies over 5 members end 3,3,2,2,2: four moves, one per range, started together;
-			// 0 gives two (it is the source of two fills, its limit), 1 and 2 one each.
-			want: []string{"AddCopy(acc1/0 on " + name(3) + ")", "AddCopy(acc1/4 on " + name(4) + ")", "AddCopy(acc1/8 on " + name(3) + ")", "AddCopy(acc1/c on " + name(4) + ")", "SyncShards(acc1)"},
+			// 2 gives two (it is the source of two fills, its limit), 0 and 1 one each
+			// (TestRebalanceDropsWhereItCounted checks where the drops fall).
+			want: []string{"AddCopy(acc1/4 on " + name(3) + ")", "AddCopy(acc1/8 on " + name(4) + ")", "AddCopy(acc1/0 on " + name(3) + ")", "AddCopy(acc1/c on " + name(4) + ")", "SyncShards(acc1)"},
 		},
 		"a balanced database is left alone even when the total copies per member differ": {
 			in: Input{Replicas: 4, Rebalance: true, Members: members(0, 1, 2, 3), MaxMoves: 4,

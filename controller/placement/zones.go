@@ -149,7 +149,11 @@ func (v *view) planZoneFix(p *planner) {
 			if target == "" {
 				continue
 			}
-			src := v.extraDrop(db, m, rng, append(slices.Clone(staying), target), v.count[db])
+			src := v.dropFor(p, db, rng, target)
+			if src == "" {
+				// A copy on a leaving node goes first (droppable); the staying one after it.
+				src = v.extraDrop(db, m, rng, append(slices.Clone(staying), target), v.count[db])
+			}
 			if src == target || !p.canFill(src) {
 				continue
 			}
