@@ -3,7 +3,6 @@ package placement
 import (
 	"cmp"
 	"slices"
-	"sort"
 
 	"github.com/couchdb-controller/couchdb-controller/couch"
 )
@@ -73,12 +72,18 @@ func (v *view) movable() []string {
 	return out
 }
 
+// dbBytes is the bytes of all of db's copies, as the maps are read (cached: countMove sorts by it for
+// every move it plans).
 func (v *view) dbBytes(db string) int64 {
+	if b, ok := v.dbSize[db]; ok {
+		return b
+	}
 	var b int64
 	m := v.in.Maps[db]
-	for _, rng := range m.Ranges() {
-		b += v.in.RangeBytes[RangeRef{db, rng}] * int64(len(m.ByRange[rng]))
+	for rng, nodes := range m.ByRange {
+		b += v.in.RangeBytes[RangeRef{db, rng}] * int64(len(nodes))
 	}
+	v.dbSize[db] = b
 	return b
 }
 
@@ -96,15 +101,27 @@ func (v *view) spread(db string) int {
 // largest), a copy from a member with at least two more copies of it than the target, the largest
 // range first, keeping the range's zones.
 func (v *view) countMove(p *planner) (move, bool) {
-	dbs := slices.DeleteFunc(v.movable(), func(db string) bool { return v.spread(db) < 2 })
-	sort.SliceStable(dbs, func(i, j int) bool {
-		si, sj := v.spread(dbs[i]), v.spread(dbs[j])
-		if si != sj {
-			return si > sj
+	// The keys are computed once per database, not in the comparisons: with 1,000 databases of q=8
+	// the comparisons made 60% of a plan's CPU.
+	type cand struct {
+		db     string
+		spread int
+		bytes  int64
+	}
+	var cands []cand
+	for _, db := range v.movable() {
+		if sp := v.spread(db); sp >= 2 {
+			cands = append(cands, cand{db, sp, v.dbBytes(db)})
 		}
-		return v.dbBytes(dbs[i]) > v.dbBytes(dbs[j])
+	}
+	slices.SortStableFunc(cands, func(a, b cand) int {
+		if c := cmp.Compare(b.spread, a.spread); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.bytes, a.bytes)
 	})
-	for _, db := range dbs {
+	for _, c := range cands {
+		db := c.db
 		byCount := func(desc bool) []string {
 			ns := slices.Clone(v.staying)
 			sign := 1

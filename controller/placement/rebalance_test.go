@@ -327,3 +327,24 @@ func TestRebalanceScaleUpSpreadsTheUserData(t *testing.T) {
 		t.Logf("max moves %d: %d plans", maxMoves, plans)
 	}
 }
+
+// BenchmarkPlanRebalance plans the start of a rebalance of 1,000 databases of q=8 from three members
+// to five (go test -bench PlanRebalance ./controller/placement): every look while copies move plans
+// over every map.
+func BenchmarkPlanRebalance(b *testing.B) {
+	in := Input{Replicas: 5, Rebalance: true, Members: members(0, 1, 2, 3, 4), MaxMoves: 8, MaxFillsPerNode: 4,
+		Maps: map[string]couch.ShardMap{}, RangeBytes: map[RangeRef]int64{}}
+	for i := range 1000 {
+		db := fmt.Sprintf("db-%04d", i)
+		byRange := map[string][]int{}
+		for r := range 8 {
+			rng := fmt.Sprintf("%08x", r<<28)
+			byRange[rng] = []int{0, 1, 2}
+			in.RangeBytes[RangeRef{db, rng}] = int64(1000 + i)
+		}
+		in.Maps[db] = withN(smap(db, byRange), 3)
+	}
+	for b.Loop() {
+		Plan(in)
+	}
+}

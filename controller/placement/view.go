@@ -58,6 +58,7 @@ type view struct {
 	dropping []RangeRef
 	toDrop   map[RangeRef][]string
 	drops    map[string]map[string]string // db -> range -> the staying copy its move drops (extraDrops)
+	dbSize   map[string]int64             // dbBytes, cached
 	inFlight int                          // copies being filled
 	fills    map[string]int               // moves each node takes part in
 	// held, heldFills and heldRanges are the moves in flight whose fill waits for a slot (held.go):
@@ -78,7 +79,7 @@ func newView(in Input) *view {
 		proj: map[string]map[string]int{}, projBytes: map[string]int64{}, busy: map[RangeRef]bool{}, toDrop: map[RangeRef][]string{}, fills: map[string]int{},
 		heldFills: map[string]int{}, heldRanges: map[string][]RangeRef{},
 		filling: map[RangeRef]string{}, filledBefore: map[string]bool{},
-		drops: map[string]map[string]string{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
+		drops: map[string]map[string]string{}, dbSize: map[string]int64{}, maxMoves: in.MaxMoves, maxFills: in.MaxFillsPerNode}
 	if v.maxMoves <= 0 {
 		v.maxMoves = 1
 	}
