@@ -68,8 +68,9 @@
 //     A move never lowers the number of distinct zones a range covers. Each move strictly lowers, in
 //     order, the ranges short of zones, the sum over databases and members of the squared copy
 //     counts, and the sum of the squared bytes per member, so rebalancing stops.
-//  9. A leaving node that no map references leaves _nodes; a drained node's StatefulSet then shrinks by
-//     one.
+//  9. A leaving node that no map references leaves _nodes (in the same plan as the drops that free its
+//     last copies, after them, when the plan has nothing else in flight); a drained node's StatefulSet
+//     then shrinks by one, once _membership no longer lists it.
 //  10. A staying member filling the new copy of a range with a copy to drop is fenced (maintenance mode
 //     "true", FenceTarget) before its copy enters the map, and unfenced (ClearMaintenance) before the
 //     plan whose drop ends its last such fill: CouchDB serves each range of a clustered read from the

@@ -247,11 +247,11 @@ func (v *view) planDrops(p *planner) string {
 	return heldBack
 }
 
-// leaveSteps removes leaving nodes that no map references from _nodes and, once the drained node is
-// gone from _nodes (and nothing else was planned), shrinks the StatefulSet by one.
-func (v *view) leaveSteps(planned bool) []Action {
+// unreferenced removes from _nodes the leaving nodes (departed, or the drained one) that no map of
+// maps references.
+func (v *view) unreferenced(maps map[string]couch.ShardMap) []Action {
 	referenced := map[string]bool{}
-	for _, m := range v.in.Maps {
+	for _, m := range maps {
 		for _, node := range m.Nodes() {
 			referenced[node] = true
 		}
@@ -265,6 +265,13 @@ func (v *view) leaveSteps(planned bool) []Action {
 	if v.drain != "" && !referenced[v.drain] {
 		out = append(out, Action{Kind: RemoveNode, Node: v.drain})
 	}
+	return out
+}
+
+// leaveSteps removes leaving nodes that no map references from _nodes and, once the drained node is
+// gone from _nodes (and nothing else was planned), shrinks the StatefulSet by one.
+func (v *view) leaveSteps(planned bool) []Action {
+	out := v.unreferenced(v.in.Maps)
 	if len(out) > 0 || planned {
 		return out
 	}

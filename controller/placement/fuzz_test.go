@@ -172,7 +172,9 @@ func checkSafety(in Input, res Result) error {
 				return fmt.Errorf("%s with no caught-up copy left on a live staying member (map %v, stats %v)", a, m.ByRange, in.Stats)
 			}
 		case RemoveNode:
-			for db, mm := range in.Maps {
+			// Against the maps as the plan's edits before it leave them (applied in order, an apply
+			// stopping at its first failure).
+			for db, mm := range afterEdits(in.Maps, editsBefore(res.Actions, a)) {
 				if slices.Contains(mm.Nodes(), a.Node) {
 					return fmt.Errorf("%s while %s still references it", a, db)
 				}
@@ -188,6 +190,20 @@ func checkSafety(in Input, res Result) error {
 		}
 	}
 	return nil
+}
+
+// editsBefore lists the map edits of actions before a.
+func editsBefore(actions []Action, a Action) []Action {
+	var out []Action
+	for _, b := range actions {
+		if b == a {
+			break
+		}
+		if b.Kind == AddCopy || b.Kind == RemoveCopy {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 func fencedMember(in Input, node string) bool {

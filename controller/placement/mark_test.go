@@ -58,7 +58,8 @@ func pushedAt(seqs ...int64) map[string]int64 {
 }
 
 func TestDropAtTheMark(t *testing.T) {
-	drop := []string{"RemoveCopy(a/" + all + " on " + name(3) + ")"}
+	// The drained node's last copy: its removal from _nodes follows in the same plan.
+	drop := []string{"RemoveCopy(a/" + all + " on " + name(3) + ")", "RemoveNode(" + name(3) + ")"}
 	wait := []string{"SyncShards(a)"}
 	cases := map[string]struct {
 		in      Input

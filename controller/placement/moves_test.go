@@ -61,7 +61,7 @@ func TestConcurrentMoves(t *testing.T) {
 					}
 					return st
 				}()},
-			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "RemoveCopy(a/" + r1 + " on " + name(3) + ")"},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "RemoveCopy(a/" + r1 + " on " + name(3) + ")", "RemoveNode(" + name(3) + ")"},
 		},
 	}
 	for name, tc := range cases {

@@ -221,9 +221,53 @@ func Plan(in Input) Result {
 	if len(r.AtRisk) > 0 && r.Waiting == "" {
 		r.Waiting = "some ranges have no live copy; their databases are left as they are"
 	}
+	if len(r.AtRisk) == 0 && len(shardSteps) > 0 && onlyDrops(fenceSteps, shardSteps) {
+		// The drops that free a leaving node's last copies are followed by its removal from _nodes in
+		// the same plan, applied after them (an apply stops at its first failure): a look less per
+		// drained node, and a look takes 0.5-0.8 s on real nodes while moves run.
+		r.Actions = append(r.Actions, v.unreferenced(afterEdits(in.Maps, shardSteps))...)
+		return r
+	}
 	if len(shardSteps) > 0 || len(fenceSteps) > 0 || len(r.AtRisk) > 0 {
 		return r
 	}
 	r.Actions = append(r.Actions, v.leaveSteps(len(r.Actions) > 0)...)
 	return r
+}
+
+// onlyDrops says whether a plan's shard steps are all drops and its fence steps all unfences: no move
+// is left in flight that a removal from _nodes could race.
+func onlyDrops(fenceSteps, shardSteps []Action) bool {
+	for _, a := range fenceSteps {
+		if a.Kind != ClearMaintenance {
+			return false
+		}
+	}
+	for _, a := range shardSteps {
+		if a.Kind != RemoveCopy {
+			return false
+		}
+	}
+	return true
+}
+
+// afterEdits is maps once edits are written (the maps edited are copies).
+func afterEdits(maps map[string]couch.ShardMap, edits []Action) map[string]couch.ShardMap {
+	out := make(map[string]couch.ShardMap, len(maps))
+	for db, m := range maps {
+		out[db] = m
+	}
+	cloned := map[string]bool{}
+	for _, a := range edits {
+		m, ok := out[a.DB]
+		if !ok {
+			continue
+		}
+		if !cloned[a.DB] {
+			m, cloned[a.DB] = m.Clone(), true
+		}
+		_, _ = Edit(&m, a)
+		out[a.DB] = m
+	}
+	return out
 }

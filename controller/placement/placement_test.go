@@ -92,10 +92,10 @@ func TestPlanRules(t *testing.T) {
 			want:    []string{"SyncShards(a)"},
 			waiting: true,
 		},
-		"caught up: drop the departed copy, then (next plan) the node": {
+		"caught up: drop the departed copy, then the node, in that order": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: []string{name(3)}, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})},
 				Stats: map[CopyKey]CopyStat{{"a", r0, name(0)}: {Docs: 5, Deleted: 1}, {"a", r0, name(1)}: {Docs: 5, Deleted: 1}, {"a", r0, name(2)}: {Docs: 6}}},
-			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")"},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "RemoveNode(" + name(3) + ")"},
 		},
 		"a new copy behind the live sources is not enough": {
 			in: Input{Replicas: 3, Members: members(0, 1, 2), Departed: []string{name(3)}, Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})},
@@ -148,7 +148,7 @@ func TestPlanRules(t *testing.T) {
 		"drain: verified by checkpoints, the drained copy is dropped": {
 			in: Input{Replicas: 4, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true}, {Name: name(3), Ordinal: 3, Live: true, Maintenance: true}},
 				Maps: map[string]couch.ShardMap{"a": smap("a", map[string][]int{r0: {0, 1, 2, 3}})}, Stats: synced},
-			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")"},
+			want: []string{"RemoveCopy(a/" + r0 + " on " + name(3) + ")", "RemoveNode(" + name(3) + ")"},
 		},
 		"drain: empty node leaves _nodes, then the StatefulSet shrinks": {
 			in: Input{Replicas: 3, TargetReplicas: &two, Members: []Member{{Name: name(0), Ordinal: 0, Live: true}, {Name: name(1), Ordinal: 1, Live: true}, {Name: name(2), Ordinal: 2, Live: true, Maintenance: true}},
@@ -269,7 +269,7 @@ func TestNIsNotReadFromCopiesInFlight(t *testing.T) {
 	m.Extra = map[string]any{"couchdb.io/n": float64(3)} // as a map read back from CouchDB carries it
 	in.Maps["d"] = m
 	in.Stats = map[CopyKey]CopyStat{{"d", all, name(0)}: {Docs: 7}, {"d", all, name(1)}: {Docs: 7}, {"d", all, name(2)}: {Docs: 7}}
-	want := []string{"RemoveCopy(d/" + all + " on " + name(4) + ")"}
+	want := []string{"RemoveCopy(d/" + all + " on " + name(4) + ")", "RemoveNode(" + name(4) + ")"}
 	if diff := cmp.Diff(want, strs(Plan(in))); diff != "" {
 		t.Errorf("mid-heal step (-want +got):\n%s", diff)
 	}
