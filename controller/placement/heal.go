@@ -144,8 +144,9 @@ func (v *view) healRange(p *planner, db, rng string, warmOnly bool) (more, skipp
 
 // target picks the live staying member to take a new copy of a range of db held by holders: one in a
 // zone the range lacks (required with needZone), then one a target-replicas drain keeps (not one it
-// drains later), then the fewest copies of db, the fewest bytes, the fewest copies, the lowest name.
-// blocked reports that members could take it but are at their fill limit.
+// drains later; for a move, never one it drains later while a member it keeps lacks the range), then
+// the fewest copies of db, the fewest bytes, the fewest copies, the lowest name. blocked reports that
+// members could take it but are at their fill limit (or are kept members a move waits for).
 func (v *view) target(p *planner, rr RangeRef, holders []string, needZone, move bool) (string, bool) {
 	best, _, blocked := v.pick(p, rr, holders, needZone, move)
 	return best, blocked
@@ -163,8 +164,18 @@ func (v *view) pick(p *planner, rr RangeRef, holders []string, needZone, move bo
 		}
 	}
 	var bestKey, waitKey [5]int64
+	// A move (the range keeps its live copies meanwhile) goes to a member a target-replicas drain
+	// reaches later only when no member it keeps lacks the range: a copy put there moves again, and
+	// the move waits for a kept member at its fill limit instead. A heal takes any member.
+	keptLacks := move && slices.ContainsFunc(v.liveStaying(), func(n string) bool {
+		return !v.leavesLater[n] && !slices.Contains(holders, n)
+	})
 	for _, n := range v.liveStaying() {
 		if slices.Contains(holders, n) {
+			continue
+		}
+		if keptLacks && v.leavesLater[n] {
+			blocked = true
 			continue
 		}
 		z := v.in.Zones[n]
