@@ -146,16 +146,29 @@ func (n *Node) allDocs(r *http.Request, m couch.ShardMap) (int, any) {
 		ids = ids[:min(v, len(ids))]
 	}
 	include := q.Get("include_docs") == "true"
-	rows := []obj{}
+	rows := make([]allDocsRow, 0, len(ids))
 	for _, id := range ids {
 		d := docs[id]
-		row := obj{"id": id, "key": id, "value": obj{"rev": d.Rev}}
+		row := allDocsRow{ID: id, Key: id}
+		row.Value.Rev = d.Rev
 		if include {
-			_, row["doc"] = getDoc(id, d.Rev, true, false, d.Body)
+			_, row.Doc = getDoc(id, d.Rev, true, false, d.Body)
 		}
 		rows = append(rows, row)
 	}
 	return http.StatusOK, obj{"total_rows": total, "offset": 0, "rows": rows}
+}
+
+// allDocsRow is one row of _all_docs, its fields in CouchDB's order. A struct, not a map: the moves
+// bench lists 20,000 rows every pass, and encoding them as maps was the largest part of the
+// emulated nodes' CPU, on the cores the controller shares.
+type allDocsRow struct {
+	ID    string `json:"id"`
+	Key   string `json:"key"`
+	Value struct {
+		Rev string `json:"rev"`
+	} `json:"value"`
+	Doc any `json:"doc,omitempty"`
 }
 
 // changes is GET /{db}/_changes (normal feed): every document's latest revision once, range by range

@@ -277,7 +277,7 @@ func TestShardMapsReadsEachMapOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := nodes[1].ShardMaps([]string{"db1", "db2", "nodb"})
+	got := nodes[1].ShardMaps([]string{"db1", "db2", "nodb"}, nil)
 	if len(got) != 2 {
 		t.Fatalf("ShardMaps: %d maps, want db1 and db2: %v", len(got), got)
 	}
@@ -286,5 +286,12 @@ func TestShardMapsReadsEachMapOnce(t *testing.T) {
 		if !ok || !reflect.DeepEqual(got[db], one) || got[db].Rev == "" {
 			t.Errorf("%s: ShardMaps gave %+v, ShardMap %+v (%v)", db, got[db], one, ok)
 		}
+	}
+	// Given the maps read before, it returns those still current and reads the others again.
+	stale := got["db2"].Clone()
+	stale.Rev = "0-stale"
+	again := nodes[1].ShardMaps([]string{"db1", "db2"}, map[string]couch.ShardMap{"db1": got["db1"], "db2": stale})
+	if !reflect.DeepEqual(again["db1"], got["db1"]) || !reflect.DeepEqual(again["db2"], got["db2"]) {
+		t.Errorf("ShardMaps with earlier reads: %+v, want %+v", again, got)
 	}
 }
