@@ -182,7 +182,7 @@ func (w *world) fleetStages(ctx context.Context, o options) (*FleetResult, error
 // steady state over the window.
 func (w *world) stage(ctx context.Context, c *ctrl, first, n int, steady time.Duration, profile bool, r *FleetResult) (Stage, error) {
 	st := Stage{Clusters: n, Steady: steady.Seconds()}
-	cpu0, self0, busy0 := cpuSeconds(c.pid()), cpuSeconds(os.Getpid()), machineBusy()
+	cpu0, self0, busy0, plane0 := cpuSeconds(c.pid()), cpuSeconds(os.Getpid()), machineBusy(), w.controlPlaneCPU()
 	form0 := histogramOf(c.get("/metrics"), formationMetric)
 	profDone := make(chan string, 1)
 	if profile {
@@ -248,6 +248,10 @@ func (w *world) stage(ctx context.Context, c *ctrl, first, n int, steady time.Du
 	st.CPUForming = cpuSeconds(c.pid()) - cpu0
 	st.HarnessCPUForming = cpuSeconds(os.Getpid()) - self0
 	st.MachineCPUForming = machineBusy() - busy0
+	st.ControlPlaneCPUForming = map[string]float64{}
+	for name, v := range w.controlPlaneCPU() {
+		st.ControlPlaneCPUForming[name] = v - plane0[name]
+	}
 	st.Formation = histogramOf(c.get("/metrics"), formationMetric).minus(form0)
 	if profile {
 		r.FormProfile = <-profDone

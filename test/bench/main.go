@@ -158,6 +158,9 @@ type world struct {
 	bin     string
 	runDir  string
 	fleet   *ctrl // the controller of the single, fleet and poller sections (every namespace)
+	// cpPids are the control plane's processes (etcd, kube-apiserver, kube-controller-manager), whose
+	// CPU the formation row shows apart: at 1,000 clusters they, not the controller, fill the cores.
+	cpPids map[string]int
 }
 
 func run(ctx context.Context, o options, res *results) error {
@@ -221,7 +224,7 @@ func run(ctx context.Context, o options, res *results) error {
 			return fmt.Errorf("build: %v %s", err, b)
 		}
 	}
-	w := &world{kube: kube, backend: backend, real: real, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir()}
+	w := &world{kube: kube, backend: backend, real: real, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir(), cpPids: cp.Pids()}
 	defer func() {
 		if w.fleet != nil {
 			w.fleet.stop()
@@ -394,7 +397,7 @@ func (c *ctrl) pprofOwn(name, path string) string {
 // selfProfile profiles this process (the harness: emulated nodes, kubelet, proxy, observers) while
 // f runs, and summarises it. The harness shares the cores with the controller; its profile says
 // where the cores went when the controller is not the bottleneck.
-func selfProfile(runDir, name string, f func() error) (string, error) {
+func selfProfile(runDir, name string, f func() error, extra ...string) (string, error) {
 	file := filepath.Join(runDir, "harness-"+name+".pprof")
 	out, err := os.Create(file)
 	if err != nil {
@@ -410,7 +413,7 @@ func selfProfile(runDir, name string, f func() error) (string, error) {
 		return "(another profile was running)", ferr
 	}
 	exe, _ := os.Executable()
-	return pprofSummary(exe, file, 15), ferr
+	return pprofSummary(exe, file, 15, extra...), ferr
 }
 
 func pprofSummary(bin, file string, nodes int, extra ...string) string {
@@ -462,6 +465,15 @@ func cpuSeconds(pid int) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
+}
+
+// controlPlaneCPU is the CPU seconds each control-plane process has used, by name.
+func (w *world) controlPlaneCPU() map[string]float64 {
+	out := map[string]float64{}
+	for name, pid := range w.cpPids {
+		out[name] = cpuSeconds(pid)
+	}
+	return out
 }
 
 // machineBusy is the CPU seconds every core of the machine has spent not idle (every process: the

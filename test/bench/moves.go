@@ -112,7 +112,20 @@ func (w *world) moveScenario(ctx context.Context, o options, run MoveRun, ns str
 		return MovePhase{}, err
 	}
 	rd := cl.startReader(dbs, o.moveDocs)
-	p, err := cl.phase(ctx, o, run, name, patch, func() bool { return started(cl) }, func() (bool, string) { return done(cl) })
+	var p MovePhase
+	phase := func() (err error) {
+		p, err = cl.phase(ctx, o, run, name, patch, func() bool { return started(cl) }, func() (bool, string) { return done(cl) })
+		return err
+	}
+	if w.real == nil && run.Label == defaultsLabel {
+		// The harness shares the cores with the controller: where its own CPU goes during the
+		// concurrent moves is how the reader's cost was found (seventh stop, BENCHMARKS.md).
+		var prof string
+		prof, err = selfProfile(w.runDir, ns, phase, "-cum", "-show=couchtest|couchpods|kubelet|main\\.|encoding/json|gcBgMarkWorker")
+		p.HarnessProfile = prof
+	} else {
+		err = phase()
+	}
 	unreadable, passes := rd.stop()
 	if err != nil {
 		return p, err

@@ -76,6 +76,8 @@ type MovePhase struct {
 	MissedPasses int         `json:"missedPasses,omitempty"`
 	Paths        []PathCount `json:"paths"`
 	Profile      string      `json:"profile"`
+	// HarnessProfile is the bench process's own CPU over the phase (emulated runs, the defaults).
+	HarnessProfile string `json:"harnessProfile,omitempty"`
 }
 
 type PathCount struct {
@@ -113,13 +115,16 @@ type Stage struct {
 	CPUForming        float64   `json:"cpuForming"`        // controller CPU s
 	HarnessCPUForming float64   `json:"harnessCpuForming"` // this process's CPU s
 	MachineCPUForming float64   `json:"machineCpuForming"` // every process's CPU s
-	Steady            float64   `json:"steady"`            // s
-	PeakRSS           float64   `json:"peakRss"`
-	RSS               float64   `json:"rss"`
-	CPUSteady         float64   `json:"cpuSteady"` // fraction of one core
-	GetsPerNode       float64   `json:"getsPerNode"`
-	APIPerSync        float64   `json:"apiPerSync"`
-	Writes            int       `json:"writes"`
+	// ControlPlaneCPUForming is each control-plane process's CPU s (etcd, kube-apiserver,
+	// kube-controller-manager); absent in runs before 2026-12-07 19:30.
+	ControlPlaneCPUForming map[string]float64 `json:"controlPlaneCpuForming,omitempty"`
+	Steady                 float64            `json:"steady"` // s
+	PeakRSS                float64            `json:"peakRss"`
+	RSS                    float64            `json:"rss"`
+	CPUSteady              float64            `json:"cpuSteady"` // fraction of one core
+	GetsPerNode            float64            `json:"getsPerNode"`
+	APIPerSync             float64            `json:"apiPerSync"`
+	Writes                 int                `json:"writes"`
 }
 
 type Burst struct {
@@ -378,6 +383,33 @@ func renderFleet(b *strings.Builder, f *FleetResult) {
 			s.CPUForming, s.HarnessCPUForming, s.MachineCPUForming, s.PeakRSS, s.RSS, 100*s.CPUSteady, time.Duration(s.Steady*float64(time.Second)), s.GetsPerNode, s.Writes, s.APIPerSync)
 	}
 	b.WriteString("\n")
+	for _, s := range f.Stages {
+		if len(s.ControlPlaneCPUForming) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "While %d clusters formed, the control plane used %s of CPU: %.1f s in all, %.0f%% of the whole machine's %.1f s (controller %.1f s, bench process %.1f s). ",
+			s.Clusters, planeCPU(s.ControlPlaneCPUForming), sumValues(s.ControlPlaneCPUForming), 100*sumValues(s.ControlPlaneCPUForming)/s.MachineCPUForming, s.MachineCPUForming, s.CPUForming, s.HarnessCPUForming)
+		fmt.Fprintf(b, "On %d cores, that alone takes %.1f s of wall time.\n\n", f.Meta.Cores, sumValues(s.ControlPlaneCPUForming)/float64(f.Meta.Cores))
+	}
+}
+
+// planeCPU lists each control-plane process's CPU seconds, in start order.
+func planeCPU(m map[string]float64) string {
+	var parts []string
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if v, ok := m[name]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.1f s", name, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sumValues(m map[string]float64) float64 {
+	t := 0.0
+	for _, v := range m {
+		t += v
+	}
+	return t
 }
 
 func renderTargets(b *strings.Builder, r results) {
@@ -435,6 +467,11 @@ func renderProfiles(b *strings.Builder, r results) {
 	fmt.Fprintf(b, "## Profiles\n\n")
 	if m := r.Moves; m != nil && len(m.Runs) > 0 && len(m.Runs[0].Phases) > 0 {
 		fmt.Fprintf(b, "Controller CPU, the first 10 s of the concurrent rebalance (`--profiling`):\n\n```\n%s\n```\n\n", m.Runs[0].Phases[0].Profile)
+		for _, ph := range m.Runs[0].Phases {
+			if ph.HarnessProfile != "" {
+				fmt.Fprintf(b, "The bench process (emulated nodes, kubelet, proxy, the reader, the end-state poll; `runtime/pprof`) over the concurrent %s, its own code by cumulative time:\n\n```\n%s\n```\n\n", ph.Name, ph.HarnessProfile)
+			}
+		}
 	}
 	if f := r.Fleet; f != nil && len(f.Stages) > 0 {
 		last := f.Stages[len(f.Stages)-1].Clusters

@@ -302,6 +302,18 @@ func (cp *ControlPlane) PeakRSS() map[string]int64 {
 	return out
 }
 
+// Pids reports each running process's PID by name (etcd, kube-apiserver, kube-controller-manager),
+// for a benchmark that splits the machine's CPU between them and the rest.
+func (cp *ControlPlane) Pids() map[string]int {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	out := map[string]int{}
+	for _, p := range cp.procs {
+		out[p.name] = p.cmd.Process.Pid
+	}
+	return out
+}
+
 // RestartAPIServer kills kube-apiserver (SIGKILL, no graceful shutdown) and starts it again with the
 // same flags, for tests of what clients do while the API is away.
 func (cp *ControlPlane) RestartAPIServer(ctx context.Context) error {
