@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -301,21 +302,29 @@ func (w *world) burst(ctx context.Context, prefix string, n int) (*Burst, error)
 		want[fmt.Sprintf("%s%d", prefix, i)] = true
 	}
 	start := time.Now()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	patch := []byte(`{"spec":{"replicas":4}}`)
-	for ns := range want {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func(ns string) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, _ = w.kube.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, patch, metav1.PatchOptions{})
-		}(ns)
-	}
-	wg.Wait()
-	b := &Burst{Clusters: n, Patched: time.Since(start).Seconds()}
+	// The patches go out while the observer loop below runs: the first pods turn ready and join
+	// before the last patch is sent (seconds, for 1,000), and a loop that began only after the
+	// patches timed those joins from their ready to its own start.
+	patched := make(chan float64, 1)
+	go func() {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 64)
+		patch := []byte(`{"spec":{"replicas":4}}`)
+		for ns := range want {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(ns string) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				_, _ = w.kube.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, patch, metav1.PatchOptions{})
+			}(ns)
+		}
+		wg.Wait()
+		patched <- time.Since(start).Seconds()
+	}()
+	b := &Burst{Clusters: n}
 	joined := map[string]bool{}
+	var trace strings.Builder // namespace, ready, joined, latency: the slow joins can be found in the controller's log
 	deadline := time.Now().Add(10 * time.Minute)
 	// One observer loop for every cluster (a goroutine polling each would cost the shared cores
 	// more than the controller): every 5 ms it checks pod 0's _membership of each cluster whose new
@@ -332,17 +341,24 @@ func (w *world) burst(ctx context.Context, prefix string, n int) (*Burst, error)
 			name := fmt.Sprintf("couchdb@db-3.db.%s.svc.cluster.local", ns)
 			if node := w.backend.Node(ns, "db-0"); node != nil && contains(node.ClusterNodes(), name) {
 				joined[ns] = true
-				b.Joins = append(b.Joins, max(0, time.Since(ready).Seconds()))
+				now := time.Now()
+				b.Joins = append(b.Joins, max(0, now.Sub(ready).Seconds()))
+				fmt.Fprintf(&trace, "%s\t%s\t%s\t%.1f\n", ns, ready.UTC().Format(traceTime), now.UTC().Format(traceTime), 1000*now.Sub(ready).Seconds())
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.AllJoined = time.Since(start).Seconds()
+	b.Patched = <-patched
+	_ = os.WriteFile(filepath.Join(w.runDir, "burst-joins.tsv"), []byte("namespace\tready\tjoined\tms\n"+trace.String()), 0o644)
 	if len(joined) < n {
 		return b, fmt.Errorf("burst: %d of %d clusters joined their fourth node in 10 minutes", len(joined), n)
 	}
 	return b, nil
 }
+
+// traceTime is the layout of burst-joins.tsv's times, klog's time of day to the microsecond.
+const traceTime = "15:04:05.000000"
 
 // setupState is pod 0's GET /_cluster_setup state, as an admin ("" on any failure).
 func setupState(ctx context.Context, base string) string {

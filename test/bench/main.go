@@ -161,6 +161,8 @@ type world struct {
 	// cpPids are the control plane's processes (etcd, kube-apiserver, kube-controller-manager), whose
 	// CPU the formation row shows apart: at 1,000 clusters they, not the controller, fill the cores.
 	cpPids map[string]int
+	// env is what the Deployment's downward API gives the controller container (deployedEnv).
+	env []string
 }
 
 func run(ctx context.Context, o options, res *results) error {
@@ -224,7 +226,11 @@ func run(ctx context.Context, o options, res *results) error {
 			return fmt.Errorf("build: %v %s", err, b)
 		}
 	}
-	w := &world{kube: kube, backend: backend, real: real, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir(), cpPids: cp.Pids()}
+	env, err := readDeployedEnv()
+	if err != nil {
+		return err
+	}
+	w := &world{kube: kube, backend: backend, real: real, ready: ready, proxy: proxy.URL(), kubecfg: cp.Kubeconfig(), bin: bin, runDir: cp.RunDir(), cpPids: cp.Pids(), env: env}
 	defer func() {
 		if w.fleet != nil {
 			w.fleet.stop()
@@ -235,6 +241,7 @@ func run(ctx context.Context, o options, res *results) error {
 			continue
 		}
 		m := startMeta(o)
+		m.ControllerEnv = w.env
 		switch s {
 		case "moves":
 			r, err := w.moves(ctx, o)
@@ -318,7 +325,7 @@ func (w *world) startController(ctx context.Context, name string, extra ...strin
 	cmd := exec.Command(w.bin, args...)
 	// Every pod IP must go through the harness proxy: an inherited NO_PROXY (or another proxy) could
 	// make the controller dial the fake 10.244/16 pod addresses directly.
-	cmd.Env = append(withoutProxyEnv(os.Environ()), "HTTP_PROXY="+w.proxy)
+	cmd.Env = append(append(withoutProxyEnv(os.Environ()), "HTTP_PROXY="+w.proxy), w.env...)
 	logf, err := os.Create(filepath.Join(w.runDir, "controller-"+name+".log"))
 	if err != nil {
 		return nil, err

@@ -35,6 +35,9 @@ type Meta struct {
 	Duration     float64 `json:"duration"`     // s
 	MachineCores float64 `json:"machineCores"` // cores busy on average over the section, every process of the machine
 	HarnessCores float64 `json:"harnessCores"` // of which this process (emulated nodes, kubelet, proxy, observers)
+	// ControllerEnv is what manifests/deployment.yaml's downward API gave the controller processes
+	// (GOMAXPROCS, GOMEMLIMIT); empty in runs from before the bench set it (the machine's cores, no limit).
+	ControllerEnv []string `json:"controllerEnv,omitempty"`
 }
 
 type MovesResult struct {
@@ -162,8 +165,12 @@ func parseResults(file []byte) results {
 }
 
 func (m Meta) String() string {
-	return fmt.Sprintf("Measured %s (%d cores, %s, Kubernetes %s) in %.0f s; 1-minute load average before: %.1f; cores busy on average: %.2f, of which the bench process (emulated nodes, kubelet, proxy, observers) %.2f.",
-		m.Date, m.Cores, m.Go, m.K8s, m.Duration, m.LoadBefore, m.MachineCores, m.HarnessCores)
+	env := "the machine's cores and no memory limit"
+	if len(m.ControllerEnv) > 0 {
+		env = "`" + strings.Join(m.ControllerEnv, " ") + "`, as the Deployment sets them"
+	}
+	return fmt.Sprintf("Measured %s (%d cores, %s, Kubernetes %s) in %.0f s; 1-minute load average before: %.1f; cores busy on average: %.2f, of which the bench process (emulated nodes, kubelet, proxy, observers) %.2f. The controller ran with %s.",
+		m.Date, m.Cores, m.Go, m.K8s, m.Duration, m.LoadBefore, m.MachineCores, m.HarnessCores, env)
 }
 
 func render(r results) string {
@@ -171,7 +178,8 @@ func render(r results) string {
 	fmt.Fprintf(&b, "# Benchmarks\n\n`make bench` (or `go run ./test/bench -only SECTION -out test/bench/BENCHMARKS.md` for one section): the Kubernetes\n")
 	fmt.Fprintf(&b, "control plane built from Go modules, emulated CouchDB 3.4 nodes (couch/couchtest, one emulated Erlang network per\n")
 	fmt.Fprintf(&b, "cluster), the controller binary as its own process with its default flags (`--resync=%s --workers=16\n", defaultResync)
-	fmt.Fprintf(&b, "--kube-api-qps=50`, plus `--profiling`), reaching pods through the harness proxy. Everything (etcd, kube-apiserver,\n")
+	fmt.Fprintf(&b, "--kube-api-qps=50`, plus `--profiling`) and the environment manifests/deployment.yaml gives it from its limits (one core:\n")
+	fmt.Fprintf(&b, "`GOMAXPROCS=1`; `GOMEMLIMIT` 256 MiB), reaching pods through the harness proxy. Everything (etcd, kube-apiserver,\n")
 	fmt.Fprintf(&b, "kube-controller-manager, the fake kubelet with a 10 s probe period (the first probe at container start), every emulated CouchDB node and the controller)\nshares the same cores. Each section says when it was measured and how busy the machine was.\n\n")
 	renderMoves(&b, r.Moves)
 	renderJoins(&b, r)
